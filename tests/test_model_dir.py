@@ -1,0 +1,90 @@
+import os
+
+import numpy as np
+import pytest
+
+from tfchat.config import GPTConfig
+from tfchat.model import build_gpt
+from tfchat.model_dir import load_model, save_model
+from tfchat.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    tok = train_tokenizer(["a small corpus for a small tokenizer, with 中文 too"] * 30, vocab_size=300)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model = build_gpt(cfg)
+    path = str(tmp_path_factory.mktemp("models") / "m")
+    save_model(path, model, tok, cfg, metadata={"step": 3})
+    return path, model, tok, cfg
+
+
+def test_round_trip(saved):
+    path, model, tok, cfg = saved
+    loaded = load_model(path)
+    assert loaded.config == cfg
+    assert loaded.metadata["step"] == 3
+    assert loaded.tokenizer.encode("中文 corpus") == tok.encode("中文 corpus")
+    ids = np.array([[1, 2, 3]], "int32")
+    np.testing.assert_array_equal(loaded.model(ids), model(ids))
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_dirs(saved, tmp_path):
+    path, model, tok, cfg = saved
+    target = str(tmp_path / "m")
+    save_model(target, model, tok, cfg, metadata={"step": 1})
+    save_model(target, model, tok, cfg, metadata={"step": 2})
+    assert load_model(target).metadata["step"] == 2
+    assert os.listdir(tmp_path) == ["m"]
+
+
+def test_failed_save_keeps_previous(saved, tmp_path):
+    path, model, tok, cfg = saved
+    target = str(tmp_path / "m")
+    save_model(target, model, tok, cfg, metadata={"step": 1})
+    bigger = cfg.replace(vocab_size=tok.vocab_size - 1)  # tokenizer no longer fits: refused
+    with pytest.raises(ValueError, match="tokenizer has"):
+        save_model(target, model, tok, bigger)
+    assert load_model(target).metadata["step"] == 1
+    assert os.listdir(tmp_path) == ["m"]
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "damage, error, names",
+    [
+        (lambda p: os.remove(os.path.join(p, "tfchat.json")), FileNotFoundError, "tfchat.json"),
+        (lambda p: os.remove(os.path.join(p, "config.json")), FileNotFoundError, "config.json"),
+        (lambda p: open(os.path.join(p, "config.json"), "w").write("{nope"), ValueError, "config.json"),
+        (lambda p: open(os.path.join(p, "config.json"), "w").write('{"n_head": 3}'), ValueError, "config.json"),
+        (lambda p: os.remove(os.path.join(p, "model.weights.h5")), FileNotFoundError, "model.weights.h5"),
+        (lambda p: open(os.path.join(p, "model.weights.h5"), "wb").write(b"\x89HDF\r\n"), ValueError, "model.weights.h5"),
+        (lambda p: os.remove(os.path.join(p, "tokenizer", "tokenizer.model")), FileNotFoundError, "tokenizer.model"),
+        (lambda p: open(os.path.join(p, "tfchat.json"), "w").write("[]"), ValueError, "tfchat.json"),
+    ],
+)
+def test_load_errors_name_the_file(saved, tmp_path, damage, error, names):
+    path = _copy(saved[0], str(tmp_path / "copy"))
+    damage(path)
+    with pytest.raises(error, match=names):
+        load_model(path)
+
+
+def test_weights_of_another_shape_are_rejected(saved, tmp_path):
+    path = _copy(saved[0], str(tmp_path / "copy"))
+    cfg = saved[3]
+    other = build_gpt(cfg.replace(n_embd=32))
+    other.save_weights(os.path.join(path, "model.weights.h5"))
+    with pytest.raises(ValueError, match="model.weights.h5"):
+        load_model(path)
+
+
+def test_missing_directory():
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        load_model("/nonexistent/model")

@@ -1,0 +1,111 @@
+"""Causal multi-head self-attention with a preallocated key/value cache.
+
+Two paths through the same weights:
+
+* full sequence (training, scoring): `layer(x)`, causal mask built here, an
+  optional `padding_mask` [B, T] hides padded keys;
+* cached (generation): `layer(x, cache=c, cache_index=i, attention_bias=b)`
+  writes the new keys/values of `x` at positions `i .. i+T-1` of `c` and
+  attends over the filled prefix `c[:i+T]` only.
+
+The cache of one layer is a single time-major tensor `[max_len, B, 2, H, D]`
+(keys and values together), so the write is one `tf.tensor_scatter_nd_update`
+with `T` row indices: a core op that stock TF Serving runs without XLA, unlike
+`keras.ops.slice_update` (it lowers to `XlaDynamicUpdateSlice`).
+
+Example:
+
+>>> import numpy as np
+>>> attn = CausalSelfAttention(num_heads=2)
+>>> attn(np.zeros((1, 5, 8), "float32")).shape
+TensorShape([1, 5, 8])
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# Added to the scores of masked keys; softmax runs in float32, where -1e9 is safe.
+MASK_VALUE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class CausalSelfAttention(keras.layers.Layer):
+    """GPT-2 attention: fused QKV projection (`c_attn`), output projection (`c_proj`).
+
+    Softmax is computed in float32 whatever the compute dtype, so bf16/fp16
+    mixed precision keeps attention weights accurate.
+    """
+
+    def __init__(self, num_heads: int, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.c_attn = None
+        self.c_proj = None
+        self.attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        self.head_dim = width // self.num_heads
+        self.c_attn = keras.layers.Dense(3 * width, name="c_attn", dtype=self.dtype_policy)
+        self.c_attn.build(input_shape)
+        self.c_proj = keras.layers.Dense(width, name="c_proj", dtype=self.dtype_policy)
+        self.c_proj.build(input_shape)
+
+    def call(self, x, padding_mask=None, cache=None, cache_index=None, attention_bias=None, training=None):
+        shape = tf.shape(x)
+        batch, length = shape[0], shape[1]
+        qkv = tf.reshape(self.c_attn(x), [batch, length, 3, self.num_heads, self.head_dim])
+        if cache is None:
+            q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # 3 x [B, H, T, D]
+            bias = _causal_bias(length, padding_mask)
+        else:
+            q = tf.transpose(qkv[:, :, 0], [0, 2, 1, 3])  # [B, H, T, D]
+            new_kv = tf.transpose(qkv[:, :, 1:], [1, 0, 2, 3, 4])  # [T, B, 2, H, D]
+            rows = tf.range(cache_index, cache_index + length)[:, None]
+            cache = tf.tensor_scatter_nd_update(cache, rows, tf.cast(new_kv, cache.dtype))
+            kv = tf.transpose(cache[: cache_index + length], [2, 1, 3, 0, 4])  # [2, B, H, n, D]
+            k, v = kv[0], kv[1]
+            bias = attention_bias
+        scores = tf.matmul(q, tf.cast(k, q.dtype), transpose_b=True)
+        scores = tf.cast(scores, "float32") * (self.head_dim**-0.5) + bias
+        weights = tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype)
+        weights = self.attn_dropout(weights, training=training)
+        y = tf.matmul(weights, tf.cast(v, q.dtype))  # [B, H, T, D]
+        y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [batch, length, self.num_heads * self.head_dim])
+        y = self.c_proj(y)
+        return y if cache is None else (y, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
+
+
+def _causal_bias(length, padding_mask=None):
+    """Additive float32 mask [1 or B, 1, T, T]: 0 where a query may attend, MASK_VALUE elsewhere."""
+    allowed = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)[None, None]
+    if padding_mask is not None:
+        allowed = tf.logical_and(allowed, tf.cast(padding_mask, tf.bool)[:, None, None, :])
+    return tf.where(allowed, 0.0, MASK_VALUE)
+
+
+def cached_attention_bias(key_mask, cache_index, length):
+    """Additive mask [B, 1, T, n] for a cached step over keys `0 .. n-1`, n = cache_index + T.
+
+    Args:
+        key_mask: bool/int [B, max_len], true where a cache position holds a
+            real token (false on left padding).
+        cache_index: position of the first of the T new tokens.
+        length: T, the number of new tokens.
+    """
+    n = cache_index + length
+    query_pos = tf.range(cache_index, n)[:, None]
+    causal = tf.range(n)[None, :] <= query_pos  # [T, n]
+    allowed = tf.logical_and(causal[None, None], tf.cast(key_mask[:, :n], tf.bool)[:, None, None, :])
+    return tf.where(allowed, 0.0, MASK_VALUE)

@@ -1,0 +1,301 @@
+"""Tokenizers: a trainable SentencePiece BPE and GPT-2's byte-level BPE.
+
+Both encode and decode in Python and inside TF graphs (`tf.data` maps,
+SavedModel signatures) with ops that stock TF Serving links: TF Text's
+SentencePiece ops, and the regex-split/lookup ops keras-hub's
+`BytePairTokenizer` is built from.
+
+Special tokens are *control* ids: encoding text never produces them (the text
+"<|user|>" is ordinary characters), so user input cannot forge a turn marker.
+The chat template inserts them by id.
+
+Example:
+
+>>> tok = train_tokenizer(["Hello world.", "你好，世界。"] * 50, vocab_size=300)
+>>> tok.decode(tok.encode("你好 world 🙂"))
+'你好 world 🙂'
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Iterable, Sequence
+
+import tensorflow as tf
+
+# Import registers the SentencePiece and regex ops with TF.
+import tensorflow_text as tf_text
+
+TOKENIZER_FILE = "tokenizer.json"
+SPM_FILE = "tokenizer.model"
+GPT2_VOCAB_FILE = "vocab.json"
+GPT2_MERGES_FILE = "merges.txt"
+
+# Name -> piece. Order fixes the ids of a newly trained SentencePiece model.
+SPECIAL_TOKENS = {
+    "eot": "<|endoftext|>",  # document separator / start of a conversation
+    "system": "<|system|>",
+    "user": "<|user|>",
+    "assistant": "<|assistant|>",
+    "end": "<|end|>",  # end of turn
+}
+_SPECIAL_NAMES = tuple(SPECIAL_TOKENS)
+
+
+class Tokenizer(tf.Module):
+    """Common interface. Subclasses set `vocab_size` and the special ids.
+
+    Attributes:
+        vocab_size: number of ids, special ids included.
+        pad_id, eot_id, system_id, user_id, assistant_id, end_id: special ids.
+    """
+
+    kind = ""
+    vocab_size: int
+    pad_id: int
+    eot_id: int
+    system_id: int
+    user_id: int
+    assistant_id: int
+    end_id: int
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        ids = {name: getattr(self, f"{name}_id") for name in _SPECIAL_NAMES}
+        ids["pad"] = self.pad_id
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids; never emits special ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+        ids = self.tf_encode(tf.constant(text))
+        return ids.numpy().tolist() if isinstance(ids, tf.Tensor) else list(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids to text; special ids are dropped."""
+        text = self.tf_decode(tf.constant([int(i) for i in ids], tf.int32))
+        # keras-hub converts eager string outputs to Python already.
+        text = text.numpy() if isinstance(text, tf.Tensor) else text
+        return text.decode("utf-8") if isinstance(text, bytes) else text
+
+    def tf_encode(self, strings: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
+        """Graph-safe encode: scalar -> int32 [n]; [N] -> int32 RaggedTensor."""
+        raise NotImplementedError
+
+    def tf_decode(self, ids: tf.Tensor | tf.RaggedTensor) -> tf.Tensor:
+        """Graph-safe decode: int32 [n] -> scalar string; [N, n] -> [N]."""
+        raise NotImplementedError
+
+    def save(self, directory: str) -> None:
+        raise NotImplementedError
+
+    def _metadata(self) -> dict:
+        return {"type": self.kind, "vocab_size": self.vocab_size, "special_ids": self.special_ids}
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece BPE with byte fallback (any Unicode text round-trips)."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes):
+        super().__init__(name="sentencepiece_tokenizer")
+        import sentencepiece as spm
+
+        self._proto = model_proto
+        sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = sp.get_piece_size()
+        ids = {}
+        for name, piece in SPECIAL_TOKENS.items():
+            ids[name] = sp.piece_to_id(piece)
+            if ids[name] == sp.unk_id() and piece != "<unk>":
+                raise ValueError(f"SentencePiece model lacks the special token {piece!r}")
+        self.eot_id, self.system_id, self.user_id = ids["eot"], ids["system"], ids["user"]
+        self.assistant_id, self.end_id = ids["assistant"], ids["end"]
+        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eot_id
+        self._sp = tf_text.SentencepieceTokenizer(model=model_proto, out_type=tf.int32)
+
+    def tf_encode(self, strings):
+        return self._sp.tokenize(strings)
+
+    def tf_decode(self, ids):
+        return self._sp.detokenize(ids)
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, SPM_FILE), "wb") as f:
+            f.write(self._proto)
+        _write_json(os.path.join(directory, TOKENIZER_FILE), self._metadata())
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's byte-level BPE through keras-hub's `BytePairTokenizer`.
+
+    GPT-2 has one special token, `<|endoftext|>` (50256). The chat markers
+    get the ids right after the BPE vocabulary; models imported with
+    `tfchat.convert` have embedding rows for them.
+    """
+
+    kind = "gpt2"
+
+    def __init__(self, vocabulary: dict[str, int], merges: list[str]):
+        super().__init__(name="gpt2_tokenizer")
+        import keras_hub
+
+        vocabulary, merges = dict(vocabulary), list(merges)
+        # tf.Module wraps attribute dicts/lists for tracking: keep plain copies for keras-hub and saving.
+        self._files = (json.dumps(vocabulary, ensure_ascii=False), "\n".join(merges))
+        eot = SPECIAL_TOKENS["eot"]
+        if eot not in vocabulary:
+            raise ValueError(f"GPT-2 vocabulary lacks {eot!r}")
+        self.eot_id = vocabulary[eot]
+        self.pad_id = self.eot_id
+        n = max(vocabulary.values()) + 1
+        self.system_id, self.user_id, self.assistant_id, self.end_id = n, n + 1, n + 2, n + 3
+        self.vocab_size = n + 4
+        self._bpe_size = n
+        self._bpe = keras_hub.tokenizers.BytePairTokenizer(
+            vocabulary=vocabulary, merges=merges, dtype="int32", _allow_python_workflow=False
+        )
+
+    def tf_encode(self, strings):
+        return self._bpe.tokenize(strings)
+
+    def tf_decode(self, ids):
+        # keras-hub's detokenize has no notion of our extra ids: drop them.
+        if isinstance(ids, tf.RaggedTensor):
+            ids = tf.ragged.boolean_mask(ids, ids < self._bpe_size)
+        elif ids.shape.rank == 1:
+            ids = tf.boolean_mask(ids, ids < self._bpe_size)
+        else:
+            ids = tf.ragged.boolean_mask(ids, ids < self._bpe_size)
+        return self._bpe.detokenize(ids)
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        vocab_json, merges = self._files
+        with open(os.path.join(directory, GPT2_VOCAB_FILE), "w", encoding="utf-8") as f:
+            f.write(vocab_json)
+        with open(os.path.join(directory, GPT2_MERGES_FILE), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + merges + "\n")
+        _write_json(os.path.join(directory, TOKENIZER_FILE), self._metadata())
+
+    @classmethod
+    def from_files(cls, vocab_path: str, merges_path: str) -> "GPT2Tokenizer":
+        with open(vocab_path, encoding="utf-8") as f:
+            vocabulary = json.load(f)
+        with open(merges_path, encoding="utf-8") as f:
+            merges = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#version")]
+        return cls(vocabulary, merges)
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    max_sentence_chars: int = 4096,
+    input_sentence_size: int = 2_000_000,
+    num_threads: int = 2,
+) -> SentencePieceTokenizer:
+    """Trains a SentencePiece BPE tokenizer with byte fallback.
+
+    Identity normalization and kept whitespace make `decode(encode(t)) == t`
+    for any text (the default NFKC would rewrite e.g. full-width "？").
+
+    Args:
+        texts: documents; long ones are cut into lines for training only.
+        vocab_size: total ids, the 256 byte pieces and special tokens included.
+    """
+    import sentencepiece as spm
+
+    minimum = 256 + len(SPECIAL_TOKENS) + 2 + 1
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + specials), got {vocab_size}")
+
+    def sentences():
+        for text in texts:
+            for line in text.split("\n"):
+                line = line.strip()
+                while line:
+                    yield line[:max_sentence_chars]
+                    line = line[max_sentence_chars:]
+
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences(),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            character_coverage=0.9995,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            pad_piece="<|pad|>",
+            control_symbols=list(SPECIAL_TOKENS.values()),
+            user_defined_symbols=["\n"],
+            max_sentence_length=max_sentence_chars * 4,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            hard_vocab_limit=False,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise ValueError(f"SentencePiece training failed: {e}") from e
+    return SentencePieceTokenizer(model.getvalue())
+
+
+def load_tokenizer(directory: str) -> Tokenizer:
+    """Loads a tokenizer saved by `Tokenizer.save`; errors name the bad file."""
+    meta_path = os.path.join(directory, TOKENIZER_FILE)
+    meta = _read_json(meta_path)
+    kind = meta.get("type") if isinstance(meta, dict) else None
+    try:
+        if kind == SentencePieceTokenizer.kind:
+            path = os.path.join(directory, SPM_FILE)
+            with open(path, "rb") as f:
+                proto = f.read()
+            try:
+                tok = SentencePieceTokenizer(proto)
+            except Exception as e:  # sentencepiece raises bare RuntimeError/OSError
+                raise ValueError(f"{path}: not a valid SentencePiece model ({e})") from e
+        elif kind == GPT2Tokenizer.kind:
+            path = os.path.join(directory, GPT2_VOCAB_FILE)
+            tok = GPT2Tokenizer.from_files(path, os.path.join(directory, GPT2_MERGES_FILE))
+        else:
+            raise ValueError(f"{meta_path}: unknown tokenizer type {kind!r}")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"tokenizer file missing: {e.filename}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt JSON ({e})") from e
+    if tok.vocab_size != meta.get("vocab_size"):
+        raise ValueError(
+            f"{meta_path}: says vocab_size={meta.get('vocab_size')}, the model has {tok.vocab_size}"
+        )
+    return tok
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"tokenizer file missing: {path}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt JSON ({e})") from e
