@@ -88,3 +88,15 @@ def test_weights_of_another_shape_are_rejected(saved, tmp_path):
 def test_missing_directory():
     with pytest.raises(FileNotFoundError, match="model directory not found"):
         load_model("/nonexistent/model")
+
+
+def test_save_refuses_to_replace_a_foreign_directory(saved, tmp_path):
+    path, model, tok, cfg = saved
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a tfchat model directory"):
+        save_model(str(tmp_path), model, tok, cfg)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_model(str(empty), model, tok, cfg)
+    assert load_model(str(empty)).config == cfg

@@ -106,3 +106,11 @@ def test_gpt2_tokenizer_from_files(tmp_path):
     assert tok.decode(ids + [tok.user_id]) == "the 你好"
     tok.save(str(tmp_path / "saved"))
     assert load_tokenizer(str(tmp_path / "saved")).encode("the") == tok.encode("the")
+
+
+def test_survives_kernel_cache_clear(tok):
+    # tf.random.set_seed clears the eager kernel cache, which deletes TF Text's
+    # kernel-owned SentencePiece resource unless it has a shared name.
+    before = tok.encode("The quick fox")
+    tf.random.set_seed(1)
+    assert tok.encode("The quick fox") == before

@@ -77,7 +77,11 @@ def save_model(
 
 
 def _replace_dir(src: str, dst: str) -> None:
-    if not os.path.exists(dst):
+    if os.path.exists(dst) and os.listdir(dst) and not is_model_dir(dst):
+        raise FileExistsError(f"{dst} exists and is not a tfchat model directory; refusing to replace it")
+    if not os.path.exists(dst) or not os.listdir(dst):
+        if os.path.isdir(dst):
+            os.rmdir(dst)
         os.rename(src, dst)
         return
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))

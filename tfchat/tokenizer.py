@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -27,6 +28,8 @@ import tensorflow as tf
 
 # Import registers the SentencePiece and regex ops with TF.
 import tensorflow_text as tf_text
+from tensorflow_text.python.ops.sentencepiece_tokenizer import gen_sentencepiece_tokenizer
+from tensorflow_text.python.ops.sentencepiece_tokenizer import _SentencepieceModelResource
 
 TOKENIZER_FILE = "tokenizer.json"
 SPM_FILE = "tokenizer.model"
@@ -117,6 +120,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.assistant_id, self.end_id = ids["assistant"], ids["end"]
         self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eot_id
         self._sp = tf_text.SentencepieceTokenizer(model=model_proto, out_type=tf.int32)
+        self._sp._model_resource = _SharedSentencepieceResource(model_proto)
 
     def tf_encode(self, strings):
         return self._sp.tokenize(strings)
@@ -129,6 +133,24 @@ class SentencePieceTokenizer(Tokenizer):
         with open(os.path.join(directory, SPM_FILE), "wb") as f:
             f.write(self._proto)
         _write_json(os.path.join(directory, TOKENIZER_FILE), self._metadata())
+
+
+class _SharedSentencepieceResource(_SentencepieceModelResource):
+    """TF Text's model resource, but with a content-derived `shared_name`.
+
+    TF Text's resource is owned by its kernel, so anything that clears the
+    eager kernel cache (`tf.random.set_seed`, `keras.utils.set_random_seed`)
+    deletes it and later calls fail with "Resource ... does not exist". A
+    shared name makes the resource manager own it; deriving the name from the
+    model bytes keeps sharing correct (same name, same model).
+    """
+
+    def __init__(self, model: bytes):
+        self._shared_name = "tfchat_spm_" + hashlib.sha256(model).hexdigest()[:24]
+        super().__init__(model, None)
+
+    def _create_resource(self):
+        return gen_sentencepiece_tokenizer.sentencepiece_op(model=self._model, shared_name=self._shared_name)
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -188,7 +210,7 @@ class GPT2Tokenizer(Tokenizer):
         with open(vocab_path, encoding="utf-8") as f:
             vocabulary = json.load(f)
         with open(merges_path, encoding="utf-8") as f:
-            merges = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#version")]
+            merges = [ln.rstrip("\r\n") for ln in f if ln.strip() and not ln.startswith("#version")]
         return cls(vocabulary, merges)
 
 

@@ -1,0 +1,32 @@
+"""Small shared fixtures: a tiny tokenizer and model shape, and a learnable synthetic dataset."""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from tfchat.config import GPTConfig
+from tfchat.tokenizer import train_tokenizer
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "你好，世界。", "Emoji 🙂 and café."] * 30
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=400)
+
+
+def tiny_config(tok) -> GPTConfig:
+    return GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+def synthetic_dataset(ctx, micro_batch, seed=0, seq_len=16, rows=64):
+    """Deterministic windows with a learnable pattern (odd tokens = previous + 1), repeating."""
+    rng = np.random.default_rng(seed)
+    windows = rng.integers(10, 60, (rows, seq_len + 1)).astype("int32")
+    windows[:, 1::2] = windows[:, 0:-1:2] + 1
+    ds = tf.data.Dataset.from_tensor_slices(windows)
+    if ctx is not None and ctx.num_input_pipelines > 1:
+        ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+    ds = ds.repeat().map(lambda w: {"token_ids": w[:-1], "targets": w[1:], "loss_mask": tf.ones([seq_len])})
+    return ds.batch(micro_batch, drop_remainder=True)

@@ -1,0 +1,208 @@
+"""The training loop: loss falls, distribution equivalence, accumulation, resume, summaries, bad input."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.fixtures import synthetic_dataset, tiny_config, tiny_tokenizer
+from training.loop import TrainConfig, Trainer, TrainingError, token_loss
+from training.strategy import make_strategy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROC = os.path.join(ROOT, "tests", "_trainer_proc.py")
+
+
+def _cfg(**kw):
+    base = dict(steps=4, batch_size=8, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=1000, save_every=1000, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def _trainer(tmp_path, name="run", **kw):
+    tok = tiny_tokenizer()
+    return Trainer(tiny_config(tok), tok, _cfg(**kw), make_strategy("default"), str(tmp_path / name), synthetic_dataset,
+                   eval_dataset=lambda ctx, m: synthetic_dataset(ctx, m, seed=1).take(2))
+
+
+def _run(tmp_path, name, *args):
+    out = str(tmp_path / f"{name}.json")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, PROC, out, str(tmp_path / name), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f)
+
+
+def _max_weight_diff(a, b):
+    return max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(a["weights"], b["weights"]))
+
+
+def test_loss_falls_and_outputs_are_written(tmp_path):
+    trainer = _trainer(tmp_path, steps=40, eval_every=40)
+    first = trainer.evaluate()["loss"]
+    metrics = trainer.train(progress=False)
+    assert metrics["step"] == 40
+    assert metrics["val_loss"] < first - 0.5, (first, metrics)
+    run = tmp_path / "run"
+    assert (run / "model" / "tfchat.json").exists()
+    assert (run / "checkpoints" / "checkpoint").exists()
+
+
+def test_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tok = tiny_tokenizer()
+    trainer = Trainer(tiny_config(tok), tok, _cfg(steps=2, eval_every=2), make_strategy("default"), str(tmp_path / "run"),
+                      synthetic_dataset, eval_dataset=lambda c, m: synthetic_dataset(c, m, seed=1).take(1),
+                      sample_prompts=[tok.encode("The quick")])
+    trainer.train(progress=False)
+    acc = EventAccumulator(str(tmp_path / "run" / "logs"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    expected = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu", "val/loss", "val/perplexity", "config", "samples/0"}
+    assert expected <= tags, expected - tags
+
+
+def test_gradient_accumulation_equals_large_batch(tmp_path):
+    big = _trainer(tmp_path, "big", steps=3)
+    big.train(progress=False)
+    accum = _trainer(tmp_path, "accum", steps=3, micro_batch_size=2)
+    assert accum.accum == 4
+    accum.train(progress=False)
+    for a, b in zip(big.model.get_weights(), accum.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_masked_tokens_carry_zero_gradient():
+    """Fine-tuning learns only from loss-mask tokens: targets under mask 0 do not affect the gradient."""
+    tok = tiny_tokenizer()
+    from tfchat.model import build_gpt
+
+    model = build_gpt(tiny_config(tok))
+    ids = np.random.default_rng(0).integers(10, 60, (2, 9)).astype("int32")
+    mask = np.array([[0, 0, 0, 1, 1, 0, 0, 1, 1]] * 2, "float32")
+
+    def grads(targets):
+        batch = {"token_ids": ids[:, :-1], "targets": targets, "loss_mask": mask[:, 1:]}
+        with tf.GradientTape() as tape:
+            loss, _ = token_loss(model, batch, training=False)
+        return tape.gradient(loss, model.trainable_variables)
+
+    targets = ids[:, 1:].copy()
+    changed = targets.copy()
+    changed[mask[:, 1:] == 0] = 7  # different "user" targets
+    for a, b in zip(grads(targets), grads(changed)):
+        np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), atol=1e-7)
+    # and the masked-in targets do matter
+    other = targets.copy()
+    other[mask[:, 1:] == 1] = 7
+    assert any(np.abs(np.asarray(tf.convert_to_tensor(a) - tf.convert_to_tensor(b))).max() > 1e-6
+               for a, b in zip(grads(targets), grads(other)))
+
+
+def test_mirrored_two_cpus_matches_one_device(tmp_path):
+    one = _run(tmp_path, "one", "--steps", "3")
+    two = _run(tmp_path, "two", "--steps", "3", "--strategy", "mirrored", "--logical-cpus", "2")
+    assert two["replicas"] == 2
+    assert abs(one["metrics"]["loss"] - two["metrics"]["loss"]) < 1e-5
+    assert _max_weight_diff(one, two) < 2e-5
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multiworker_two_processes_agree(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        out = str(tmp_path / f"w{i}.json")
+        procs.append((out, subprocess.Popen(
+            [sys.executable, PROC, out, str(tmp_path / "mw"), "--steps", "3", "--strategy", "auto"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    results = []
+    for out, p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        with open(out) as f:
+            results.append(json.load(f))
+    assert results[0]["replicas"] == 2
+    assert results[0]["metrics"]["step"] == results[1]["metrics"]["step"] == 3
+    assert results[0]["metrics"]["loss"] == results[1]["metrics"]["loss"]
+    assert _max_weight_diff(results[0], results[1]) == 0
+    # Only the chief wrote the model directory.
+    assert (tmp_path / "mw" / "model" / "tfchat.json").exists()
+
+
+def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
+    straight = _run(tmp_path, "straight", "--steps", "6")
+    killed = _run(tmp_path, "resumed", "--steps", "6", "--sigterm-after", "3")
+    assert killed["status"] == "interrupted" and killed["metrics"]["step"] == 3
+    resumed = _run(tmp_path, "resumed", "--steps", "6")
+    assert resumed["status"] == "done" and resumed["metrics"]["step"] == 6
+    assert abs(straight["metrics"]["loss"] - resumed["metrics"]["loss"]) < 1e-6
+    assert _max_weight_diff(straight, resumed) < 1e-6
+
+
+def test_batch_not_divisible_by_replicas():
+    with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
+        _cfg(batch_size=8).accumulation(3)
+    with pytest.raises(ValueError, match="micro-batch-size 3"):
+        _cfg(batch_size=8, micro_batch_size=3).accumulation(1)
+
+
+def test_bad_train_config():
+    with pytest.raises(ValueError, match="precision"):
+        _cfg(precision="fp8")
+    with pytest.raises(ValueError, match="steps must be positive"):
+        _cfg(steps=0)
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tmp_path):
+    trainer = _trainer(tmp_path, steps=2)
+    trainer.train(progress=False)
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    tok = tiny_tokenizer()
+    other = Trainer(tiny_config(tok).replace(n_layer=3), tok, _cfg(steps=4), make_strategy("default"),
+                    str(tmp_path / "run"), synthetic_dataset)
+    with pytest.raises(TrainingError, match="another model shape"):
+        other.train(progress=False)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+
+
+def test_existing_run_without_resume_is_refused(tmp_path):
+    _trainer(tmp_path, steps=1).train(progress=False)
+    with pytest.raises(TrainingError, match="--resume"):
+        _trainer(tmp_path, steps=2).train(resume=False, progress=False)
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    def poisoned(ctx, micro):
+        return synthetic_dataset(ctx, micro).map(lambda b: {**b, "loss_mask": b["loss_mask"] * np.nan})
+
+    tok = tiny_tokenizer()
+    trainer = Trainer(tiny_config(tok), tok, _cfg(steps=3), make_strategy("default"), str(tmp_path / "run"), poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at step 1"):
+        trainer.train(progress=False)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_bf16_and_fp16_train(tmp_path):
+    for precision in ("bf16", "fp16"):
+        metrics = _trainer(tmp_path, precision, steps=3, precision=precision).train(progress=False)
+        assert np.isfinite(metrics["loss"])

@@ -1,0 +1,476 @@
+"""The custom distributed training loop shared by pretraining and fine-tuning.
+
+Not `model.fit`: under Keras 3.15 it breaks with MultiWorkerMirroredStrategy
+(keras-team/keras#20585, tensorflow/tensorflow#72388) and
+`steps_per_execution > 1` fails with more than one replica. Instead, a
+`tf.function` step runs `strategy.run` on a distributed dataset:
+
+* each dataset element is one optimizer step: `[accum, micro_batch, T]` per
+  replica, so gradient accumulation is a loop inside the replica step;
+* the loss is summed over tokens, and gradients are all-reduced once and
+  divided by the *global* number of unmasked target tokens;
+* the global gradient norm is clipped, then AdamW applies it (no weight decay
+  on norms, biases and embeddings) with linear warmup + cosine decay;
+* bf16/fp16 mixed precision (fp16 with dynamic loss scaling), optional XLA
+  for the forward/backward computation.
+
+Checkpoints (model, optimizer, step, loss scale) go through
+`tf.train.CheckpointManager`; the data position is the step count, replayed
+on resume by skipping that many elements of the deterministic pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfchat.config import GPTConfig
+from tfchat.model_dir import save_model
+from tfchat.tokenizer import Tokenizer
+from training import flops
+from training.strategy import is_chief, worker_dir
+
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation settings. `batch_size` is global: sequences per optimizer step."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    micro_batch_size: int | None = None  # per replica; default batch_size / replicas
+    seq_len: int = 128
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    xla: bool = False
+    log_every: int = 10
+    eval_every: int = 250
+    eval_batches: int = 20
+    save_every: int = 250
+    keep_checkpoints: int = 3
+    seed: int = 0
+    profile_steps: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ValueError(f"micro-batch-size must be positive, got {self.micro_batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def accumulation(self, num_replicas: int) -> tuple[int, int]:
+        """(micro batch per replica, accumulation steps) for the global batch."""
+        if self.batch_size % num_replicas:
+            raise ValueError(
+                f"global batch size {self.batch_size} is not divisible by the {num_replicas} replicas"
+            )
+        per_replica = self.batch_size // num_replicas
+        micro = self.micro_batch_size or per_replica
+        if per_replica % micro:
+            raise ValueError(
+                f"per-replica batch {per_replica} (batch size {self.batch_size} / {num_replicas} replicas) "
+                f"is not divisible by micro-batch-size {micro}"
+            )
+        return micro, per_replica // micro
+
+
+class TrainingError(RuntimeError):
+    """A failure the user must act on (NaN loss, incompatible checkpoint...)."""
+
+
+class _AdamW(keras.optimizers.AdamW):
+    # The train step all-reduces gradients once itself (to clip the *global*
+    # norm before the update); Keras must not sum them across replicas again.
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return grads_and_vars
+
+
+def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    warmup = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else cfg.lr,
+        warmup_target=cfg.lr if warmup else None,
+        warmup_steps=warmup,
+        decay_steps=max(cfg.steps - warmup, 1),
+        alpha=cfg.min_lr_ratio,
+    )
+    opt = _AdamW(
+        learning_rate=schedule, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=1e-8,
+        name="adamw",
+    )
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "embedding"])
+    return opt
+
+
+def token_loss(model: keras.Model, batch: dict, training: bool):
+    """(sum of masked token cross-entropies, number of unmasked tokens), float32."""
+    logits = model(batch["token_ids"], training=training)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"], logits=logits)
+    mask = tf.cast(batch["loss_mask"], tf.float32)
+    return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
+
+
+class Trainer:
+    """Trains a GPT under a tf.distribute strategy, with checkpoints, summaries and resume.
+
+    Args:
+        config: the model shape.
+        tokenizer: saved with the model directory.
+        train_cfg: optimisation settings.
+        strategy: from `training.strategy.make_strategy`.
+        out_dir: run directory: `model/`, `checkpoints/`, `logs/`, `run.json`.
+        train_dataset: `fn(input_context, micro_batch) -> tf.data.Dataset` of
+            dicts `token_ids`, `targets`, `loss_mask` `[micro_batch, T]`;
+            deterministic and repeating.
+        eval_dataset: same contract, finite, for held-out loss (optional).
+        init_weights: `fn(model)` that loads starting weights (fine-tuning).
+        sample_prompts: token-id prompts for sample generations in TensorBoard.
+        metadata: stored in the model directory's marker file.
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        tokenizer: Tokenizer,
+        train_cfg: TrainConfig,
+        strategy: tf.distribute.Strategy,
+        out_dir: str,
+        train_dataset: DatasetFn,
+        eval_dataset: DatasetFn | None = None,
+        init_weights: Callable[[keras.Model], None] | None = None,
+        sample_prompts: Sequence[Sequence[int]] = (),
+        metadata: dict | None = None,
+    ):
+        self.config, self.tokenizer, self.cfg, self.strategy = config, tokenizer, train_cfg, strategy
+        self.out_dir = out_dir
+        self.chief = is_chief(strategy)
+        self.metadata = dict(metadata or {})
+        self.sample_prompts = [list(p) for p in sample_prompts]
+        self.replicas = strategy.num_replicas_in_sync
+        self.micro_batch, self.accum = train_cfg.accumulation(self.replicas)
+        self._train_dataset_fn, self._eval_dataset_fn = train_dataset, eval_dataset
+        self._stop_signal = None
+
+        keras.utils.set_random_seed(train_cfg.seed)
+        with strategy.scope():
+            self.model = _build(config, PRECISIONS[train_cfg.precision])
+            if init_weights is not None:
+                init_weights(self.model)
+            self.optimizer = make_optimizer(train_cfg)
+            # Built here, not lazily inside a replica context, where AdamW fails
+            # with "You must feed a value for placeholder tensor ...".
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.loss_scale = tf.Variable(2.0**15 if train_cfg.precision == "fp16" else 1.0, trainable=False)
+            self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step,
+            loss_scale=self.loss_scale, good_steps=self.good_steps,
+        )
+        self.ckpt_dir = os.path.join(worker_dir(out_dir, strategy), "checkpoints")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=train_cfg.keep_checkpoints)
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    # -- distributed steps ------------------------------------------------
+
+    def _make_train_step(self):
+        model, cfg, accum = self.model, self.cfg, self.accum
+        variables = model.trainable_variables
+        fp16 = cfg.precision == "fp16"
+
+        def grads_of(micro):
+            with tf.GradientTape() as tape:
+                loss_sum, tokens = token_loss(model, micro, training=True)
+                scaled = loss_sum * self.loss_scale if fp16 else loss_sum
+            grads = tape.gradient(scaled, variables)
+            return loss_sum, tokens, [tf.cast(g, tf.float32) for g in grads]
+
+        if cfg.xla:
+            grads_of = tf.function(grads_of, jit_compile=True)
+
+        def replica_step(batch):
+            if accum == 1:
+                loss_sum, tokens, grads = grads_of({k: v[0] for k, v in batch.items()})
+            else:
+                def body(i, loss_sum, tokens, grads):
+                    l, n, g = grads_of({k: v[i] for k, v in batch.items()})
+                    return i + 1, loss_sum + l, tokens + n, [a + b for a, b in zip(grads, g)]
+
+                zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
+                _, loss_sum, tokens, grads = tf.while_loop(
+                    lambda i, *_: i < accum, body, (tf.constant(0), 0.0, 0.0, zeros)
+                )
+            ctx = tf.distribute.get_replica_context()
+            loss_sum, tokens, *grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss_sum, tokens, *grads])
+            tokens = tf.maximum(tokens, 1.0)
+            grads = [g / (tokens * self.loss_scale) for g in grads]
+            norm = tf.linalg.global_norm(grads)
+            finite = tf.math.is_finite(norm)
+            grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip, use_norm=norm)
+            grads = [tf.cast(g, v.dtype) for g, v in zip(grads, variables)]
+
+            def apply():
+                self.optimizer.apply_gradients(zip(grads, variables))
+                return tf.constant(True)
+
+            if fp16:  # on overflow skip the update (the scale is halved in train_step)
+                tf.cond(finite, apply, lambda: tf.constant(False))
+            else:
+                apply()
+            return loss_sum / tokens, norm, finite
+
+        @tf.function
+        def train_step(iterator):
+            loss, norm, finite = self.strategy.run(replica_step, args=(next(iterator),))
+            loss = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+            norm = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)
+            finite = self.strategy.experimental_local_results(finite)[0]
+            if fp16:
+                self.good_steps.assign(tf.where(finite, self.good_steps + 1, 0))
+                new_scale = tf.where(finite, self.loss_scale, self.loss_scale / 2)
+                grow = self.good_steps >= 2000
+                self.loss_scale.assign(tf.where(grow, new_scale * 2, new_scale))
+                self.good_steps.assign(tf.where(grow, tf.zeros_like(self.good_steps), self.good_steps))
+            self.step.assign_add(1)
+            return loss, norm
+
+        return train_step
+
+    def _make_eval_step(self):
+        @tf.function
+        def eval_step(batch):
+            loss_sum, tokens = self.strategy.run(lambda b: token_loss(self.model, b, training=False), args=(batch,))
+            return (
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None),
+            )
+
+        return eval_step
+
+    # -- data -------------------------------------------------------------
+
+    def _train_iterator(self, start_step: int):
+        micro, accum = self.micro_batch, self.accum
+
+        def dataset_fn(ctx):
+            ds = self._train_dataset_fn(ctx, micro).batch(accum, drop_remainder=True)
+            return ds.skip(start_step).prefetch(2)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def evaluate(self, batches: int | None = None) -> dict:
+        """Held-out loss and perplexity over up to `batches` batches."""
+        if self._eval_dataset_fn is None:
+            return {}
+        batches = batches or self.cfg.eval_batches
+        micro = self.micro_batch
+        def dataset_fn(ctx):
+            ds = self._eval_dataset_fn(ctx, micro)
+            # Workers must run the same number of collective steps.
+            return (ds.repeat() if ctx.num_input_pipelines > 1 else ds).take(batches)
+
+        dist = self.strategy.distribute_datasets_from_function(dataset_fn)
+        total, tokens = 0.0, 0.0
+        for batch in dist:
+            l, n = self._eval_step(batch)
+            total, tokens = total + float(l), tokens + float(n)
+        if tokens == 0:
+            raise TrainingError("the validation data yielded no tokens")
+        loss = total / tokens
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def restore(self, resume: bool) -> int:
+        """Restores the latest checkpoint when `resume`; returns the step to start from."""
+        run_file = os.path.join(self.out_dir, "run.json")
+        latest = self.manager.latest_checkpoint
+        if latest and not resume:
+            raise TrainingError(
+                f"{self.out_dir} already holds checkpoints; pass --resume to continue it or choose another --out"
+            )
+        if latest:
+            if os.path.exists(run_file):
+                with open(run_file) as f:
+                    saved = json.load(f).get("model_config")
+                if saved and saved != self.config.to_dict():
+                    raise TrainingError(
+                        f"checkpoint in {self.ckpt_dir} is for another model shape ({_diff(saved, self.config.to_dict())}); "
+                        "use a new --out or the same preset/flags"
+                    )
+            try:
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            except (ValueError, AssertionError, tf.errors.OpError) as e:
+                raise TrainingError(f"cannot restore checkpoint {latest}: {e}") from e
+            logging.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
+        return int(self.step.numpy())
+
+    def save_checkpoint(self) -> None:
+        # Every worker saves (a collective under MultiWorkerMirroredStrategy); only the chief's dir is kept.
+        self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    def save_model_dir(self, extra: dict | None = None) -> None:
+        if not self.chief:
+            return
+        weights_model = self.model
+        if self.model.dtype_policy.name != "float32":
+            weights_model = _build(self.config, "float32")
+            weights_model.set_weights(self.model.get_weights())
+        save_model(
+            os.path.join(self.out_dir, "model"), weights_model, self.tokenizer, self.config,
+            metadata={**self.metadata, "step": int(self.step.numpy()), **(extra or {})},
+        )
+
+    # -- the loop ---------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        logging.warning("Received signal %d: saving a checkpoint after this step", signum)
+        self._stop_signal = signum
+
+    def train(self, resume: bool = True, progress: bool = True) -> dict:
+        """Runs until `cfg.steps`; returns final metrics. Re-running resumes."""
+        cfg = self.cfg
+        if self.chief:
+            os.makedirs(self.out_dir, exist_ok=True)
+        start = self.restore(resume)
+        if self.chief:
+            _write_json(os.path.join(self.out_dir, "run.json"), {
+                "model_config": self.config.to_dict(), "train_config": dataclasses.asdict(self.cfg),
+                "strategy": type(self.strategy).__name__, "replicas": self.replicas, **self.metadata,
+            })
+        writer = tf.summary.create_file_writer(os.path.join(worker_dir(self.out_dir, self.strategy), "logs"))
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        step_flops = flops.flops_per_token(self.config, cfg.seq_len) * tokens_per_step
+        peak = flops.measure_peak_flops("bfloat16" if cfg.precision == "bf16" else "float16" if cfg.precision == "fp16" else "float32", seconds=0.5)
+        with writer.as_default(step=start):
+            tf.summary.text("config", "```\n" + json.dumps({"model": self.config.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n```")
+
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        metrics: dict = {"step": start}
+        bar = None
+        try:
+            iterator = self._train_iterator(start)
+            if progress and self.chief:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
+            window_start, window_steps = time.perf_counter(), 0
+            step = start
+            while step < cfg.steps:
+                profiling = cfg.profile_steps and step == cfg.profile_steps[0] and self.chief
+                if profiling:
+                    tf.profiler.experimental.start(os.path.join(self.out_dir, "logs"))
+                loss, norm = self._train_step(iterator)
+                loss, norm = float(loss), float(norm)
+                step += 1
+                window_steps += 1
+                if cfg.profile_steps and step == cfg.profile_steps[1] and self.chief:
+                    tf.profiler.experimental.stop()
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss} at step {step}; the last good checkpoint is kept in {self.ckpt_dir}. "
+                        "Lower --lr, use --precision fp32, or check the data"
+                    )
+                metrics.update(step=step, loss=loss, grad_norm=norm)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    tps = window_steps * tokens_per_step / elapsed
+                    lr = float(self.optimizer.learning_rate)
+                    mfu = window_steps * step_flops / elapsed / peak
+                    metrics.update(tokens_per_sec=tps, mfu=mfu, lr=lr)
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("train/loss", loss)
+                        tf.summary.scalar("train/lr", lr)
+                        tf.summary.scalar("train/grad_norm", norm)
+                        tf.summary.scalar("train/tokens_per_sec", tps)
+                        tf.summary.scalar("train/mfu", mfu)
+                    window_start, window_steps = time.perf_counter(), 0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}")
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    metrics.update(self._evaluate_and_log(writer, step))
+                if step % cfg.save_every == 0 and step < cfg.steps:
+                    self.save_checkpoint()
+                if self._stop_signal is not None:
+                    self.save_checkpoint()
+                    self.save_model_dir()
+                    writer.flush()
+                    raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at step {step}")
+            self.save_checkpoint()
+            self.save_model_dir({k: metrics[k] for k in ("loss", "val_loss") if k in metrics})
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            writer.flush()
+        return metrics
+
+    def _evaluate_and_log(self, writer, step: int) -> dict:
+        results = self.evaluate()
+        out = {}
+        with writer.as_default(step=step):
+            if results:
+                tf.summary.scalar("val/loss", results["loss"])
+                tf.summary.scalar("val/perplexity", results["perplexity"])
+                out = {"val_loss": results["loss"], "val_perplexity": results["perplexity"]}
+            if self.sample_prompts and self.chief:
+                for i, text in enumerate(self.samples()):
+                    tf.summary.text(f"samples/{i}", text)
+        return out
+
+    def samples(self, max_new_tokens: int = 48) -> list[str]:
+        """Sample continuations of `sample_prompts` with the current weights (markdown-ready)."""
+        from tfchat import generation
+
+        out = []
+        for prompt in self.sample_prompts:
+            tokens, lengths = generation.generate(
+                self.model, tf.ragged.constant([prompt], dtype=tf.int32),
+                max_new_tokens=min(max_new_tokens, self.config.block_size // 2),
+                temperature=0.8, top_k=40, seed=self.cfg.seed, stop_ids=[self.tokenizer.end_id, self.tokenizer.eot_id],
+            )
+            new = tokens[0, : int(lengths[0])].numpy().tolist()
+            out.append(f"**{self.tokenizer.decode(prompt)}** {self.tokenizer.decode(new)}")
+        return out
+
+
+def _build(config: GPTConfig, policy: str) -> keras.Model:
+    from tfchat.model import build_gpt
+
+    return build_gpt(config, dtype=policy)
+
+
+def _diff(a: dict, b: dict) -> str:
+    return ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)

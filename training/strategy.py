@@ -1,0 +1,90 @@
+"""Picks the tf.distribute strategy and says which worker is the chief.
+
+`auto`: TPUStrategy when a TPU cluster resolver finds one,
+MultiWorkerMirroredStrategy when TF_CONFIG lists more than one worker,
+MirroredStrategy with more than one GPU, else the default strategy.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import tempfile
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+
+
+def _tf_config() -> dict:
+    try:
+        return json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+
+
+def _num_workers(tf_config: dict) -> int:
+    cluster = tf_config.get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def _tpu_strategy():
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """Returns the strategy called `name` (one of STRATEGIES)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if name == "auto":
+        if os.environ.get("TPU_NAME") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+            try:
+                strategy = _tpu_strategy()
+                logging.info("Found a TPU: using TPUStrategy")
+                return strategy
+            except (ValueError, tf.errors.NotFoundError, tf.errors.UnavailableError, RuntimeError) as e:
+                logging.warning("TPU not usable (%s); falling back", e)
+        if _num_workers(_tf_config()) > 1:
+            name = "multiworker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "tpu":
+        return _tpu_strategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        # All GPUs; without any, all (logical) CPU devices.
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes summaries, checkpoints and the model directory."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type in (None, "worker") and task_id == 0 and not has_chief
+
+
+def worker_dir(path: str, strategy: tf.distribute.Strategy) -> str:
+    """`path` on the chief; a throwaway directory on other workers.
+
+    Under MultiWorkerMirroredStrategy every worker must take part in a
+    checkpoint save (it is a collective), but only the chief's copy is kept.
+    """
+    if is_chief(strategy):
+        return path
+    resolver = strategy.cluster_resolver
+    return tempfile.mkdtemp(prefix=f"tfchat-{resolver.task_type}-{resolver.task_id}-")
