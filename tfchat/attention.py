@@ -72,7 +72,8 @@ class CausalSelfAttention(keras.layers.Layer):
             k, v = kv[0], kv[1]
             bias = attention_bias
         scores = tf.matmul(q, tf.cast(k, q.dtype), transpose_b=True)
-        scores = tf.cast(scores, "float32") * (self.head_dim**-0.5) + bias
+        # Keras autocasts float call arguments to the compute dtype: bring the bias back to float32.
+        scores = tf.cast(scores, "float32") * (self.head_dim**-0.5) + tf.cast(bias, "float32")
         weights = tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype)
         weights = self.attn_dropout(weights, training=training)
         y = tf.matmul(weights, tf.cast(v, q.dtype))  # [B, H, T, D]

@@ -88,7 +88,7 @@ class GPTConfig:
 
 PRESETS: dict[str, dict] = {
     # Trains in a few minutes on a 2-core CPU.
-    "tiny": dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128),
+    "tiny": dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=128),
     "small": dict(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384),
     "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024),

@@ -95,7 +95,16 @@ def is_model_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER_FILE))
 
 
+def resolve_model_dir(path: str) -> str:
+    """`path` itself, or `path/model` when `path` is a training run directory."""
+    if not is_model_dir(path) and is_model_dir(os.path.join(path, "model")):
+        return os.path.join(path, "model")
+    return path
+
+
 def load_config(path: str) -> GPTConfig:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
     config_path = os.path.join(path, CONFIG_FILE)
     try:
         with open(config_path) as f:
@@ -110,9 +119,10 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
     """Reads a model directory. A missing or corrupt file raises an error naming it.
 
     Args:
-        path: the model directory.
+        path: the model directory, or a training run directory holding `model/`.
         dtype: Keras dtype policy for the rebuilt model (default: global policy).
     """
+    path = resolve_model_dir(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     marker = os.path.join(path, MARKER_FILE)

@@ -1,0 +1,381 @@
+"""Sampling and KV-cached autoregressive generation, graph-safe.
+
+`generate` left-pads a ragged batch of prompts, runs them through the model
+once (prefill), then decodes inside a `tf.while_loop` that feeds one token
+per row per step: each step writes one cache position and attends over the
+filled prefix only, so time per token stays flat as the position grows. It
+stops when every row has emitted a stop id (e.g. `end_id`, `eot_id`) or after
+`max_new_tokens`. The same function runs eagerly, inside `tf.function` and
+inside SavedModel signatures (no XLA-only ops, no keras-hub samplers).
+
+Sampling (`sample`) is per row: temperature (0 = greedy), top-k (0 = off),
+top-p (1 = off). Randomness is Gumbel-max noise from stateless random ops
+keyed by (seed, position of the sampled token), so a prompt with a given seed
+gives the same text whatever else is in the batch.
+
+Prompts longer than the room left in the context (`block_size -
+max_new_tokens`) are truncated from the left: the model sees the most recent
+tokens. `generate_text` logs a warning when that happens.
+
+Example:
+
+>>> import tensorflow as tf
+>>> from tfchat import GPTConfig, build_gpt
+>>> model = build_gpt(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16))
+>>> prompts = tf.ragged.constant([[1, 2, 3], [4]], dtype=tf.int32)
+>>> tokens, lengths = generate(model, prompts, max_new_tokens=5, temperature=0.0)
+>>> tokens.shape
+TensorShape([2, 5])
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import weakref
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from tfchat.model import call_with_cache, init_cache
+
+log = logging.getLogger(__name__)
+
+NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Number) and not isinstance(x, bool)
+
+
+def context_size(model: keras.Model) -> int:
+    """The model's context length (number of learned positions)."""
+    return int(model.get_layer("embeddings").max_positions)
+
+
+def validate_sampling(
+    max_new_tokens=None, temperature=None, top_k=None, top_p=None, context: int | None = None
+) -> None:
+    """Raises ValueError for out-of-range Python-number arguments (tensors are checked in the graph)."""
+    if _is_number(max_new_tokens):
+        if max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+        if context is not None and max_new_tokens > context - 1:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} does not fit the context of {context} tokens "
+                f"(at most {context - 1}: one prompt token is needed)"
+            )
+    if _is_number(temperature) and not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if _is_number(top_k) and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if _is_number(top_p) and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def _graph_checks(max_new, temperature, top_k, top_p, context, prompt_lengths) -> list:
+    """Runtime checks for tensor arguments; errors read like the ValueErrors above."""
+    a = tf.debugging
+    return [
+        a.assert_positive(max_new, message="max_new_tokens must be > 0"),
+        a.assert_less_equal(max_new, context - 1, message=f"max_new_tokens must be <= {context - 1} (context)"),
+        a.assert_non_negative(temperature, message="temperature must be >= 0"),
+        a.assert_non_negative(top_k, message="top_k must be >= 0"),
+        a.assert_positive(top_p, message="top_p must be in (0, 1]"),
+        a.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
+        a.assert_positive(prompt_lengths, message="every prompt needs at least one token"),
+    ]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _per_row(x, batch, dtype) -> tf.Tensor:
+    return tf.broadcast_to(tf.cast(x, dtype), [batch])
+
+
+def _filter_top_k_top_p(logits, top_k, top_p):
+    """Sets logits outside the top-k / nucleus of each row to -inf. logits [B, V]; top_k, top_p [B]."""
+    vocab = tf.shape(logits)[1]
+    sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
+    ranks = tf.range(vocab)[None, :]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)[:, None]
+    in_top_k = ranks < k
+    sorted_logits = tf.where(in_top_k, sorted_logits, NEG_INF)
+    # Nucleus over the top-k renormalized distribution: keep a token while the mass before it is < top_p.
+    mass_before = tf.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1, exclusive=True)
+    keep = tf.logical_and(mass_before < top_p[:, None], in_top_k)
+    n_keep = tf.maximum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=-1), 1)
+    threshold = tf.gather(sorted_logits, n_keep - 1, batch_dims=1)[:, None]
+    return tf.where(logits >= threshold, logits, NEG_INF)
+
+
+def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0) -> tf.Tensor:
+    """Picks one token per row.
+
+    Args:
+        logits: float [B, V].
+        temperature: scalar or [B]; 0 means greedy (argmax).
+        top_k: scalar or [B] int; keep the k most likely tokens, 0 = all.
+        top_p: scalar or [B] float in (0, 1]; keep the smallest set of tokens
+            whose probability reaches top_p, 1 = all.
+        seed: scalar or [B] int; with `step`, the key of the stateless noise.
+        step: scalar or [B] int, e.g. the position of the sampled token, so
+            each step draws fresh noise.
+
+    Returns:
+        int32 [B].
+    """
+    logits = tf.cast(logits, tf.float32)
+    batch, vocab = tf.shape(logits)[0], tf.shape(logits)[1]
+    temperature = _per_row(temperature, batch, tf.float32)
+    top_k = _per_row(top_k, batch, tf.int32)
+    top_p = _per_row(top_p, batch, tf.float32)
+    keys = tf.stack([_per_row(seed, batch, tf.int32), _per_row(step, batch, tf.int32)], axis=1)
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def sampled():
+        scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
+        needs_filter = tf.reduce_any(tf.logical_or(top_k > 0, top_p < 1.0))
+        scaled = tf.cond(needs_filter, lambda: _filter_top_k_top_p(scaled, top_k, top_p), lambda: scaled)
+        # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits).
+        # One stateless draw per row, so a row's sample depends only on its own (seed, step).
+        uniform = tf.map_fn(
+            lambda key: tf.random.stateless_uniform([vocab], key, minval=1e-20, maxval=1.0),
+            keys,
+            fn_output_signature=tf.TensorSpec([None], tf.float32),
+        )
+        gumbel = -tf.math.log(-tf.math.log(uniform))
+        drawn = tf.argmax(scaled + gumbel, axis=-1, output_type=tf.int32)
+        return tf.where(temperature > 0, drawn, greedy)
+
+    return tf.cond(tf.reduce_any(temperature > 0), sampled, lambda: greedy)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def left_pad(prompt_ids: tf.RaggedTensor, max_prompt_len, pad_id: int = 0):
+    """Keeps the last `max_prompt_len` ids of each row and left-pads to a dense batch.
+
+    Returns:
+        (ids int32 [B, W], valid bool [B, W], lengths int32 [B]); W = longest kept row.
+    """
+    lengths = tf.cast(prompt_ids.row_lengths(), tf.int32)
+    kept = tf.minimum(lengths, max_prompt_len)
+    width = tf.reduce_max(tf.concat([kept, [0]], 0))
+    cols = tf.range(width)[None, :]
+    pad = (width - kept)[:, None]
+    valid = cols >= pad
+    # Flat index of each kept id: row start + dropped head + column offset.
+    starts = tf.cast(prompt_ids.row_starts(), tf.int32) + lengths - kept
+    src = tf.where(valid, starts[:, None] + cols - pad, 0)
+    values = tf.cast(prompt_ids.flat_values, tf.int32)
+    values = tf.concat([values, [pad_id]], 0)  # gather from an empty batch stays in range
+    ids = tf.where(valid, tf.gather(values, src), pad_id)
+    return ids, valid, kept
+
+
+def prefill(
+    model: keras.Model,
+    prompt_ids: tf.RaggedTensor,
+    max_new_tokens=32,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    pad_id: int = 0,
+    max_len: int | None = None,
+) -> dict:
+    """Left-pads and truncates the prompts, fills a fresh KV cache, samples each row's first new token.
+
+    The cache holds `W + max(max_new_tokens)` positions (W = longest kept
+    prompt); prompts are cut from the left to `context - max(max_new_tokens)`
+    ids, where `context = max_len or block_size`.
+
+    Returns:
+        dict with `token` int32 [B] (the first new token), `position` int32 [B]
+        (its position id), `cache_index` int32 scalar (where it will be
+        written, = W), `caches` (list, one per block), `key_mask` bool [B, S],
+        `logits` float32 [B, V] (of the first new token), `limit` (max new tokens).
+    """
+    context = context_size(model) if max_len is None else min(int(max_len), context_size(model))
+    validate_sampling(max_new_tokens, temperature, top_k, top_p, context)
+    if not isinstance(prompt_ids, tf.RaggedTensor):
+        prompt_ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(prompt_ids))
+    batch = prompt_ids.nrows(out_type=tf.int32)
+    max_new = _per_row(max_new_tokens, batch, tf.int32)
+    raw_lengths = tf.cast(prompt_ids.row_lengths(), tf.int32)
+    checks = _graph_checks(
+        max_new, _per_row(temperature, batch, tf.float32), _per_row(top_k, batch, tf.int32),
+        _per_row(top_p, batch, tf.float32), context, raw_lengths,
+    )
+    with tf.control_dependencies(checks):
+        limit = tf.reduce_max(tf.concat([max_new, [1]], 0))
+    ids, valid, lengths = left_pad(prompt_ids, context - limit, pad_id)
+    width = tf.shape(ids)[1]
+    key_mask = tf.concat([valid, tf.ones([batch, limit], tf.bool)], axis=1)
+    positions = tf.maximum(tf.cumsum(tf.cast(key_mask, tf.int32), axis=1) - 1, 0)
+    caches = init_cache(model, batch, width + limit)
+    logits, caches = call_with_cache(model, ids, positions[:, :width], caches, tf.constant(0), key_mask)
+    logits = logits[:, -1]
+    # The step key of a sampled token is its position id: independent of padding and batch.
+    token = sample(logits, temperature, top_k, top_p, seed, lengths)
+    return dict(
+        token=token, position=lengths, cache_index=width, caches=caches, key_mask=key_mask, logits=logits, limit=limit
+    )
+
+
+def decode_step(
+    model: keras.Model, token, position, caches, cache_index, key_mask, temperature=0.0, top_k=0, top_p=1.0, seed=0
+):
+    """Feeds `token` [B] (position ids `position` [B]) at cache row `cache_index`; samples the next token.
+
+    Returns:
+        (next token int32 [B], its logits float32 [B, V], new caches).
+    """
+    logits, caches = call_with_cache(model, token[:, None], position[:, None], caches, cache_index, key_mask)
+    logits = logits[:, 0]
+    return sample(logits, temperature, top_k, top_p, seed, position + 1), logits, caches
+
+
+def generate(
+    model: keras.Model,
+    prompt_ids: tf.RaggedTensor,
+    max_new_tokens=32,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    stop_ids: Sequence[int] | tf.Tensor = (),
+    pad_id: int = 0,
+    max_len: int | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Generates up to `max_new_tokens` ids after each prompt.
+
+    Args:
+        model: a `build_gpt` model.
+        prompt_ids: int RaggedTensor [B, None], each row at least one id.
+            Rows longer than `context - max(max_new_tokens)` are truncated
+            from the left.
+        max_new_tokens: scalar or [B] int; 1 .. context - 1.
+        temperature, top_k, top_p, seed: see `sample`; scalars or [B].
+        stop_ids: ids that end a row (the stop id is emitted and counted).
+        pad_id: fills the output after a row stops.
+        max_len: context to use, at most (and by default) the model's block_size.
+
+    Returns:
+        (tokens int32 [B, max(max_new_tokens)], lengths int32 [B]):
+        `tokens[b, :lengths[b]]` are row b's new ids, its stop id included.
+    """
+    state = prefill(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, pad_id, max_len)
+    batch = tf.shape(state["token"])[0]
+    max_new = _per_row(max_new_tokens, batch, tf.int32)
+    stop_ids = tf.reshape(tf.cast(tf.convert_to_tensor(stop_ids, tf.int32), tf.int32), [-1])
+    limit, width, key_mask, lengths = state["limit"], state["cache_index"], state["key_mask"], state["position"]
+
+    def is_stop(tokens):
+        return tf.reduce_any(tf.equal(tokens[:, None], stop_ids[None, :]), axis=1)
+
+    token = state["token"]
+    count = tf.ones([batch], tf.int32)
+    done = tf.logical_or(is_stop(token), count >= max_new)
+    out = tf.TensorArray(tf.int32, size=limit, element_shape=tf.TensorShape([None]))
+    out = out.write(0, token)
+
+    def cond(i, token, done, count, caches, out):
+        return tf.logical_and(i + 1 < limit, tf.logical_not(tf.reduce_all(done)))
+
+    def body(i, token, done, count, caches, out):
+        nxt, _, caches = decode_step(
+            model, token, lengths + i, caches, width + i, key_mask, temperature, top_k, top_p, seed
+        )
+        nxt = tf.where(done, pad_id, nxt)
+        count += tf.cast(tf.logical_not(done), tf.int32)
+        done = tf.logical_or(done, tf.logical_or(is_stop(nxt), count >= max_new))
+        return i + 1, nxt, done, count, caches, out.write(i + 1, nxt)
+
+    i, _, _, count, _, out = tf.while_loop(
+        cond, body, (tf.constant(0), token, done, count, state["caches"], out), maximum_iterations=limit
+    )
+    tokens = tf.transpose(out.gather(tf.range(i + 1)))  # [B, steps]
+    tokens = tf.pad(tokens, [[0, 0], [0, limit - (i + 1)]], constant_values=pad_id)
+    return tokens, count
+
+
+# ----------------------------------------------------------------------------- eager helper
+
+_COMPILED: "weakref.WeakKeyDictionary[keras.Model, object]" = weakref.WeakKeyDictionary()
+
+
+def compiled_generate(model: keras.Model):
+    """`generate` as a `tf.function` with a fixed signature (one trace per model)."""
+    fn = _COMPILED.get(model)
+    if fn is None:
+        vec = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
+
+        @tf.function(
+            input_signature=[
+                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+                vec(tf.int32), vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), vec(tf.int32),
+            ]
+        )
+        def fn(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
+            return generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids)
+
+        _COMPILED[model] = fn
+    return fn
+
+
+def generate_text(
+    loaded_or_model,
+    tokenizer=None,
+    prompts: Sequence[str] = (),
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
+    """Continues each prompt; returns only the new text (stop tokens dropped).
+
+    Each prompt is encoded as `[eot_id] + encode(prompt)` (a document start),
+    and generation stops at `end_id` or `eot_id`.
+
+    Args:
+        loaded_or_model: a `LoadedModel` (then `tokenizer` may be None) or a keras model.
+        tokenizer: a `tfchat.tokenizer.Tokenizer`.
+        prompts: texts to continue.
+    """
+    model = getattr(loaded_or_model, "model", loaded_or_model)
+    tokenizer = tokenizer or getattr(loaded_or_model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("generate_text needs a tokenizer (or a LoadedModel)")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    context = context_size(model)
+    validate_sampling(max_new_tokens, temperature, top_k, top_p, context)
+    encoded = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts]
+    room = context - max_new_tokens
+    for p, ids in zip(prompts, encoded):
+        if len(ids) > room:
+            log.warning("prompt of %d tokens truncated from the left to %d: %.40r...", len(ids), room, p)
+    n = len(prompts)
+    tokens, lengths = compiled_generate(model)(
+        tf.ragged.constant(encoded, dtype=tf.int32, ragged_rank=1),
+        tf.fill([n], max_new_tokens),
+        tf.fill([n], float(temperature)),
+        tf.fill([n], top_k),
+        tf.fill([n], float(top_p)),
+        tf.fill([n], seed),
+        tf.constant([tokenizer.end_id, tokenizer.eot_id], tf.int32),
+    )
+    tokens, lengths = tokens.numpy(), lengths.numpy()
+    return [tokenizer.decode(tokens[b, : lengths[b]].tolist()) for b in range(n)]

@@ -1,0 +1,238 @@
+"""Input pipelines: documents or conversations -> batches of token ids.
+
+Both pipelines yield dict batches with the same contract:
+
+    {"token_ids": int32 [B, T],    # model input
+     "targets":   int32 [B, T],    # the next token at each position
+     "loss_mask": float32 [B, T]}  # 1 where the prediction counts
+
+`B` is the batch size *per input pipeline / replica*: under a
+`tf.distribute` strategy build the dataset in `distribute_datasets_from_function`
+and pass `input_context.get_per_replica_batch_size(global_batch_size)`.
+
+Pretraining: documents -> in-graph tokenization (`tokenizer.tf_encode` in a
+parallel map) -> `eot_id` before every document -> one token stream cut into
+fixed windows of `seq_len + 1` tokens (no padding; window k holds stream
+tokens [k(T+1), (k+1)(T+1)) so no token is lost or repeated) -> shuffle ->
+batch. The mask is all ones.
+
+Fine-tuning: conversations -> `chat_template.render` -> one example per
+conversation padded to `seq_len` (padding has mask 0), or with `pack=True`
+concatenated and cut into `seq_len + 1` windows like pretraining (each
+conversation starts with `eot_id`; only the final window is padded).
+
+Everything is deterministic for a given `seed`, built from native tf.data
+ops (checkpointable with `tf.train.Checkpoint(iterator=iter(ds))`), and each
+input pipeline of an `input_context` reads a disjoint part of the data.
+
+Example:
+
+>>> tok = load_tokenizer("runs/tokenizer")                        # doctest: +SKIP
+>>> ds = pretrain_dataset("wikipedia-sample", tok, seq_len=256, batch_size=16)  # doctest: +SKIP
+>>> batch = next(iter(ds)); batch["token_ids"].shape              # doctest: +SKIP
+TensorShape([16, 256])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tqdm.auto import tqdm
+
+from tfchat import chat_template, dialogues, sources
+
+# Documents shuffled before tokenizing (a Wikipedia article is ~30 KB, and the
+# buffer is saved in iterator checkpoints, so keep it modest).
+DOC_SHUFFLE_BUFFER = 128
+# Documents tokenized per map call: amortizes op overhead.
+DOC_BATCH = 16
+
+
+def _context_shard(input_context) -> tuple[int, int]:
+    if input_context is None:
+        return 1, 0
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def _examples(windows: tf.Tensor, mask: tf.Tensor | None = None) -> dict:
+    """[B, T+1] windows -> the dict contract (targets shifted by one)."""
+    targets = windows[:, 1:]
+    loss_mask = tf.ones_like(targets, tf.float32) if mask is None else tf.cast(mask[:, 1:], tf.float32)
+    return {"token_ids": windows[:, :-1], "targets": targets, "loss_mask": loss_mask}
+
+
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True  # same seed, same batches, whatever the thread timing
+    return ds.with_options(options)
+
+
+def pretrain_dataset(
+    source: str | None,
+    tokenizer,
+    seq_len: int,
+    batch_size: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool = True,
+    shuffle_buffer: int = 1024,
+    cache_dir: str | None = None,
+) -> tf.data.Dataset:
+    """Packed next-token batches from a text source (see the module docstring).
+
+    Args:
+        source: a `tfchat.sources` name; None = the bundled Wikipedia sample.
+        tokenizer: a `tfchat.tokenizer.Tokenizer`.
+        seq_len: tokens per example (T).
+        batch_size: examples per batch for this input pipeline / replica.
+        split: "train" or "validation" (held-out articles).
+        seed: fixes file, document and window order.
+        input_context: shards the data across input pipelines.
+        repeat: loop forever (batches then all have exactly `batch_size`
+            rows); False = one pass, the last batch may be smaller and the
+            final < seq_len + 1 tokens are dropped.
+        shuffle_buffer: windows in the shuffle buffer; 0 = no shuffling at all
+            (documents and windows in source order).
+        cache_dir: where local sources' extracted text is cached.
+    """
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
+    source = source or sources.default_pretrain_source()
+    shuffle = shuffle_buffer > 0
+    docs = sources.documents_dataset(
+        source, split, cache_dir=cache_dir, input_context=input_context, seed=seed if shuffle else None
+    )
+    if shuffle:
+        docs = docs.shuffle(DOC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        docs = docs.repeat()
+    eot = tokenizer.eot_id
+
+    def encode(texts):
+        ids = tokenizer.tf_encode(texts)
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+        eots = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(texts)[0], 1], tf.constant(eot, tf.int32)))
+        return tf.concat([eots, tf.cast(ids, tf.int32)], axis=1).flat_values  # one stream
+
+    tokens = docs.batch(DOC_BATCH).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+    # Cut the stream into windows across document boundaries: no padding.
+    windows = tokens.rebatch(seq_len + 1, drop_remainder=True)
+    windows = windows.map(lambda w: tf.ensure_shape(w, [seq_len + 1]))
+    if shuffle:
+        windows = windows.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    batches = windows.batch(batch_size, drop_remainder=repeat).map(_examples)
+    return _with_options(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def render_conversations(
+    conversations: list, tokenizer, max_len: int, chunk: int = 512
+) -> tuple[list[list[int]], list[list[int]], int]:
+    """Renders conversations with the chat template, tokenizing in batches.
+
+    Returns (ids, masks, skipped): conversations left with no assistant token
+    after truncation are skipped (and counted), not returned.
+    """
+    contents = [m["content"] for conv in conversations for m in conv]
+    encoded: list[list[int]] = []
+    with tqdm(total=len(contents), desc="tokenizing conversations", unit="msg", disable=None, leave=False) as bar:
+        for start in range(0, len(contents), chunk):
+            part = tokenizer.tf_encode(tf.constant(contents[start:start + chunk], tf.string))
+            encoded.extend(part.to_list() if isinstance(part, tf.RaggedTensor) else part.numpy().tolist())
+            bar.update(len(contents[start:start + chunk]))
+    all_ids, all_masks, skipped, pos = [], [], 0, 0
+    for conv in conversations:
+        roles = [m["role"] for m in conv]
+        ids, mask = chat_template.render_encoded(roles, encoded[pos:pos + len(conv)], tokenizer, max_len)
+        pos += len(conv)
+        if not any(mask):
+            skipped += 1
+            continue
+        all_ids.append(ids)
+        all_masks.append(mask)
+    return all_ids, all_masks, skipped
+
+
+def finetune_dataset(
+    source: str | list[str] | None,
+    tokenizer,
+    seq_len: int,
+    batch_size: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool = True,
+    pack: bool = False,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """Chat fine-tuning batches (see the module docstring).
+
+    Args:
+        source: a `tfchat.dialogues` source name or a list of them; None =
+            the bundled OASST + Topical-Chat samples.
+        tokenizer: a `tfchat.tokenizer.Tokenizer`.
+        seq_len: tokens per example (T); longer conversations are truncated
+            by `chat_template` (oldest exchanges first).
+        batch_size: examples per batch for this input pipeline / replica.
+        split: "train" or "validation" (held out by conversation).
+        seed: fixes the order.
+        input_context: shards conversations across input pipelines.
+        repeat: loop forever with full batches; False = one pass.
+        pack: concatenate conversations into full windows instead of padding
+            each one.
+        shuffle_buffer: conversations in the shuffle buffer; 0 = no shuffling.
+
+    Raises:
+        ValueError: when the split has no usable conversation.
+    """
+    sources._check_split(split)
+    source = source or dialogues.default_dialogue_source()
+    stats = dialogues.DialogueStats()
+    conversations = dialogues.load_conversations(source, stats)
+    chosen = [c for c in conversations if dialogues.split_of(c) == split]
+    num, index = _context_shard(input_context)
+    chosen = chosen[index::num]  # disjoint conversations per input pipeline
+    if not chosen:
+        raise ValueError(f"{source}: no conversations in the {split!r} split for input pipeline {index} of {num} "
+                         f"({stats.summary()})")
+    ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1)
+    logging.info(
+        "finetune %s [%s]: %d conversations, %d skipped (no reply left after truncation to %d tokens); %s",
+        source, split, len(ids), skipped, seq_len + 1, stats.summary(),
+    )
+    if skipped:
+        logging.warning("%d conversations had no assistant token left after truncation; skipped", skipped)
+    if not ids:
+        raise ValueError(f"{source}: no conversation in the {split!r} split fits seq_len={seq_len}")
+    lengths = [len(x) for x in ids]
+    ragged_ids = tf.RaggedTensor.from_row_lengths(np.concatenate(ids).astype(np.int32), lengths)
+    ragged_mask = tf.RaggedTensor.from_row_lengths(np.concatenate(masks).astype(np.int32), lengths)
+    ds = tf.data.Dataset.from_tensor_slices((ragged_ids, ragged_mask))
+    if shuffle_buffer > 0:
+        ds = ds.shuffle(min(shuffle_buffer, len(ids)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if pack:
+        ds = ds.rebatch(seq_len + 1, drop_remainder=False)
+
+    def to_example(window, mask):
+        window, mask = tf.convert_to_tensor(window), tf.convert_to_tensor(mask)
+        return {
+            "token_ids": window[:-1],
+            "targets": window[1:],
+            "loss_mask": tf.cast(mask[1:], tf.float32),
+        }
+
+    ds = ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    pad = tf.constant(tokenizer.pad_id, tf.int32)
+    ds = ds.padded_batch(
+        batch_size,
+        padded_shapes={"token_ids": [seq_len], "targets": [seq_len], "loss_mask": [seq_len]},
+        padding_values={"token_ids": pad, "targets": pad, "loss_mask": tf.constant(0.0)},
+        drop_remainder=repeat,
+    )
+    return _with_options(ds.prefetch(tf.data.AUTOTUNE))

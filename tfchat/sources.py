@@ -1,0 +1,508 @@
+"""Text sources for pretraining: one way to name them, one way to read them.
+
+A source is a string (the `--data` flag):
+
+- `wikipedia-sample`: the bundled excerpt of an English Wikipedia dump
+  (106 articles), the default pretraining data.
+- `tfds:wikipedia/20230601.en`, `tfds:wiki40b/en`, any `tfds:NAME` with a
+  `text` feature, read with `tfds.load` (wiki40b's `_START_ARTICLE_` /
+  `_START_SECTION_` / `_START_PARAGRAPH_` / `_NEWLINE_` markers are turned
+  into the same title / heading / paragraph layout as a dump's text).
+- a MediaWiki dump: `path/enwiki-...-pages-articles*.xml[.bz2|.gz]`.
+- `.txt` files, one document per file: `path/doc.txt` or a glob `path/*.txt`.
+- `.jsonl` files with a `text` field per line (`id` or `title` name the doc).
+  Globs may mix these kinds; `.gz`/`.bz2` compression is read transparently.
+
+Every document belongs to `train` or `validation`, a deterministic function
+of its id (the article title for Wikipedia): `VALIDATION_PERCENT`% of articles
+are held out. TFDS datasets that ship a `validation` split (wiki40b) use it.
+
+Local files are parsed once (wiki markup is slow to parse) into TFRecord
+shards under the cache directory (`$TFCHAT_CACHE_DIR`, default
+`~/.cache/tfchat`), keyed by the files' paths, sizes and mtimes and written
+atomically (temp dir, then rename). `documents_dataset` then reads them with
+native TF readers: fast, and checkpointable with
+`tf.train.Checkpoint(iterator=...)`. Counts of read/skipped records are
+logged and kept in the cache's `meta.json` (`source_stats`).
+
+Example:
+
+>>> ds = documents_dataset("wikipedia-sample", split="validation")  # doctest: +SKIP
+>>> next(iter(ds)).numpy().decode()[:6]                             # doctest: +SKIP
+'Autism'
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import dataclasses
+import glob as globlib
+import gzip
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from typing import Iterator
+
+import tensorflow as tf
+from absl import logging
+from tqdm.auto import tqdm
+
+from tfchat import wikipedia
+
+SAMPLE_NAME = "wikipedia-sample"
+SAMPLE_FILE = "enwiki-sample-pages-articles.xml.bz2"
+CACHE_ENV = "TFCHAT_CACHE_DIR"
+SPLITS = ("train", "validation")
+VALIDATION_PERCENT = 5
+# Bump when the extracted text changes (cleaning rules, record format).
+CACHE_VERSION = 1
+# Cache shards roll over at this size so big sources shard across workers.
+SHARD_BYTES = 128 << 20
+
+
+def resource_path(name: str) -> str:
+    """Path of a bundled file in `tfchat/resources` (works when installed)."""
+    path = importlib.resources.files("tfchat").joinpath("resources", name)
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled resource {name!r} is missing from the tfchat package")
+    return str(path)
+
+
+def default_pretrain_source() -> str:
+    """The default pretraining data: the bundled Wikipedia sample."""
+    return SAMPLE_NAME
+
+
+def default_cache_dir() -> str:
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tfchat")
+
+
+def split_of(key: str) -> str:
+    """'validation' for VALIDATION_PERCENT% of keys (by SHA-256), else 'train'."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return "validation" if int.from_bytes(digest[:8], "big") % 100 < VALIDATION_PERCENT else "train"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+# ----------------------------------------------------------- naming a source
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A parsed source: either a TFDS name or local files with their kinds."""
+
+    spec: str
+    tfds_name: str | None = None
+    files: tuple[tuple[str, str], ...] = ()  # (path, kind): kind in dump/text/jsonl
+
+
+def _file_kind(path: str) -> str | None:
+    name = os.path.basename(path).lower()
+    for ext in (".gz", ".bz2"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    if name.endswith(".xml"):
+        return "dump"
+    if name.endswith(".txt"):
+        return "text"
+    if name.endswith(".jsonl") or name.endswith(".json"):
+        return "jsonl"
+    return None
+
+
+def parse_source(spec: str) -> Source:
+    """Parses a source name (see the module docstring).
+
+    Raises:
+        ValueError / FileNotFoundError: with the accepted forms, for a bad name.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a source must be a non-empty string, got {spec!r}")
+    if spec == SAMPLE_NAME:
+        return Source(spec, files=((resource_path(SAMPLE_FILE), "dump"),))
+    if spec.startswith("tfds:"):
+        name = spec[len("tfds:"):]
+        if not name:
+            raise ValueError(f"{spec!r}: expected tfds:NAME, e.g. tfds:wikipedia/20230601.en")
+        return Source(spec, tfds_name=name)
+    if any(ch in spec for ch in "*?["):
+        paths = sorted(p for p in globlib.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise FileNotFoundError(f"{spec}: the glob matches no files")
+    elif os.path.isfile(os.path.expanduser(spec)):
+        paths = [os.path.expanduser(spec)]
+    elif os.path.isdir(spec):
+        raise ValueError(f"{spec}: is a directory; name its files with a glob, e.g. {spec.rstrip('/')}/*.txt")
+    else:
+        raise FileNotFoundError(
+            f"{spec}: no such file. A source is {SAMPLE_NAME}, tfds:NAME, a dump "
+            "(*.xml.bz2), a .txt or .jsonl file, or a glob of them"
+        )
+    files = []
+    for path in paths:
+        kind = _file_kind(path)
+        if kind is None:
+            raise ValueError(f"{path}: unknown kind of file (expected .xml[.bz2], .txt or .jsonl, maybe .gz)")
+        files.append((os.path.abspath(path), kind))
+    return Source(spec, files=tuple(files))
+
+
+# ---------------------------------------------------------- reading documents
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+
+
+@dataclasses.dataclass
+class SourceStats:
+    """Counts of a read: `read` records, `kept` per split, `skipped` by reason."""
+
+    read: int = 0
+    kept: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    _warned: collections.Counter = dataclasses.field(default_factory=collections.Counter, repr=False)
+
+    def skip(self, path: str, where: str, reason: str) -> None:
+        self.skipped[reason.split(" (")[0]] += 1
+        self._warned[path] += 1
+        if self._warned[path] <= 10:
+            logging.warning("%s: skipped: %s", where, reason)
+        elif self._warned[path] == 11:
+            logging.warning("%s: more skipped records; only counting from now on", path)
+
+    def to_json(self) -> dict:
+        return {"read": self.read, "kept": dict(self.kept), "skipped": dict(self.skipped), "errors": self.errors}
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{self.kept[s]} {s}" for s in SPLITS)
+        skipped = ", ".join(f"{n} {r}" for r, n in self.skipped.most_common())
+        return f"read {self.read} records, kept {kept}, skipped {sum(self.skipped.values())}" + (
+            f" ({skipped})" if skipped else ""
+        )
+
+
+def _open_text(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_dump(path: str, stats: SourceStats) -> Iterator[Document]:
+    dump_stats = wikipedia.DumpStats()
+    with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=os.path.basename(path),
+              disable=None, leave=False) as bar:
+        try:
+            for article in wikipedia.read_dump(path, dump_stats, progress=bar):
+                yield Document(article.title, f"{article.title}\n\n{article.text}")
+        finally:
+            stats.read += dump_stats.pages
+            for reason, n in (("redirect", dump_stats.redirects), ("not main namespace", dump_stats.other_namespace),
+                              ("empty", dump_stats.empty), ("unreadable", len(dump_stats.errors))):
+                if n:
+                    stats.skipped[reason] += n
+            stats.errors.extend(f"{path}: {e}" for e in dump_stats.errors)
+
+
+def _read_text(path: str, stats: SourceStats) -> Iterator[Document]:
+    stats.read += 1
+    try:
+        with _open_text(path) as f:
+            text = f.read().strip()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        stats.skip(path, path, f"unreadable ({e})")
+        return
+    if not text:
+        stats.skip(path, path, "empty")
+        return
+    yield Document(os.path.basename(path), text)
+
+
+def _read_jsonl(path: str, stats: SourceStats) -> Iterator[Document]:
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                stats.read += 1
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    stats.skip(path, where, f"not JSON ({e.msg})")
+                    continue
+                text = obj.get("text") if isinstance(obj, dict) else None
+                if not isinstance(text, str):
+                    stats.skip(path, where, 'no "text" string')
+                    continue
+                if not text.strip():
+                    stats.skip(path, where, "empty")
+                    continue
+                doc_id = obj.get("id", obj.get("title"))
+                doc_id = str(doc_id) if doc_id is not None else hashlib.sha256(text.encode()).hexdigest()
+                yield Document(doc_id, text.strip())
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        stats.errors.append(f"{path}: {e}")
+        stats.skip(path, path, f"unreadable ({e}); keeping the lines before it")
+
+
+_READERS = {"dump": _read_dump, "text": _read_text, "jsonl": _read_jsonl}
+
+
+def iter_documents(source: str | Source, stats: SourceStats | None = None) -> Iterator[Document]:
+    """Yields every document of a local source (both splits), in file order.
+
+    Raises:
+        ValueError: naming the file(s) when no usable document is found.
+    """
+    source = parse_source(source) if isinstance(source, str) else source
+    if source.tfds_name:
+        raise ValueError(f"{source.spec}: TFDS sources are read with documents_dataset()")
+    stats = stats if stats is not None else SourceStats()
+    problems = []
+    found = 0
+    files = source.files
+    bar = tqdm(files, desc="files", unit="file", disable=None if len(files) > 20 else True, leave=False)
+    for path, kind in bar:
+        try:
+            for doc in _READERS[kind](path, stats):
+                found += 1
+                yield doc
+        except ValueError as e:  # a file with nothing usable; others may still be fine
+            problems.append(str(e))
+            stats.errors.append(str(e))
+            if len(files) > 1:
+                logging.warning("%s", e)
+    if not found:
+        if len(problems) == 1 and len(files) == 1:
+            raise ValueError(problems[0])
+        detail = "; ".join(problems) or stats.summary()
+        raise ValueError(f"{source.spec}: no usable documents ({detail})")
+
+
+# ------------------------------------------------------------------- caching
+
+
+def _cache_key(source: Source) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION} validation={VALIDATION_PERCENT}".encode())
+    for path, kind in source.files:
+        st = os.stat(path)
+        h.update(f"\n{path}\t{kind}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path(source: str | Source, cache_dir: str | None = None) -> str:
+    """Where the extracted documents of a local source live."""
+    source = parse_source(source) if isinstance(source, str) else source
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(source.files[0][0]))[:60]
+    return os.path.join(cache_dir or default_cache_dir(), "documents", f"{slug}-{_cache_key(source)}")
+
+
+class _ShardWriter:
+    def __init__(self, directory: str, split: str):
+        self.directory, self.split = directory, split
+        self.index, self.bytes, self.writer, self.paths = 0, 0, None, []
+
+    def write(self, record: bytes) -> None:
+        if self.writer is None or self.bytes >= SHARD_BYTES:
+            self.close()
+            path = os.path.join(self.directory, f"{self.split}-{len(self.paths):05d}.tfrecord")
+            self.paths.append(os.path.basename(path))
+            self.writer, self.bytes = tf.io.TFRecordWriter(path), 0
+        self.writer.write(record)
+        self.bytes += len(record)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def prepare_cache(source: str | Source, cache_dir: str | None = None) -> str:
+    """Extracts a local source into TFRecord shards once; returns the directory.
+
+    The directory holds `train-NNNNN.tfrecord`, `validation-NNNNN.tfrecord`
+    (one UTF-8 document per record) and `meta.json` (files, counts).
+    """
+    source = parse_source(source) if isinstance(source, str) else source
+    final = cache_path(source, cache_dir)
+    if os.path.exists(os.path.join(final, "meta.json")):
+        return final
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    start = time.time()
+    logging.info("extracting %s into %s (once; later runs read the cache)", source.spec, final)
+    stats = SourceStats()
+    writers = {split: _ShardWriter(tmp, split) for split in SPLITS}
+    try:
+        for doc in iter_documents(source, stats):
+            split = split_of(doc.id)
+            writers[split].write(doc.text.encode("utf-8"))
+            stats.kept[split] += 1
+        for w in writers.values():
+            w.close()
+        meta = {
+            "spec": source.spec,
+            "files": [p for p, _ in source.files],
+            "shards": {split: writers[split].paths for split in SPLITS},
+            "stats": stats.to_json(),
+            "extract_seconds": round(time.time() - start, 2),
+            "cache_version": CACHE_VERSION,
+        }
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, ensure_ascii=False)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: theirs is as good
+            if not os.path.exists(os.path.join(final, "meta.json")):
+                raise
+    finally:
+        for w in writers.values():
+            w.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    logging.info("%s: %s (%.1fs)", source.spec, stats.summary(), time.time() - start)
+    return final
+
+
+def source_stats(source: str | Source, cache_dir: str | None = None) -> dict:
+    """The cache's metadata for a local source (extracting it if needed)."""
+    with open(os.path.join(prepare_cache(source, cache_dir), "meta.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------- as tf.data
+
+
+def _pipeline_shard(input_context) -> tuple[int, int]:
+    if input_context is None:
+        return 1, 0
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def documents_dataset(
+    source: str,
+    split: str = "train",
+    *,
+    cache_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Documents as a `tf.data.Dataset` of scalar `tf.string`, read natively.
+
+    Args:
+        source: a source name (see the module docstring).
+        split: "train" or "validation".
+        cache_dir: overrides `$TFCHAT_CACHE_DIR` / `~/.cache/tfchat`.
+        input_context: from `distribute_datasets_from_function`; each input
+            pipeline reads a disjoint part (whole shard files when there are
+            at least as many as pipelines, else every n-th document).
+        seed: shuffles the order of shard files (each epoch); None keeps it.
+
+    Raises:
+        ValueError: the source has no document in `split`.
+    """
+    _check_split(split)
+    parsed = parse_source(source)
+    num, index = _pipeline_shard(input_context)
+    if parsed.tfds_name:
+        ds = _tfds_documents(parsed.tfds_name, split)
+        return ds.shard(num, index) if num > 1 else ds
+
+    directory = prepare_cache(parsed, cache_dir)
+    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    stats = meta["stats"]
+    logging.info("%s [%s]: %s", source, split, _summary_from_meta(stats))
+    files = [os.path.join(directory, name) for name in meta["shards"][split]]
+    if not files or not stats["kept"].get(split):
+        raise ValueError(
+            f"{source}: no documents in the {split!r} split (kept {stats['kept']}); the held-out split is "
+            f"{VALIDATION_PERCENT}% of documents by id, so a tiny source may have none"
+        )
+    by_file = num > 1 and len(files) >= num
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if by_file:
+        ds = ds.shard(num, index)
+    if seed is not None and len(files) > 1:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if len(files) > 1:
+        ds = ds.interleave(
+            tf.data.TFRecordDataset, cycle_length=min(len(files), 4),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        )
+    else:
+        ds = ds.flat_map(tf.data.TFRecordDataset)
+    if num > 1 and not by_file:
+        ds = ds.shard(num, index)
+    return ds
+
+
+def _summary_from_meta(stats: dict) -> str:
+    s = SourceStats(read=stats["read"], kept=collections.Counter(stats["kept"]),
+                    skipped=collections.Counter(stats["skipped"]), errors=stats["errors"])
+    return s.summary()
+
+
+# Marker cleanup for wiki40b, in graph: same layout as dump text.
+_WIKI40B_RULES = (
+    (r"^\s*_START_ARTICLE_\n", ""),
+    (r"\n_START_SECTION_\n", "\n\n"),
+    (r"\n_START_PARAGRAPH_\n", "\n\n"),
+    (r"_NEWLINE_", "\n"),
+)
+
+
+def clean_wiki40b(text: tf.Tensor) -> tf.Tensor:
+    """wiki40b markers -> "Title\\n\\nSection\\n\\nParagraph..." (graph op)."""
+    for pattern, rewrite in _WIKI40B_RULES:
+        text = tf.strings.regex_replace(text, pattern, rewrite)
+    return tf.strings.strip(text)
+
+
+_NATIVE_VALIDATION = ("wiki40b",)
+
+
+def _tfds_documents(name: str, split: str) -> tf.data.Dataset:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name)
+    features = builder.info.features
+    if "text" not in features:
+        raise ValueError(f"tfds:{name}: has no 'text' feature (features: {list(features)})")
+    # Datasets with their own validation split use it; others hold out by id.
+    native = name.split("/")[0] in _NATIVE_VALIDATION or "validation" in builder.info.splits
+    ds = tfds.load(name, split=split if native else "train", shuffle_files=False)
+    is_wiki40b = name.split("/")[0] == "wiki40b"
+    key_field = next((k for k in ("title", "wikidata_id", "id") if k in features), "text")
+
+    def to_text(ex):
+        text = ex["text"]
+        if is_wiki40b:
+            text = clean_wiki40b(text)
+        elif "title" in features:
+            text = tf.strings.join([ex["title"], text], separator="\n\n")
+        return ex[key_field], tf.strings.strip(text)
+
+    ds = ds.map(to_text, num_parallel_calls=tf.data.AUTOTUNE)
+    if not native:
+        # Same rule as local files (a percentage of ids), with TF's hash.
+        bucket = lambda key, _: tf.strings.to_hash_bucket_fast(key, 100) < VALIDATION_PERCENT  # noqa: E731
+        ds = ds.filter(bucket if split == "validation" else lambda k, t: tf.logical_not(bucket(k, t)))
+    logging.info("tfds:%s [%s]: empty documents are skipped in the graph (not counted)", name, split)
+    return ds.map(lambda _, text: text).filter(lambda text: tf.strings.length(text) > 0)
