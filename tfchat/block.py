@@ -62,12 +62,12 @@ class TransformerBlock(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, padding_mask=None, cache=None, cache_index=None, attention_bias=None, training=None):
+    def call(self, x, padding_mask=None, cache=None, cache_index=None, attention_mask=None, training=None):
         h = self.ln_1(x)
         if cache is None:
             a = self.attn(h, padding_mask=padding_mask, training=training)
         else:
-            a, cache = self.attn(h, cache=cache, cache_index=cache_index, attention_bias=attention_bias, training=training)
+            a, cache = self.attn(h, cache=cache, cache_index=cache_index, attention_mask=attention_mask, training=training)
         x = x + self.resid_drop(a, training=training)
         x = x + self.mlp(self.ln_2(x), training=training)
         return x if cache is None else (x, cache)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfchat.attention import cached_attention_bias
+from tfchat.attention import cached_attention_mask
 from tfchat.block import TransformerBlock
 from tfchat.config import GPTConfig
 from tfchat.embedding import Embeddings
@@ -78,10 +78,10 @@ def call_with_cache(model: keras.Model, token_ids, positions, caches, cache_inde
     """
     embeddings = model.get_layer("embeddings")
     x = embeddings(token_ids, positions=positions)
-    bias = cached_attention_bias(key_mask, cache_index, tf.shape(token_ids)[1])
+    mask = cached_attention_mask(key_mask, cache_index, tf.shape(token_ids)[1])
     new_caches = []
     for block, cache in zip(blocks(model), caches):
-        x, cache = block(x, cache=cache, cache_index=cache_index, attention_bias=bias)
+        x, cache = block(x, cache=cache, cache_index=cache_index, attention_mask=mask)
         new_caches.append(cache)
     x = model.get_layer("ln_f")(x)
     return embeddings(x, reverse=True), new_caches
