@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 
 
 def machine() -> dict:
@@ -23,7 +22,7 @@ def machine() -> dict:
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     return {
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpus": gpus,
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -32,6 +31,5 @@ def machine() -> dict:
 
 
 def emit(record: dict) -> None:
-    """One JSON object per measurement on stdout."""
-    print(json.dumps(record), flush=True)
-    sys.stdout.flush()
+    """One JSON object per measurement on stdout, with the machine it ran on."""
+    print(json.dumps({**record, "machine": machine()}), flush=True)

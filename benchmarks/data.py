@@ -20,34 +20,15 @@ a 2-core CPU; the pipeline should deliver at least 10x that.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 
 import tensorflow as tf
 
+from benchmarks.common import emit
 from tfchat import pipeline, sources
 from tfchat.tokenizer import load_tokenizer, train_tokenizer
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "tf": tf.__version__, "python": platform.python_version()}
-
-
-def emit(record: dict) -> None:
-    print(json.dumps({**record, "machine": machine()}), flush=True)
 
 
 def time_batches(ds: tf.data.Dataset, warmup: int, seconds: float) -> dict:

@@ -19,7 +19,7 @@ import time  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.common import emit, machine  # noqa: E402
+from benchmarks.common import emit  # noqa: E402
 from tfchat.config import PRESETS, GPTConfig  # noqa: E402
 from tfchat.tokenizer import train_tokenizer  # noqa: E402
 from training import flops  # noqa: E402
@@ -64,7 +64,6 @@ def run(preset: str, seq_len: int, batch_size: int, precision: str, steps: int, 
         "precision": precision, "xla": xla, "strategy": strategy, "steps": steps,
         "step_time_s": step_time, "tokens_per_sec": tokens / step_time,
         "model_tflops": model_flops / 1e12, "peak_matmul_tflops": peak / 1e12, "mfu": model_flops / peak,
-        "machine": machine(),
     }
 
 

@@ -22,6 +22,7 @@ ap.add_argument("--steps", type=int, default=4)
 ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--micro", type=int, default=None)
 ap.add_argument("--sigterm-after", type=int, default=None)
+ap.add_argument("--dropout", type=float, default=0.0)
 args = ap.parse_args()
 
 if args.logical_cpus > 1:
@@ -37,7 +38,7 @@ strategy = make_strategy(args.strategy)
 tok = tiny_tokenizer()
 cfg = TrainConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, seq_len=16, lr=3e-3,
                   warmup_steps=2, eval_every=1000, save_every=2, log_every=1)
-trainer = Trainer(tiny_config(tok), tok, cfg, strategy, args.run_dir, synthetic_dataset)
+trainer = Trainer(tiny_config(tok).replace(dropout=args.dropout), tok, cfg, strategy, args.run_dir, synthetic_dataset)
 
 if args.sigterm_after is not None:
     step_fn, calls = trainer._train_step, []

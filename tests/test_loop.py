@@ -69,6 +69,12 @@ def test_tensorboard_tags(tmp_path):
     assert expected <= tags, expected - tags
 
 
+def test_profiler_trace(tmp_path):
+    _trainer(tmp_path, steps=3, profile_steps=(1, 2)).train(progress=False)
+    traces = list((tmp_path / "run" / "logs" / "plugins" / "profile").rglob("*.xplane.pb"))
+    assert traces
+
+
 def test_gradient_accumulation_equals_large_batch(tmp_path):
     big = _trainer(tmp_path, "big", steps=3)
     big.train(progress=False)
@@ -150,10 +156,11 @@ def test_multiworker_two_processes_agree(tmp_path):
 
 
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
-    straight = _run(tmp_path, "straight", "--steps", "6")
-    killed = _run(tmp_path, "resumed", "--steps", "6", "--sigterm-after", "3")
+    # With dropout, so the RNG state must be checkpointed too.
+    straight = _run(tmp_path, "straight", "--steps", "6", "--dropout", "0.1")
+    killed = _run(tmp_path, "resumed", "--steps", "6", "--sigterm-after", "3", "--dropout", "0.1")
     assert killed["status"] == "interrupted" and killed["metrics"]["step"] == 3
-    resumed = _run(tmp_path, "resumed", "--steps", "6")
+    resumed = _run(tmp_path, "resumed", "--steps", "6", "--dropout", "0.1")
     assert resumed["status"] == "done" and resumed["metrics"]["step"] == 6
     assert abs(straight["metrics"]["loss"] - resumed["metrics"]["loss"]) < 1e-6
     assert _max_weight_diff(straight, resumed) < 1e-6

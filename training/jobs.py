@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfchat import chat_template
 from tfchat.config import GPTConfig
-from tfchat.model_dir import TOKENIZER_DIR, is_model_dir, load_config, load_model, resolve_model_dir
+from tfchat.model_dir import TOKENIZER_DIR, is_model_dir, load_model, resolve_model_dir
 from tfchat.pipeline import finetune_dataset, pretrain_dataset
 from tfchat.sources import documents_dataset
 from tfchat.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer

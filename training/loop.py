@@ -14,7 +14,7 @@ Not `model.fit`: under Keras 3.15 it breaks with MultiWorkerMirroredStrategy
 * bf16/fp16 mixed precision (fp16 with dynamic loss scaling), optional XLA
   for the forward/backward computation.
 
-Checkpoints (model, optimizer, step, loss scale) go through
+Checkpoints (model, optimizer, step, dropout RNG state, loss scale) go through
 `tf.train.CheckpointManager`; the data position is the step count, replayed
 on resume by skipping that many elements of the deterministic pipeline.
 """
@@ -188,6 +188,8 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step,
             loss_scale=self.loss_scale, good_steps=self.good_steps,
+            # Dropout's seed-generator states: tf.train.Checkpoint(model=...) does not track them.
+            rng=[v.value for v in self.model.non_trainable_variables],
         )
         self.ckpt_dir = os.path.join(worker_dir(out_dir, strategy), "checkpoints")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=train_cfg.keep_checkpoints)
@@ -376,7 +378,7 @@ class Trainer:
             if progress and self.chief:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
+                bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
             window_start, window_steps = time.perf_counter(), 0
             step = start
             while step < cfg.steps:
@@ -408,6 +410,9 @@ class Trainer:
                         tf.summary.scalar("train/tokens_per_sec", tps)
                         tf.summary.scalar("train/mfu", mfu)
                     window_start, window_steps = time.perf_counter(), 0
+                    if bar is None and self.chief:
+                        logging.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s, MFU %.1f%%",
+                                     step, cfg.steps, loss, lr, norm, tps, 100 * mfu)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}")

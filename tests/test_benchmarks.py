@@ -1,0 +1,31 @@
+"""The benchmarks run at tiny sizes and print the documented JSON."""
+
+import json
+
+from benchmarks import data as data_bench
+from benchmarks import train as train_bench
+
+
+def test_train_benchmark_tiny():
+    record = train_bench.run("tiny", seq_len=16, batch_size=2, precision="fp32", steps=2, warmup=1)
+    assert record["tokens_per_sec"] > 0 and 0 < record["mfu"]
+    assert record["step_time_s"] > 0 and record["peak_matmul_tflops"] > 0
+
+
+def test_train_benchmark_cli_prints_json(capsys):
+    train_bench.main(["--preset", "tiny", "--seq-len", "16", "--batch-size", "2", "--precision", "bf16",
+                      "--steps", "1", "--warmup", "1"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    assert {"tokens_per_sec", "mfu", "machine", "precision"} <= set(lines[0])
+    assert lines[0]["precision"] == "bf16" and lines[0]["machine"]["cores"] >= 1
+
+
+def test_data_benchmark_cli_prints_json(capsys, tmp_path):
+    data_bench.main(["--seq-len", "32", "--batch-size", "4", "--vocab-size", "400", "--seconds", "0.5",
+                     "--cache-dir", str(tmp_path)])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    by_name = {r.get("measurement", r.get("name")): r for r in records}
+    assert len(records) >= 2, records
+    assert all("machine" in r for r in records)
+    assert any(r.get("tokens_per_s", r.get("tokens_per_sec", 0)) > 0 for r in records), by_name
