@@ -24,6 +24,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # Import registers the SentencePiece and regex ops with TF.
@@ -95,6 +96,22 @@ class Tokenizer(tf.Module):
     def save(self, directory: str) -> None:
         raise NotImplementedError
 
+    def byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id contributes to decoded text: int64 [vocab_size].
+
+        Decoding concatenates per-id strings, so for ids without control ids
+        `sum(lengths[ids]) == len(decode(ids).encode())` (bits per byte
+        counts bytes this way). Special ids have 0 bytes.
+        """
+        lengths = np.array([len(self.decode([i]).encode("utf-8")) for i in range(self.vocab_size)], np.int64)
+        return self._zero_specials(lengths)
+
+    def _zero_specials(self, lengths: np.ndarray) -> np.ndarray:
+        for i in self.special_ids.values():
+            if 0 <= i < len(lengths):
+                lengths[i] = 0
+        return lengths
+
     def _metadata(self) -> dict:
         return {"type": self.kind, "vocab_size": self.vocab_size, "special_ids": self.special_ids}
 
@@ -127,6 +144,18 @@ class SentencePieceTokenizer(Tokenizer):
 
     def tf_decode(self, ids):
         return self._sp.detokenize(ids)
+
+    def byte_lengths(self) -> np.ndarray:
+        import sentencepiece as spm
+
+        # Read the pieces: a lone byte-fallback id decodes to U+FFFD, not to its one byte.
+        sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        lengths = np.zeros([self.vocab_size], np.int64)
+        for i in range(self.vocab_size):
+            if sp.is_control(i) or sp.is_unknown(i):
+                continue
+            lengths[i] = 1 if sp.is_byte(i) else len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return self._zero_specials(lengths)
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -195,6 +224,13 @@ class GPT2Tokenizer(Tokenizer):
         else:
             ids = tf.ragged.boolean_mask(ids, ids < self._bpe_size)
         return self._bpe.detokenize(ids)
+
+    def byte_lengths(self) -> np.ndarray:
+        # Byte-level BPE: every character of a vocabulary entry stands for one byte.
+        lengths = np.zeros([self.vocab_size], np.int64)
+        for token, i in json.loads(self._files[0]).items():
+            lengths[i] = len(token)
+        return self._zero_specials(lengths)
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -9,11 +9,13 @@ What is measured (definitions in `tfchat.metrics`):
 
 - text sources: `loss` (mean nats per target token), `perplexity` = exp(loss)
   and `bits_per_byte` = total nats / ln 2 / UTF-8 bytes of the evaluated
-  target tokens, over the same windows training evaluates on
-  (`pretrain_dataset`: `<|endoftext|>` + document, cut into seq_len + 1
-  windows, no shuffling; a window's first token is context only).
+  target tokens, over the windows training's held-out loss uses
+  (`pretrain_dataset`: `<|endoftext|>` + each document, one stream cut into
+  seq_len + 1 token windows; here in source order, the first
+  `--max-batches` batches or all; a window's first token is context only).
 - dialogue sources: the same three over every token of the rendered
-  conversations (chat template, one conversation per sequence), then
+  conversations (chat template, one conversation per sequence, cut to
+  seq_len + 1 tokens as in fine-tuning), then
   `assistant_loss` / `assistant_perplexity` / `assistant_bits_per_byte` over
   the assistant's tokens only (what fine-tuning trains on), and `bleu` /
   `rouge_l` of greedy replies: for each of the first `--max-dialogues`
@@ -32,8 +34,9 @@ whose first non-blank line is a JSON object with a "messages" key
 `--kind text|dialogue` overrides the guess.
 
 `--split`: `validation` (default) is the held-out part training never saw
-(5% of documents / conversations by a hash of their content); `train` the
-rest; `all` both, e.g. for a file you wrote yourself for evaluation.
+(5% of documents / conversations, chosen by a hash of their id or
+content); `train` the rest; `all` both, e.g. for a file you wrote yourself
+for evaluation.
 
 Output: a short table, or with `--json` one JSON object on stdout; with
 `--logdir`, TensorBoard scalars `eval/<key>` at the model's training step.
@@ -185,6 +188,13 @@ def _dialogue_batches(ids: list[list[int]], masks: list[list[int]], seq_len: int
         yield {"token_ids": window[:, :-1], "targets": window[:, 1:], "loss_mask": assistant[:, 1:], "valid": valid}
 
 
+def _check_max_new_tokens(max_new_tokens: int, context: int) -> None:
+    # The prompt keeps at least chat_template.MIN_MAX_LEN ids next to the reply.
+    if not 1 <= max_new_tokens <= context - chat_template.MIN_MAX_LEN:
+        raise ValueError(f"--max-new-tokens must be in 1..{context - chat_template.MIN_MAX_LEN} "
+                         f"(the model's context is {context}), got {max_new_tokens}")
+
+
 def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_tokens: int,
                      batch_size: int = 8) -> list[dict]:
     """Greedy replies to the history before each conversation's last assistant message.
@@ -193,9 +203,7 @@ def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_token
     """
     tok, model = loaded.tokenizer, loaded.model
     context = generation.context_size(model)
-    if not 1 <= max_new_tokens <= context - chat_template.MIN_MAX_LEN:
-        raise ValueError(f"--max-new-tokens must be in 1..{context - chat_template.MIN_MAX_LEN} "
-                         f"(the model's context is {context}), got {max_new_tokens}")
+    _check_max_new_tokens(max_new_tokens, context)
     prompts, items = [], []
     for conv in conversations:
         last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
@@ -224,6 +232,9 @@ def dialogue_metrics(loaded: LoadedModel, source: str, *, split: str = "validati
     """Losses over all and over assistant tokens, and BLEU / ROUGE-L of greedy replies."""
     seq_len = _check_seq_len(loaded, seq_len)
     tok = loaded.tokenizer
+    context = generation.context_size(loaded.model) if max_dialogues > 0 else loaded.config.block_size
+    max_new = max_new_tokens if max_new_tokens is not None else min(64, context // 2)
+    _check_max_new_tokens(max_new, context)  # before the loss, not after
     conversations = _in_split(dialogues.load_conversations(source), split)
     if not conversations:
         raise ValueError(f"{source}: no conversations in the {split!r} split; the held-out split is a hash-chosen "
@@ -235,8 +246,6 @@ def dialogue_metrics(loaded: LoadedModel, source: str, *, split: str = "validati
     out = {"conversations": len(conversations), "skipped_conversations": skipped}
     out.update(_loss_totals(loaded.model, tok, batches, {"": "valid", "assistant_": "loss_mask"}, max_batches))
     if max_dialogues > 0:
-        context = generation.context_size(loaded.model)
-        max_new = max_new_tokens if max_new_tokens is not None else min(64, context // 2)
         replies = generate_replies(loaded, conversations[:max_dialogues], max_new, batch_size)
         references, hypotheses = [r["reference"] for r in replies], [r["reply"] for r in replies]
         out.update({
@@ -265,18 +274,28 @@ def _expand(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
-def minimal_pair_metrics(loaded: LoadedModel, files: Sequence[str], batch_size: int = 32) -> dict:
-    """blimp_accuracy over all pairs of `files` (BLiMP JSONL), with counts and per-file accuracy."""
-    by_file, correct, total, truncated = {}, 0, 0, 0
-    context = loaded.config.block_size
+def read_pair_files(files: Sequence[str]) -> dict[str, list[metrics.MinimalPair]]:
+    """Reads every minimal-pair file (globs expanded) up front: {file name without .jsonl: pairs}."""
+    out = {}
     for path in _expand(files):
-        pairs = metrics.read_minimal_pairs(path)
+        name = os.path.basename(path)
+        name = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+        out[path if name in out else name] = metrics.read_minimal_pairs(path)  # same name twice: use the path
+    return out
+
+
+def minimal_pair_metrics(loaded: LoadedModel, files: Sequence[str] | dict, batch_size: int = 32) -> dict:
+    """blimp_accuracy over all pairs of `files` (BLiMP JSONL, or `read_pair_files`' result), with counts."""
+    by_file, correct, total, truncated = {}, 0, 0, 0
+    pair_files = files if isinstance(files, dict) else read_pair_files(files)
+    for name, pairs in pair_files.items():
         texts = [p.good for p in pairs] + [p.bad for p in pairs]
-        scores, cut = metrics.text_log_probs(loaded.model, loaded.tokenizer, texts, context + 1, batch_size)
+        # Context + 1 ids: <|endoftext|> and `block_size` scored tokens.
+        scores, cut = metrics.text_log_probs(loaded.model, loaded.tokenizer, texts, loaded.config.block_size + 1,
+                                             batch_size)
         good, bad = scores[: len(pairs)], scores[len(pairs):]
         n_right = int(np.sum(good > bad))
-        name = os.path.basename(path)
-        by_file[name[: -len(".jsonl")] if name.endswith(".jsonl") else name] = n_right / len(pairs)
+        by_file[name] = n_right / len(pairs)
         correct, total, truncated = correct + n_right, total + len(pairs), truncated + cut
     return {"blimp_accuracy": correct / total, "blimp_correct": correct, "blimp_pairs": total,
             "blimp_truncated_sentences": truncated, "blimp_by_file": by_file}
@@ -299,8 +318,9 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, kind: str = "
              max_dialogues: int = 100, max_new_tokens: int | None = None, blimp: Sequence[str] = ()) -> dict:
     """Evaluates a model (directory, run directory or `LoadedModel`) on `data` and/or minimal-pair files.
 
-    Returns a flat dict of metrics (see the module docstring) plus `model`,
-    `data`, `kind`, `split`, `seq_len` and the model's training `step`.
+    Returns the metrics (see the module docstring) plus `model`, `data`,
+    `kind`, `split`, `seq_len` and the model's training `step`: numbers,
+    except `blimp_by_file` ({file: accuracy}) and `samples` (a few replies).
 
     Raises:
         ValueError / FileNotFoundError: bad model, source, split or setting.
@@ -313,6 +333,7 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, kind: str = "
         raise ValueError("nothing to evaluate: give a data source, minimal-pair files or both")
     if batch_size < 1 or (max_batches is not None and max_batches < 1) or max_dialogues < 0:
         raise ValueError("batch size and max batches must be positive, max dialogues >= 0")
+    pair_files = read_pair_files(blimp) if blimp else {}  # bad files fail now, not after the loss
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     result: dict = {"model": model if isinstance(model, str) else None}
     if "step" in loaded.metadata:
@@ -326,8 +347,8 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, kind: str = "
         else:
             result.update(dialogue_metrics(loaded, data, max_dialogues=max_dialogues,
                                            max_new_tokens=max_new_tokens, **options))
-    if blimp:
-        result.update(minimal_pair_metrics(loaded, blimp, batch_size=max(batch_size, 32)))
+    if pair_files:
+        result.update(minimal_pair_metrics(loaded, pair_files, batch_size=max(batch_size, 32)))
     return result
 
 

@@ -1,0 +1,209 @@
+"""Evaluation metrics: perplexity, bits per byte, minimal pairs, BLEU and ROUGE-L.
+
+Pure functions of numbers, token ids or strings, plus the one primitive that
+touches a model, `token_log_probs`. `training.evaluate` orchestrates them.
+
+Definitions (natural logs throughout):
+
+- loss = total nats / N, the mean cross-entropy over the N evaluated target
+  tokens; perplexity = exp(loss).
+- bits per byte = total nats / ln 2 / B, where B is the number of UTF-8 bytes
+  of the text those same N target tokens decode to: the sum over targets of
+  `token_byte_lengths(tokenizer)[id]`, the bytes each id contributes to a
+  decoded string (control ids such as `<|endoftext|>`, `<|end|>`, the role
+  markers and padding contribute 0 bytes, but the nats spent predicting them
+  are counted). Unlike perplexity it does not depend on how finely a
+  tokenizer cuts text, so models with different tokenizers compare.
+- minimal pairs (BLiMP's JSONL format, `sentence_good` / `sentence_bad`): a
+  sentence's score is its total log-probability `log p(ids | <|endoftext|>)`
+  with ids = `tokenizer.encode(sentence)`; a pair is right when the good
+  sentence scores strictly higher.
+- BLEU: corpus BLEU-4 of `keras_hub.metrics.Bleu` (SacreBLEU's 13a
+  tokenization, no smoothing), in [0, 1].
+- ROUGE-L: mean over pairs of the LCS F1 of `keras_hub.metrics.RougeL`
+  (backed by the `rouge-score` package).
+
+Example:
+
+>>> round(perplexity(math.log(20.0)), 6)
+20.0
+>>> bits_per_byte(total_nats=8 * math.log(2), total_bytes=4)  # 8 bits over 4 bytes
+2.0
+>>> round(rouge_l(["the cat sat on the mat"], ["the cat on mat"]), 4)
+0.8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+LN2 = math.log(2.0)
+
+
+# ------------------------------------------------------------ loss -> numbers
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean nats per token); inf when it overflows, nan for a nan loss."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def bits_per_byte(total_nats: float, total_bytes: float) -> float:
+    """Total nats / ln 2 / total UTF-8 bytes (nan when there are no bytes)."""
+    if total_bytes <= 0:
+        return math.nan
+    return total_nats / LN2 / total_bytes
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes each id contributes to decoded text: int64 [vocab_size] (see `Tokenizer.byte_lengths`)."""
+    return tokenizer.byte_lengths()
+
+
+# ------------------------------------------------------- log-probs of a model
+
+
+def token_log_probs(model: Callable, token_ids: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """log p(targets[b, t] | token_ids[b, :t+1]) as float32 [B, T].
+
+    `model(token_ids, training=False)` must return logits [B, T, V] (a
+    `build_gpt` model, or any callable with that contract).
+    """
+    logits = tf.cast(model(token_ids, training=False), tf.float32)
+    return -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=logits)
+
+
+def sequence_log_probs(
+    model: Callable, sequences: Sequence[Sequence[int]], batch_size: int = 32, pad_id: int = 0
+) -> np.ndarray:
+    """Total log-probability of each sequence after its first id: float64 [N].
+
+    `sum_t log p(seq[t] | seq[:t])` for t >= 1, so seq[0] is the context the
+    model starts from (e.g. `eot_id`). Sequences are batched by length and
+    right-padded; the model is causal, so padding after a position never
+    changes it.
+    """
+    scores = np.zeros([len(sequences)], np.float64)
+    for i, seq in enumerate(sequences):
+        if len(seq) < 2:
+            raise ValueError(f"sequence {i} has {len(seq)} ids; need a first id and at least one to score")
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding per batch
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in rows)
+        ids = np.full([len(rows), width], pad_id, np.int32)
+        mask = np.zeros([len(rows), width - 1], np.float64)
+        for r, i in enumerate(rows):
+            ids[r, : len(sequences[i])] = sequences[i]
+            mask[r, : len(sequences[i]) - 1] = 1.0
+        logp = token_log_probs(model, tf.constant(ids[:, :-1]), tf.constant(ids[:, 1:])).numpy()
+        scores[rows] = (logp.astype(np.float64) * mask).sum(axis=1)
+    return scores
+
+
+def text_log_probs(
+    model: Callable, tokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32
+) -> tuple[np.ndarray, int]:
+    """Total log-probability of each text as a document: `log p(encode(text) | eot)`.
+
+    Returns (float64 [N], how many texts were cut to `max_len` ids, the
+    `<|endoftext|>` included, to fit the model's context).
+    """
+    sequences, truncated = [], 0
+    for text in texts:
+        ids = [tokenizer.eot_id] + tokenizer.encode(text)
+        truncated += len(ids) > max_len
+        sequences.append(ids[:max_len])
+    return sequence_log_probs(model, sequences, batch_size, tokenizer.pad_id), truncated
+
+
+# -------------------------------------------------------------- minimal pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class MinimalPair:
+    good: str
+    bad: str
+
+
+def read_minimal_pairs(path: str) -> list[MinimalPair]:
+    """Reads BLiMP-style JSONL: one `{"sentence_good": str, "sentence_bad": str, ...}` per line.
+
+    Other keys (UID, pair_id, ...) are ignored; blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming `path:line` for a malformed line, or `path` when it
+            holds no pair.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such minimal-pair file")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object with sentence_good and sentence_bad")
+            for key in ("sentence_good", "sentence_bad"):
+                if not isinstance(obj.get(key), str) or not obj[key].strip():
+                    raise ValueError(f"{where}: {key!r} missing or not a non-empty string")
+            pairs.append(MinimalPair(obj["sentence_good"], obj["sentence_bad"]))
+    if not pairs:
+        raise ValueError(f"{path}: no minimal pairs (expected JSONL lines with sentence_good and sentence_bad)")
+    return pairs
+
+
+def minimal_pair_accuracy(good_log_probs: Sequence[float], bad_log_probs: Sequence[float]) -> float:
+    """Fraction of pairs whose good sentence is strictly more likely (a tie is wrong)."""
+    good, bad = np.asarray(good_log_probs, np.float64), np.asarray(bad_log_probs, np.float64)
+    if good.shape != bad.shape or good.size == 0:
+        raise ValueError(f"need as many good as bad scores, at least one; got {good.shape} and {bad.shape}")
+    return float(np.mean(good > bad))
+
+
+# --------------------------------------------------------------- BLEU, ROUGE-L
+
+
+def bleu(references: Sequence[str], hypotheses: Sequence[str], max_order: int = 4) -> float:
+    """Corpus BLEU of `hypotheses` against one reference each (keras-hub, SacreBLEU 13a tokens), in [0, 1]."""
+    import keras_hub
+
+    _check_pairs(references, hypotheses)
+    if not any(h.strip() for h in hypotheses) or not any(r.strip() for r in references):
+        # keras-hub divides by the total hypothesis and reference lengths; with
+        # nothing on one side no n-gram matches, so BLEU is 0.
+        return 0.0
+    metric = keras_hub.metrics.Bleu(max_order=max_order)
+    metric.update_state([[r] for r in references], list(hypotheses))
+    return float(metric.result())
+
+
+def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 over (reference, hypothesis) pairs, in [0, 1]."""
+    import keras_hub
+
+    _check_pairs(references, hypotheses)
+    metric = keras_hub.metrics.RougeL()
+    metric.update_state(list(references), list(hypotheses))
+    return float(metric.result()["f1_score"])
+
+
+def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"need one hypothesis per reference, at least one; got {len(references)} and {len(hypotheses)}")
