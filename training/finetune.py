@@ -15,7 +15,7 @@ import sys  # noqa: E402
 
 from training import cli, flags  # noqa: E402
 
-DEFAULTS = dict(steps=600, batch_size=16, lr=5e-4, warmup_steps=50, eval_every=200, save_every=200, out="runs/chat")
+DEFAULTS = dict(steps=300, batch_size=16, lr=5e-4, warmup_steps=30, eval_every=100, save_every=100, out="runs/chat")
 
 
 def parser() -> argparse.ArgumentParser:
