@@ -48,7 +48,7 @@ def run(model, prompts, **kw):
 
 
 def test_greedy_matches_full_forward_argmax(model):
-    # Eager (no tf.function): the while loop runs op by op, same answer.
+    # Called eagerly (it runs itself as a cached tf.function) and through compiled_generate: same answer.
     tokens, lengths = generate(model, ragged(PROMPTS), max_new_tokens=6)
     assert tokens.shape == (3, 6) and lengths.numpy().tolist() == [6, 6, 6]
     for row, prompt in zip(tokens.numpy(), PROMPTS):

@@ -5,8 +5,10 @@ once (prefill), then decodes inside a `tf.while_loop` that feeds one token
 per row per step: each step writes one cache position and attends over the
 filled prefix only, so time per token stays flat as the position grows. It
 stops when every row has emitted a stop id (e.g. `end_id`, `eot_id`) or after
-`max_new_tokens`. The same function runs eagerly, inside `tf.function` and
-inside SavedModel signatures (no XLA-only ops, no keras-hub samplers).
+`max_new_tokens`. The same function runs inside `tf.function` and SavedModel
+signatures (no XLA-only ops, no keras-hub samplers); called eagerly, it runs
+itself through a cached `tf.function` (`compiled_generate`), since an eager
+while loop would dispatch every op from Python.
 
 Sampling (`sample`) is per row: temperature (0 = greedy), top-k (0 = off),
 top-p (1 = off). Randomness is Gumbel-max noise from stateless random ops
@@ -57,6 +59,10 @@ def context_size(model: keras.Model) -> int:
     return int(model.get_layer("embeddings").max_positions)
 
 
+def _context(model: keras.Model, max_len: int | None) -> int:
+    return context_size(model) if max_len is None else min(int(max_len), context_size(model))
+
+
 def validate_sampling(
     max_new_tokens=None, temperature=None, top_k=None, top_p=None, context: int | None = None
 ) -> None:
@@ -101,8 +107,10 @@ def _per_row(x, batch, dtype) -> tf.Tensor:
 def _filter_top_k_top_p(logits, top_k, top_p):
     """Sets logits outside the top-k / nucleus of each row to -inf. logits [B, V]; top_k, top_p [B]."""
     vocab = tf.shape(logits)[1]
-    sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
-    ranks = tf.range(vocab)[None, :]
+    # Only the best max(top_k) candidates can survive when every row has a top_k: no full sort then.
+    width = tf.where(tf.reduce_all(top_k > 0), tf.minimum(tf.reduce_max(top_k), vocab), vocab)
+    sorted_logits = tf.math.top_k(logits, k=width, sorted=True).values  # [B, width]
+    ranks = tf.range(width)[None, :]
     k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)[:, None]
     in_top_k = ranks < k
     sorted_logits = tf.where(in_top_k, sorted_logits, NEG_INF)
@@ -203,7 +211,7 @@ def prefill(
         written, = W), `caches` (list, one per block), `key_mask` bool [B, S],
         `logits` float32 [B, V] (of the first new token), `limit` (max new tokens).
     """
-    context = context_size(model) if max_len is None else min(int(max_len), context_size(model))
+    context = _context(model, max_len)
     validate_sampling(max_new_tokens, temperature, top_k, top_p, context)
     if not isinstance(prompt_ids, tf.RaggedTensor):
         prompt_ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(prompt_ids))
@@ -272,6 +280,22 @@ def generate(
         (tokens int32 [B, max(max_new_tokens)], lengths int32 [B]):
         `tokens[b, :lengths[b]]` are row b's new ids, its stop id included.
     """
+    if tf.executing_eagerly():
+        # Eager tf.while_loop runs op by op (slow): run the same code as a cached tf.function.
+        validate_sampling(max_new_tokens, temperature, top_k, top_p, _context(model, max_len))
+        if not isinstance(prompt_ids, tf.RaggedTensor):
+            prompt_ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(prompt_ids))
+        prompt_ids = tf.cast(prompt_ids, tf.int32)
+        if prompt_ids.ragged_rank != 1:
+            prompt_ids = tf.RaggedTensor.from_row_splits(prompt_ids.flat_values, prompt_ids.row_splits)
+        batch = prompt_ids.nrows(out_type=tf.int32)
+        fn = compiled_generate(model, pad_id=pad_id, max_len=max_len)
+        return fn(
+            prompt_ids,
+            _per_row(max_new_tokens, batch, tf.int32), _per_row(temperature, batch, tf.float32),
+            _per_row(top_k, batch, tf.int32), _per_row(top_p, batch, tf.float32), _per_row(seed, batch, tf.int32),
+            tf.reshape(tf.convert_to_tensor(stop_ids, tf.int32), [-1]),
+        )
     state = prefill(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, pad_id, max_len)
     batch = tf.shape(state["token"])[0]
     max_new = _per_row(max_new_tokens, batch, tf.int32)
@@ -309,12 +333,17 @@ def generate(
 
 # ----------------------------------------------------------------------------- eager helper
 
-_COMPILED: "weakref.WeakKeyDictionary[keras.Model, object]" = weakref.WeakKeyDictionary()
+_COMPILED: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def compiled_generate(model: keras.Model):
-    """`generate` as a `tf.function` with a fixed signature (one trace per model)."""
-    fn = _COMPILED.get(model)
+def compiled_generate(model: keras.Model, pad_id: int = 0, max_len: int | None = None):
+    """`generate` as a `tf.function` with a fixed signature (one trace per model and settings).
+
+    Its arguments: prompt_ids (int32 RaggedTensor [B, None]), then int32/float32
+    vectors [B] max_new_tokens, temperature, top_k, top_p, seed, then stop_ids [S].
+    """
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get((pad_id, max_len))
     if fn is None:
         vec = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
 
@@ -325,9 +354,11 @@ def compiled_generate(model: keras.Model):
             ]
         )
         def fn(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
-            return generate(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids)
+            return generate(
+                model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, pad_id, max_len
+            )
 
-        _COMPILED[model] = fn
+        per_model[(pad_id, max_len)] = fn
     return fn
 
 

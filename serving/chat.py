@@ -1,0 +1,151 @@
+"""Terminal chat with a tfchat model, streaming the replies.
+
+    python -m serving.chat --server http://localhost:8501     # a running serving.server
+    python -m serving.chat --model exports/tfchat             # load the export in this process
+
+Type a message and press Enter. Commands: `/reset` forgets the conversation,
+`/system TEXT` sets a system prompt (and resets), `/exit` (or Ctrl-D) quits,
+`/help` lists them. The whole history is sent each turn; the chat template
+drops the oldest exchanges when it no longer fits the context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Iterator, TextIO
+
+HELP = "commands: /reset  /system TEXT  /exit  /help"
+
+
+class RemoteChat:
+    """Streams replies from `POST /v1/chat/completions` (server-sent events)."""
+
+    def __init__(self, url: str, timeout: float = 300.0):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(timeout=timeout)
+
+    def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
+        body = {"messages": messages, "stream": True, **_openai_names(sampling)}
+        with self._http.stream("POST", self.url + "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    message = response.json()["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = response.text
+                raise RuntimeError(f"server error {response.status_code}: {message}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(chunk["error"]["message"])
+                piece = chunk["choices"][0].get("delta", {}).get("content")
+                if piece:
+                    yield piece
+
+
+def _openai_names(sampling: dict) -> dict:
+    out = dict(sampling)
+    if "max_new_tokens" in out:
+        out["max_tokens"] = out.pop("max_new_tokens")
+    return out
+
+
+class LocalChat:
+    """Streams replies from an export loaded in this process."""
+
+    def __init__(self, path: str):
+        from serving.backend import Backend
+
+        self.backend = Backend(path)
+
+    def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
+        from serving.backend import GenRequest
+
+        return self.backend.stream(GenRequest(messages=messages, **sampling))
+
+
+def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampling) -> None:
+    """The read-reply loop."""
+    history: list[dict] = []
+    interactive = stdin.isatty()
+    print(f"tfchat  ({HELP})", file=stdout)
+    while True:
+        if interactive:
+            stdout.write("you> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:  # EOF
+            break
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        command, _, arg = text.strip().partition(" ")
+        if command in ("/exit", "/quit"):
+            break
+        if command == "/reset":
+            history = []
+            print("(conversation reset)", file=stdout)
+            continue
+        if command == "/system":
+            system, history = arg.strip() or None, []
+            print(f"(system prompt {'set' if system else 'cleared'}; conversation reset)", file=stdout)
+            continue
+        if command == "/help":
+            print(HELP, file=stdout)
+            continue
+        history.append({"role": "user", "content": text})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        stdout.write("bot> ")
+        stdout.flush()
+        reply = []
+        try:
+            for piece in chat.stream(messages, **sampling):
+                reply.append(piece)
+                stdout.write(piece)
+                stdout.flush()
+        except Exception as e:  # noqa: BLE001  (keep the session alive)
+            history.pop()
+            print(f"\n(error: {e})", file=stdout)
+            continue
+        stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+    print("bye", file=stdout)
+
+
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.chat", description="Chat with a tfchat model in the terminal.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--server", help="URL of a running serving.server, e.g. http://localhost:8501")
+    source.add_argument("--model", help="export path (exports/tfchat) to load in-process")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
+    args = parser.parse_args(argv)
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    try:
+        chat = RemoteChat(args.server) if args.server else LocalChat(args.model)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sampling = dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.seed is not None:
+        sampling["seed"] = args.seed
+    elif args.model:
+        import random
+
+        sampling["seed"] = random.randrange(2**31)
+    run(chat, stdin, stdout, system=args.system, **sampling)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

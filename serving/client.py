@@ -1,0 +1,228 @@
+"""Clients for a served tfchat model: TF Serving's REST and gRPC Predict APIs.
+
+Both work against `tensorflow_model_server` and against `serving.server`.
+
+    python -m serving.client --url http://localhost:8501 "Once upon a time"
+    python -m serving.client --grpc localhost:8500 --chat "Hello!"
+
+Example:
+
+>>> client = RestClient("http://localhost:8501", model="tfchat")     # doctest: +SKIP
+>>> client.generate(["Once upon a time"], max_new_tokens=20)          # doctest: +SKIP
+['...']
+>>> GrpcClient("localhost:8500").chat([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+'...'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ServingError(RuntimeError):
+    """The server answered with an error; `status` is the HTTP status or gRPC code name."""
+
+    def __init__(self, status, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _sampling(n: int, max_new_tokens, temperature, top_k, top_p, seed) -> dict:
+    return {
+        "max_new_tokens": [int(max_new_tokens)] * n,
+        "temperature": [float(temperature)] * n,
+        "top_k": [int(top_k)] * n,
+        "top_p": [float(top_p)] * n,
+        "seed": [int(seed)] * n,
+    }
+
+
+def _conversation(messages: Sequence[Mapping[str, str]]) -> tuple[list, list]:
+    return [[m["role"] for m in messages]], [[m["content"] for m in messages]]
+
+
+class _Client:
+    """Shared high-level calls; subclasses implement `predict(inputs, signature_name)` -> dict of numpy arrays."""
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default", version: int | None = None) -> dict:
+        raise NotImplementedError
+
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+        top_p: float = 1.0, seed: int = 0,
+    ) -> list[str]:
+        """Continues each prompt (the `generate` signature)."""
+        prompts = list(prompts)
+        inputs = {"prompt": prompts, **_sampling(len(prompts), max_new_tokens, temperature, top_k, top_p, seed)}
+        return [_text(t) for t in np.asarray(self.predict(inputs, "generate")["text"]).reshape(-1)]
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], max_new_tokens: int = 64, temperature: float = 0.0,
+        top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+    ) -> str:
+        """The assistant's reply to a conversation (the `chat` signature)."""
+        roles, contents = _conversation(messages)
+        inputs = {"roles": roles, "contents": contents, **_sampling(1, max_new_tokens, temperature, top_k, top_p, seed)}
+        return _text(np.asarray(self.predict(inputs, "chat")["reply"]).reshape(-1)[0])
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Mean negative log-likelihood per token of each text (the `score` signature)."""
+        out = self.predict({"text": list(texts)}, "score")
+        return [float(x) for x in np.asarray(out["loss"]).reshape(-1)]
+
+
+def _text(x) -> str:
+    return x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
+
+
+class RestClient(_Client):
+    """TF Serving REST: `POST /v1/models/NAME[/versions/N]:predict` (columnar `inputs`)."""
+
+    def __init__(self, url: str = "http://localhost:8501", model: str = "tfchat", timeout: float = 120.0, http=None):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.model = model
+        self._http = http or httpx.Client(timeout=timeout)
+
+    def _path(self, version: int | None) -> str:
+        return f"{self.url}/v1/models/{self.model}" + (f"/versions/{version}" if version is not None else "")
+
+    def _check(self, response):
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text}
+        if response.status_code != 200:
+            err = body.get("error") if isinstance(body, dict) else body
+            raise ServingError(response.status_code, err.get("message", str(err)) if isinstance(err, dict) else str(err))
+        return body
+
+    def status(self, version: int | None = None) -> dict:
+        return self._check(self._http.get(self._path(version)))
+
+    def metadata(self, version: int | None = None) -> dict:
+        return self._check(self._http.get(self._path(version) + "/metadata"))
+
+    def signature_names(self) -> list[str]:
+        return sorted(self.metadata()["metadata"]["signature_def"]["signature_def"])
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default", version: int | None = None) -> dict:
+        body = {"signature_name": signature_name, "inputs": {k: _jsonable(v) for k, v in inputs.items()}}
+        out = self._check(self._http.post(self._path(version) + ":predict", json=body))["outputs"]
+        return {k: np.asarray(v) for k, v in out.items()} if isinstance(out, dict) else {"output": np.asarray(out)}
+
+    def predict_instances(self, instances: list, signature_name: str = "serving_default", version: int | None = None) -> list:
+        """Row format: `instances` in, `predictions` out, as TF Serving returns them."""
+        body = {"signature_name": signature_name, "instances": instances}
+        return self._check(self._http.post(self._path(version) + ":predict", json=body))["predictions"]
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+class GrpcClient(_Client):
+    """TF Serving gRPC `PredictionService.Predict` (tensorflow-serving-api)."""
+
+    def __init__(self, target: str = "localhost:8500", model: str = "tfchat", timeout: float = 120.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.model = model
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 << 20)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default", version: int | None = None) -> dict:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.model_spec.signature_name = signature_name
+        if version is not None:
+            request.model_spec.version.value = version
+        for k, v in inputs.items():
+            array = np.asarray(v)
+            if array.dtype.kind == "U":
+                array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
+            elif array.dtype.kind == "f":
+                array = array.astype(np.float32)
+            elif array.dtype.kind == "i":
+                array = array.astype(np.int32)
+            request.inputs[k].CopyFrom(tf.make_tensor_proto(array))
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise ServingError(e.code().name, e.details()) from e
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def signature_names(self) -> list[str]:
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model
+        request.metadata_field.append("signature_def")
+        try:
+            response = self._stub.GetModelMetadata(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise ServingError(e.code().name, e.details()) from e
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+        return sorted(sig_map.signature_def)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description="Query a served tfchat model.")
+    parser.add_argument("texts", nargs="+", help="prompts (or, with --chat, one user message each)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--url", default="http://localhost:8501", help="REST endpoint")
+    target.add_argument("--grpc", default=None, help="gRPC target host:port (instead of REST)")
+    parser.add_argument("--model", default="tfchat")
+    parser.add_argument("--chat", action="store_true", help="send each text as a one-message conversation")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    client = GrpcClient(args.grpc, args.model) if args.grpc else RestClient(args.url, args.model)
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        if args.chat:
+            outputs = [client.chat([{"role": "user", "content": t}], **sampling) for t in args.texts]
+        else:
+            outputs = client.generate(args.texts, **sampling)
+    except ServingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for text in outputs:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

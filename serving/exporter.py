@@ -1,0 +1,340 @@
+"""Builds the serving SavedModel: tokenization, chat template and KV-cached generation in the graph.
+
+Signatures (every input and output has the batch as dimension 0, so TF
+Serving's row format `{"instances": [...]}` works as well as `{"inputs": ...}`;
+a SavedModel signature cannot have optional inputs, so sampling inputs are
+always given, per row):
+
+* `serving_default` = `generate`: prompt string [B], max_new_tokens int32 [B],
+  temperature float32 [B], top_k int32 [B], top_p float32 [B], seed int32 [B]
+  -> text string [B], token_ids int32 [B, N], num_tokens int32 [B].
+  A prompt is encoded as `[eot_id] + encode(prompt)`.
+* `chat`: roles, contents string [B, M] (one conversation per row; a "" role
+  marks padding) + the sampling inputs -> reply, token_ids, num_tokens.
+  The prompt is `tfchat.chat_template.tf_prompt`.
+* `score`: text string [B] -> token_ids [B, T] (the scored ids, `[eot_id] +
+  encode(text)` shifted by one), log_probs float32 [B, T], num_tokens [B],
+  total_log_prob [B], loss [B] (mean negative log-likelihood per token).
+* `tokenize`: text [B] -> token_ids [B, T] (right-padded), num_tokens [B].
+* `detokenize`: token_ids [B, T], num_tokens [B] -> text [B] (special ids dropped).
+* `chat_prompt`: roles, contents [B, M], max_new_tokens [B] -> token_ids, num_tokens.
+* `prefill`: token_ids [B, T] right-padded prompt ids, num_tokens [B] + the
+  sampling inputs -> next_token [B], logits [B, V], cache
+  [n_layer, S, B, 2, n_head, head_dim], key_mask bool [B, S], position [B],
+  cache_index [B] (same value in every row).
+* `decode`: token [B], position [B], cache, cache_index [B], key_mask [B, S]
+  + temperature, top_k, top_p, seed -> next_token, logits, cache.
+  Feed `next_token`/`position`/`cache_index` of the previous call, then add 1
+  to position and cache_index. Greedy or seeded streams equal `generate`.
+
+No signature contains XLA ops: tensorflow_model_server runs them as they are.
+
+Example:
+
+>>> from tfchat import load_model
+>>> path = export(load_model("runs/chat"), "exports/tfchat")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tfchat import chat_template
+from tfchat.generation import decode_step, generate, prefill
+from tfchat.model_dir import LoadedModel
+
+log = logging.getLogger(__name__)
+
+SIGNATURES = ("serving_default", "generate", "chat", "score", "tokenize", "detokenize", "chat_prompt", "prefill", "decode")
+METADATA_FILE = os.path.join("assets.extra", "tfchat.json")
+
+_vec = lambda dtype, name: tf.TensorSpec([None], dtype, name=name)  # noqa: E731
+SAMPLING_SPECS = [
+    _vec(tf.int32, "max_new_tokens"),
+    _vec(tf.float32, "temperature"),
+    _vec(tf.int32, "top_k"),
+    _vec(tf.float32, "top_p"),
+    _vec(tf.int32, "seed"),
+]
+
+
+class ServingModule(tf.Module):
+    """The exported object: the Keras model, the tokenizer (its resources tracked), and the signatures."""
+
+    def __init__(self, loaded: LoadedModel, max_len: int | None = None):
+        super().__init__(name="tfchat")
+        self.model = loaded.model
+        # Keras 3 variables are not tf.Variables: track the underlying ones explicitly.
+        self.model_variables = [v.value if hasattr(v, "value") else v for v in self.model.weights]
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.config
+        block = loaded.config.block_size
+        self.max_len = block if max_len is None else int(max_len)
+        if not 2 <= self.max_len <= block:
+            raise ValueError(f"max_len must be in [2, block_size={block}], got {max_len}")
+        tok = loaded.tokenizer
+        self.stop_ids = [tok.end_id, tok.eot_id]
+        self.pad_id = tok.pad_id
+
+    # ---------------------------------------------------------------- helpers (traced into signatures)
+
+    def _encode(self, text):
+        ids = self.tokenizer.tf_encode(text)
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+        return tf.cast(ids, tf.int32)
+
+    def _with_eot(self, ids):
+        eot = tf.fill([ids.nrows(out_type=tf.int32), 1], self.tokenizer.eot_id)
+        return tf.concat([tf.RaggedTensor.from_tensor(eot), ids], axis=1)
+
+    def _decode(self, tokens, lengths):
+        ragged = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
+        keep = tf.reduce_all(tf.not_equal(ragged[..., None], tf.constant(self.stop_ids)), axis=-1)
+        return self.tokenizer.tf_decode(tf.ragged.boolean_mask(ragged, keep))
+
+    def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
+        tokens, lengths = generate(
+            self.model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
+            stop_ids=self.stop_ids, pad_id=self.pad_id, max_len=self.max_len,
+        )
+        return tokens, lengths, self._decode(tokens, lengths)
+
+    def _chat_ids(self, roles, contents, max_new_tokens):
+        """One `tf_prompt` per conversation, all fitted to the room left by the longest reply."""
+        longest = chat_template.MIN_MAX_LEN
+        check = tf.debugging.assert_less_equal(
+            max_new_tokens, self.max_len - longest,
+            message=f"max_new_tokens must be <= {self.max_len - longest} for chat (the prompt needs {longest} ids)",
+        )
+        with tf.control_dependencies([check]):
+            room = self.max_len - tf.reduce_max(tf.concat([max_new_tokens, [1]], 0))
+
+        def one(args):
+            r, c = args
+            keep = tf.not_equal(r, "")
+            return chat_template.tf_prompt(tf.boolean_mask(r, keep), tf.boolean_mask(c, keep), self.tokenizer, room)
+
+        return tf.map_fn(
+            one, (roles, contents), fn_output_signature=tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0)
+        )
+
+    # ---------------------------------------------------------------- signatures
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"), *SAMPLING_SPECS])
+    def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        ids = self._with_eot(self._encode(prompt))
+        tokens, lengths, text = self._generate(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return {"text": text, "token_ids": tokens, "num_tokens": lengths}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.string, name="roles"),
+            tf.TensorSpec([None, None], tf.string, name="contents"),
+            *SAMPLING_SPECS,
+        ]
+    )
+    def chat(self, roles, contents, max_new_tokens, temperature, top_k, top_p, seed):
+        ids = self._chat_ids(roles, contents, max_new_tokens)
+        tokens, lengths, text = self._generate(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return {"reply": text, "token_ids": tokens, "num_tokens": lengths}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.string, name="roles"),
+            tf.TensorSpec([None, None], tf.string, name="contents"),
+            _vec(tf.int32, "max_new_tokens"),
+        ]
+    )
+    def chat_prompt(self, roles, contents, max_new_tokens):
+        ids = self._chat_ids(roles, contents, max_new_tokens)
+        return {"token_ids": ids.to_tensor(self.pad_id), "num_tokens": tf.cast(ids.row_lengths(), tf.int32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def score(self, text):
+        ids = self._with_eot(self._encode(text))
+        n = tf.cast(ids.row_lengths(), tf.int32)
+        keep = tf.minimum(n, self.max_len + 1)  # left-truncate to the context (+1 target)
+        ids = tf.RaggedTensor.from_row_lengths(
+            tf.gather(ids.flat_values, _tail_indices(ids.row_starts(), n, keep)), keep
+        )
+        inputs = ids[:, :-1].to_tensor(self.pad_id)
+        targets = ids[:, 1:].to_tensor(self.pad_id)
+        lengths = keep - 1
+        logits = self.model(inputs, training=False)
+        log_probs = tf.gather(tf.nn.log_softmax(logits, axis=-1), targets, batch_dims=2)
+        mask = tf.sequence_mask(lengths, tf.shape(targets)[1])
+        log_probs = tf.where(mask, log_probs, 0.0)
+        total = tf.reduce_sum(log_probs, axis=1)
+        loss = tf.math.divide_no_nan(-total, tf.cast(lengths, tf.float32))
+        return {"token_ids": targets, "log_probs": log_probs, "num_tokens": lengths, "total_log_prob": total, "loss": loss}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def tokenize(self, text):
+        ids = self._encode(text)
+        return {"token_ids": ids.to_tensor(self.pad_id), "num_tokens": tf.cast(ids.row_lengths(), tf.int32)}
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids"), _vec(tf.int32, "num_tokens")]
+    )
+    def detokenize(self, token_ids, num_tokens):
+        ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
+        return {"text": self.tokenizer.tf_decode(ragged)}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+            _vec(tf.int32, "num_tokens"),
+            *SAMPLING_SPECS,
+        ]
+    )
+    def prefill(self, token_ids, num_tokens, max_new_tokens, temperature, top_k, top_p, seed):
+        ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
+        s = prefill(
+            self.model, ragged, max_new_tokens, temperature, top_k, top_p, seed, pad_id=self.pad_id, max_len=self.max_len
+        )
+        batch = tf.shape(s["token"])[0]
+        return {
+            "next_token": s["token"],
+            "logits": s["logits"],
+            "cache": tf.stack(s["caches"]),
+            "key_mask": s["key_mask"],
+            "position": s["position"],
+            "cache_index": tf.fill([batch], s["cache_index"]),
+        }
+
+    @tf.function(
+        input_signature=[
+            _vec(tf.int32, "token"),
+            _vec(tf.int32, "position"),
+            tf.TensorSpec([None, None, None, 2, None, None], tf.float32, name="cache"),
+            _vec(tf.int32, "cache_index"),
+            tf.TensorSpec([None, None], tf.bool, name="key_mask"),
+            *SAMPLING_SPECS[1:],
+        ]
+    )
+    def decode(self, token, position, cache, cache_index, key_mask, temperature, top_k, top_p, seed):
+        caches = tf.unstack(cache, num=self.config.n_layer)
+        nxt, logits, caches = decode_step(
+            self.model, token, position, caches, cache_index[0], key_mask, temperature, top_k, top_p, seed
+        )
+        return {"next_token": nxt, "logits": logits, "cache": tf.stack(caches)}
+
+    def signatures(self) -> dict:
+        gen = self.generate.get_concrete_function()
+        sigs = {"serving_default": gen, "generate": gen}
+        for name in SIGNATURES[2:]:
+            sigs[name] = getattr(self, name).get_concrete_function()
+        return sigs
+
+
+def _tail_indices(row_starts, lengths, keep):
+    """Flat indices of the last `keep[b]` ids of each row."""
+    row_starts = tf.cast(row_starts, tf.int32)
+    offsets = tf.ragged.range(lengths - keep, lengths)
+    return (offsets + row_starts[:, None]).flat_values
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def next_version(base: str) -> int:
+    """1 + the largest integer-named subdirectory of `base` (1 if none)."""
+    versions = [int(d) for d in os.listdir(base) if re.fullmatch(r"\d+", d)] if os.path.isdir(base) else []
+    return max(versions, default=0) + 1
+
+
+def models_config(name: str, base: str) -> str:
+    """A tensorflow_model_server `--model_config_file` for one model."""
+    return (
+        "model_config_list {\n"
+        "  config {\n"
+        f'    name: "{name}"\n'
+        f'    base_path: "{os.path.abspath(base)}"\n'
+        '    model_platform: "tensorflow"\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def export(
+    loaded: LoadedModel, base: str, version: int | None = None, max_len: int | None = None, name: str = "tfchat"
+) -> str:
+    """Writes `base/<version>/` (a SavedModel) atomically plus `base/models.config`; returns the version dir.
+
+    Args:
+        loaded: from `tfchat.load_model`.
+        base: the model's base path (TF Serving's `--model_base_path`).
+        version: integer version; default: the next free one.
+        max_len: serving context length (default: the model's block_size).
+        name: the model name in `models.config`.
+    """
+    base = os.path.abspath(base)
+    os.makedirs(base, exist_ok=True)
+    if version is None:
+        version = next_version(base)
+    if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"version {version} already exists: {final}")
+    module = ServingModule(loaded, max_len)
+    # A dot-prefixed sibling: TF Serving only loads integer-named dirs, so a half-written export is never served.
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    try:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        xla = sorted(t for t in op_types(tmp) if t.startswith("Xla"))
+        if xla:  # stock tensorflow_model_server could not run these
+            raise RuntimeError(f"exported graph contains XLA ops {xla}")
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        meta = {
+            "format": "tfchat-saved-model",
+            "name": name,
+            "version": version,
+            "max_len": module.max_len,
+            "config": loaded.config.to_dict(),
+            "special_ids": loaded.tokenizer.special_ids,
+            "stop_ids": module.stop_ids,
+            "model_metadata": loaded.metadata,
+        }
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a server may run as another user
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    cfg_tmp = os.path.join(base, ".models.config.tmp")
+    with open(cfg_tmp, "w") as f:
+        f.write(models_config(name, base))
+    os.replace(cfg_tmp, os.path.join(base, "models.config"))
+    log.info("exported %s", final)
+    return final
+
+
+def read_metadata(version_dir: str) -> dict:
+    """The tfchat metadata written next to an exported SavedModel."""
+    with open(os.path.join(version_dir, METADATA_FILE)) as f:
+        return json.load(f)
+
+
+def op_types(version_dir: str) -> set[str]:
+    """Every op type in a SavedModel: the graph and all library functions (loop bodies, signatures)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    types = set()
+    for mg in sm.meta_graphs:
+        types |= {n.op for n in mg.graph_def.node}
+        for fn in mg.graph_def.library.function:
+            types |= {n.op for n in fn.node_def}
+    return types

@@ -1,0 +1,94 @@
+"""The terminal chat, local (export loaded in-process) and against a running server."""
+
+import io
+
+import keras
+import pytest
+
+from serving import chat as chat_cli
+from serving.backend import Backend, GenRequest
+from serving.exporter import export
+from serving.server import ServerThread, create_app
+from tfchat.config import GPTConfig
+from tfchat.model import build_gpt
+from tfchat.model_dir import load_model, save_model
+from tfchat.tokenizer import train_tokenizer
+
+TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
+
+
+@pytest.fixture(scope="module")
+def export_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    keras.utils.set_random_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
+    return export(load_model(str(root / "model")), str(root / "tfchat"))
+
+
+@pytest.fixture(scope="module")
+def backend(export_path):
+    b = Backend(export_path)
+    yield b
+    b.close()
+
+
+def expected_replies(backend, turns, system=None, **sampling):
+    """What the chat should print: each reply generated from the full history so far."""
+    history, replies = [], []
+    for turn in turns:
+        if turn == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": turn})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        reply = backend.complete(GenRequest(messages=messages, **sampling)).text
+        history.append({"role": "assistant", "content": reply})
+        replies.append(reply)
+    return replies
+
+
+def bot_lines(output: str) -> list[str]:
+    return [line[len("bot> "):] for line in output.split("\n") if line.startswith("bot> ")]
+
+
+SAMPLING = ["--max-tokens", "6", "--temperature", "0.8", "--top-p", "0.9", "--seed", "5"]
+
+
+def test_local_chat_keeps_history_and_resets(export_path, backend):
+    turns = ["Hello", "How are you?", "/reset", "Hello"]
+    out = io.StringIO()
+    stdin = io.StringIO("\n".join(turns) + "\n/exit\nnever read\n")
+    assert chat_cli.main(["--model", export_path, *SAMPLING], stdin=stdin, stdout=out) == 0
+    text = out.getvalue()
+    want = expected_replies(backend, turns, max_new_tokens=6, temperature=0.8, top_p=0.9, seed=5)
+    assert bot_lines(text) == want
+    assert want[0] == want[2]  # same seed, history reset: same first answer
+    assert "(conversation reset)" in text and text.rstrip().endswith("bye")
+
+
+def test_remote_chat_streams_from_the_server(backend):
+    turns = ["Hello", "Tell me more"]
+    with ServerThread(create_app(backend)) as url:
+        out = io.StringIO()
+        stdin = io.StringIO("/system Be brief.\n" + "\n".join(turns) + "\n")  # EOF ends the session
+        assert chat_cli.main(["--server", url, *SAMPLING], stdin=stdin, stdout=out) == 0
+    want = expected_replies(backend, turns, system="Be brief.", max_new_tokens=6, temperature=0.8, top_p=0.9, seed=5)
+    assert bot_lines(out.getvalue()) == want
+    assert "system prompt set" in out.getvalue()
+
+
+def test_errors_keep_the_session_alive(backend):
+    with ServerThread(create_app(backend)) as url:
+        out = io.StringIO()
+        stdin = io.StringIO("Hello\n/help\n/exit\n")
+        assert chat_cli.main(["--server", url, "--max-tokens", "0"], stdin=stdin, stdout=out) == 0
+    text = out.getvalue()
+    assert "(error: server error 400" in text and "max_new_tokens" in text
+    assert "/reset" in text and text.rstrip().endswith("bye")
+
+
+def test_bad_model_path_fails_cleanly(tmp_path, capsys):
+    assert chat_cli.main(["--model", str(tmp_path / "missing")], stdin=io.StringIO(""), stdout=io.StringIO()) == 2
+    assert "export not found" in capsys.readouterr().err

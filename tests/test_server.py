@@ -1,0 +1,232 @@
+import base64
+import json
+import threading
+
+import keras
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.backend import Backend, GenRequest
+from serving.exporter import export
+from serving.server import create_app
+from tfchat.config import GPTConfig
+from tfchat.generation import generate_text
+from tfchat.model import build_gpt
+from tfchat.model_dir import load_model, save_model
+from tfchat.tokenizer import train_tokenizer
+
+TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
+HI = [{"role": "user", "content": "Hi there"}]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    keras.utils.set_random_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
+    loaded = load_model(str(root / "model"))
+    export(loaded, str(root / "tfchat"))
+    backend = Backend(str(root / "tfchat"), batch_wait_ms=150)
+    yield loaded, backend, TestClient(create_app(backend))
+    backend.close()
+
+
+def test_model_status_and_metadata(setup):
+    _, _, client = setup
+    status = client.get("/v1/models/tfchat").json()
+    assert status["model_version_status"][0]["version"] == "1"
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert client.get("/v1/models/tfchat/versions/1").status_code == 200
+    meta = client.get("/v1/models/tfchat/metadata").json()
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "chat", "score", "prefill", "decode"} <= set(sigs)
+    prompt = sigs["serving_default"]["inputs"]["prompt"]
+    assert prompt["dtype"] == "DT_STRING" and prompt["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
+    for path in ("/v1/models/other", "/v1/models/tfchat/versions/7", "/v1/models/other/metadata"):
+        r = client.get(path)
+        assert r.status_code == 404 and "Servable not found" in r.json()["error"]
+
+
+def test_predict_row_and_columnar_formats_match_keras(setup):
+    loaded, _, client = setup
+    expected = generate_text(loaded, prompts=["Hello", "The fox"], max_new_tokens=6)
+    rows = client.post(
+        "/v1/models/tfchat:predict",
+        json={"instances": [{"prompt": "Hello", "max_new_tokens": 6}, {"prompt": "The fox", "max_new_tokens": 6}]},
+    ).json()["predictions"]
+    assert [r["text"] for r in rows] == expected
+    assert all(r["num_tokens"] == len(r["token_ids"]) == 6 for r in rows)
+    cols = client.post(
+        "/v1/models/tfchat/versions/1:predict",
+        json={"signature_name": "generate", "inputs": {"prompt": ["Hello", "The fox"], "max_new_tokens": [6, 6],
+              "temperature": [0.0, 0.0], "top_k": [0, 0], "top_p": [1.0, 1.0], "seed": [0, 0]}},
+    ).json()["outputs"]
+    assert cols["text"] == expected
+    b64 = client.post(
+        "/v1/models/tfchat:predict",
+        json={"instances": [{"prompt": {"b64": base64.b64encode(b"Hello").decode()}, "max_new_tokens": 6}]},
+    ).json()["predictions"]
+    assert b64[0]["text"] == expected[0]
+
+
+def test_predict_other_signatures(setup):
+    loaded, _, client = setup
+    score = client.post("/v1/models/tfchat:predict", json={"signature_name": "score", "inputs": {"text": ["Hello world"]}})
+    assert score.status_code == 200 and score.json()["outputs"]["loss"][0] > 0
+    # A single-input signature takes bare values in both formats.
+    tok = client.post("/v1/models/tfchat:predict", json={"signature_name": "tokenize", "instances": ["Hello", "Hi"]})
+    preds = tok.json()["predictions"]
+    for p, text in zip(preds, ["Hello", "Hi"]):
+        assert p["token_ids"][: p["num_tokens"]] == loaded.tokenizer.encode(text)
+    chat = client.post(
+        "/v1/models/tfchat:predict",
+        json={"signature_name": "chat", "inputs": {"roles": [["user"]], "contents": [["Hi"]], "max_new_tokens": [5]}},
+    )
+    assert chat.status_code == 200 and len(chat.json()["outputs"]["reply"]) == 1
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"inputs": {"prompt": ["x"]}, "signature_name": "nope"}, 404, "not found in signature def"),
+        ({"instances": [{"prompt": "x"}], "inputs": {}}, 400, "exactly one of"),
+        ({"instances": []}, 400, "non-empty"),
+        ({"inputs": {"prompt": ["x"], "bogus": [1]}}, 400, "unknown input"),
+        ({"inputs": {"max_new_tokens": [3]}, "signature_name": "score"}, 400, "unknown input"),
+        ({"inputs": {"prompt": ["x"], "max_new_tokens": ["many"]}}, 400, "max_new_tokens"),
+        ({"inputs": {"prompt": [["x"]]}}, 400, "shape"),
+        ({"inputs": {"prompt": ["x"], "max_new_tokens": [500]}}, 400, "max_new_tokens must be <= 63"),
+        ({"inputs": {"prompt": ["x"], "top_p": [0.0]}}, 400, "top_p"),
+        ({"inputs": {"roles": [["robot"]], "contents": [["x"]]}, "signature_name": "chat"}, 400, "roles must be"),
+        ({"inputs": {"roles": [["user"]], "contents": [["x"]], "max_new_tokens": [60]}, "signature_name": "chat"}, 400,
+         "max_new_tokens must be <= 56 for chat"),
+        ([1, 2], 400, "JSON object"),
+    ],
+)
+def test_predict_errors(setup, body, status, message):
+    _, _, client = setup
+    r = client.post("/v1/models/tfchat:predict", json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+def test_predict_rejects_invalid_json(setup):
+    _, _, client = setup
+    r = client.post("/v1/models/tfchat:predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "invalid JSON" in r.json()["error"]
+    r = client.post("/v1/models/other:predict", json={"inputs": {"prompt": ["x"]}})
+    assert r.status_code == 404
+
+
+def _sse(response) -> list[dict]:
+    events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_chat_completions_plain_and_streamed_agree(setup):
+    _, backend, client = setup
+    body = {"model": "tfchat", "messages": HI, "max_tokens": 8, "temperature": 0.7, "seed": 3}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    out = r.json()
+    assert out["object"] == "chat.completion"
+    message = out["choices"][0]["message"]
+    assert message["role"] == "assistant" and out["choices"][0]["finish_reason"] in ("stop", "length")
+    assert out["usage"]["completion_tokens"] <= 8 and out["usage"]["prompt_tokens"] > 0
+    direct = backend.complete(GenRequest(messages=HI, max_new_tokens=8, temperature=0.7, seed=3))
+    assert message["content"] == direct.text
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+        assert s.headers["content-type"].startswith("text/event-stream")
+        chunks = _sse(s)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == message["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == out["choices"][0]["finish_reason"]
+
+
+def test_completions_batch_and_stream(setup):
+    loaded, _, client = setup
+    expected = generate_text(loaded, prompts=["Hello", "The quick"], max_new_tokens=6)
+    r = client.post("/v1/completions", json={"prompt": ["Hello", "The quick"], "max_tokens": 6, "temperature": 0})
+    out = r.json()
+    assert out["object"] == "text_completion" and [c["text"] for c in out["choices"]] == expected
+    assert [c["index"] for c in out["choices"]] == [0, 1]
+    with client.stream("POST", "/v1/completions", json={"prompt": "Hello", "max_tokens": 6, "temperature": 0, "stream": True}) as s:
+        chunks = _sse(s)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == expected[0]
+
+
+@pytest.mark.parametrize(
+    "path, body, status, fragment",
+    [
+        ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "role"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "content"),
+        ("/v1/chat/completions", {"messages": HI, "temperature": -1}, 400, "temperature"),
+        ("/v1/chat/completions", {"messages": HI, "top_p": 2}, 400, "top_p"),
+        ("/v1/chat/completions", {"messages": HI, "max_tokens": 0}, 400, "max_new_tokens"),
+        ("/v1/chat/completions", {"messages": HI, "max_tokens": 10_000}, 400, "max_new_tokens"),
+        ("/v1/chat/completions", {"messages": HI, "n": 2}, 400, "n=1"),
+        ("/v1/chat/completions", {"messages": HI, "model": "gpt-4"}, 404, "does not exist"),
+        ("/v1/chat/completions", {"messages": HI, "stream": "yes"}, 400, "stream"),
+        ("/v1/completions", {"prompt": 5}, 400, "prompt"),
+        ("/v1/completions", {"prompt": ["a", "b"], "stream": True}, 400, "single prompt"),
+    ],
+)
+def test_openai_errors(setup, path, body, status, fragment):
+    _, _, client = setup
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_models_health_and_page(setup):
+    _, _, client = setup
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tfchat"
+    assert client.get("/healthz").json()["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/v1/chat/completions" in page.text and "tfchat" in page.text
+
+
+def test_concurrent_requests_are_batched_and_not_mixed_up(setup):
+    _, backend, client = setup
+    prompts = [f"Hello {i}" for i in range(4)]
+    seeds = [11, 12, 13, 14]
+    alone = [
+        backend.complete(GenRequest(prompt=p, max_new_tokens=6, temperature=1.0, seed=s)).text for p, s in zip(prompts, seeds)
+    ]
+    chat_alone = backend.complete(GenRequest(messages=HI, max_new_tokens=6)).text
+    results, errors = {}, []
+
+    def completion(i):
+        try:
+            body = {"prompt": prompts[i], "max_tokens": 6, "temperature": 1.0, "seed": seeds[i]}
+            results[i] = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    def streamed_chat(i):
+        try:
+            body = {"messages": HI, "max_tokens": 6, "temperature": 0, "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=body) as s:
+                results[f"chat{i}"] = "".join(c["choices"][0]["delta"].get("content", "") for c in _sse(s))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    backend.largest_batch = 0
+    threads = [threading.Thread(target=completion, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=streamed_chat, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert [results[i] for i in range(4)] == alone
+    assert results["chat0"] == results["chat1"] == chat_alone
+    assert backend.largest_batch > 1  # the 150 ms window gathered several requests
