@@ -77,12 +77,17 @@ def test_profiler_trace(tmp_path):
 
 def test_gradient_accumulation_equals_large_batch(tmp_path):
     big = _trainer(tmp_path, "big", steps=3)
-    big.train(progress=False)
+    big_metrics = big.train(progress=False)
     accum = _trainer(tmp_path, "accum", steps=3, micro_batch_size=2)
     assert accum.accum == 4
-    accum.train(progress=False)
+    accum_metrics = accum.train(progress=False)
+    # Adam is nearly blind to a gradient's scale, so check the gradient itself
+    # (its global norm, after normalising by the token count) and the loss.
+    assert accum_metrics["grad_norm"] == pytest.approx(big_metrics["grad_norm"], rel=1e-5)
+    assert accum_metrics["loss"] == pytest.approx(big_metrics["loss"], rel=1e-6)
     for a, b in zip(big.model.get_weights(), accum.model.get_weights()):
-        np.testing.assert_allclose(a, b, atol=2e-5)
+        # Adam turns float-rounding noise in near-zero gradients into lr-sized steps: 1e-4, not 1e-6.
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_masked_tokens_carry_zero_gradient():
@@ -117,6 +122,7 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     two = _run(tmp_path, "two", "--steps", "3", "--strategy", "mirrored", "--logical-cpus", "2")
     assert two["replicas"] == 2
     assert abs(one["metrics"]["loss"] - two["metrics"]["loss"]) < 1e-5
+    assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-5)
     assert _max_weight_diff(one, two) < 2e-5
 
 
