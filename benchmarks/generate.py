@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
 
 import tensorflow as tf
+
+from benchmarks.common import emit, machine
 
 from tfchat.config import GPTConfig
 from tfchat.generation import compiled_generate
@@ -115,15 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": args.new_tokens,
         "prompt_len": args.prompt_len,
         "xla": False,
-        "tensorflow": tf.__version__,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         **run(model, args.new_tokens, args.prompt_len, batches, args.repeats),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
+    emit(result)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(text + "\n")
+            f.write(json.dumps({**result, "machine": machine()}) + "\n")
     return 0
 
 

@@ -29,3 +29,15 @@ def test_data_benchmark_cli_prints_json(capsys, tmp_path):
     assert len(records) >= 2, records
     assert all("machine" in r for r in records)
     assert any(r.get("tokens_per_s", r.get("tokens_per_sec", 0)) > 0 for r in records), by_name
+
+
+def test_generate_benchmark_cli_prints_json(capsys):
+    from benchmarks import generate as generate_bench
+
+    assert generate_bench.main(["--preset", "tiny", "--new-tokens", "8", "--prompt-len", "4", "--batches", "1,2",
+                                "--repeats", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    record = lines[0]
+    assert record["batch_1"]["tokens_per_s"] > 0 and record["batch_2"]["tokens_per_s"] > 0
+    assert record["time_to_first_token_ms"] > 0 and "machine" in record
