@@ -30,3 +30,22 @@ def synthetic_dataset(ctx, micro_batch, seed=0, seq_len=16, rows=64):
         ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
     ds = ds.repeat().map(lambda w: {"token_ids": w[:-1], "targets": w[1:], "loss_mask": tf.ones([seq_len])})
     return ds.batch(micro_batch, drop_remainder=True)
+
+
+SERVING_TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
+
+
+def tiny_export(root):
+    """A tiny random chat model saved under `root/model` and exported to `root/tfchat`: (LoadedModel, version dir)."""
+    import keras
+
+    from serving.exporter import export
+    from tfchat.model import build_gpt
+    from tfchat.model_dir import load_model, save_model
+
+    tok = train_tokenizer(SERVING_TEXTS, vocab_size=300)
+    keras.utils.set_random_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
+    loaded = load_model(str(root / "model"))
+    return loaded, export(loaded, str(root / "tfchat"))

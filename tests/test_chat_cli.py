@@ -2,29 +2,19 @@
 
 import io
 
-import keras
 import pytest
 
 from serving import chat as chat_cli
 from serving.backend import Backend, GenRequest
-from serving.exporter import export
 from serving.server import ServerThread, create_app
-from tfchat.config import GPTConfig
-from tfchat.model import build_gpt
-from tfchat.model_dir import load_model, save_model
-from tfchat.tokenizer import train_tokenizer
+from tests.fixtures import tiny_export
 
-TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 
 
 @pytest.fixture(scope="module")
 def export_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
-    tok = train_tokenizer(TEXTS, vocab_size=300)
-    keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
-    return export(load_model(str(root / "model")), str(root / "tfchat"))
+    return tiny_export(root)[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,15 @@
 """REST and gRPC clients against serving.server running for real (uvicorn + grpc in threads)."""
 
-import keras
 import numpy as np
 import pytest
 
 from serving import client as client_cli
 from serving.backend import Backend, GenRequest
 from serving.client import GrpcClient, RestClient, ServingError
-from serving.exporter import export
 from serving.server import ServerThread, create_app, create_grpc_server
-from tfchat.config import GPTConfig
 from tfchat.generation import generate_text
-from tfchat.model import build_gpt
-from tfchat.model_dir import load_model, save_model
-from tfchat.tokenizer import train_tokenizer
+from tests.fixtures import tiny_export
 
-TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 PROMPTS = ["Hello", "The quick brown"]
 HI = [{"role": "user", "content": "Hi there"}]
 
@@ -23,12 +17,7 @@ HI = [{"role": "user", "content": "Hi there"}]
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("client")
-    tok = train_tokenizer(TEXTS, vocab_size=300)
-    keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
-    loaded = load_model(str(root / "model"))
-    export(loaded, str(root / "tfchat"))
+    loaded, _ = tiny_export(root)
     backend = Backend(str(root / "tfchat"))
     grpc_server = create_grpc_server(backend, 0, host="127.0.0.1")
     http = ServerThread(create_app(backend))

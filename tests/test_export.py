@@ -14,22 +14,16 @@ from tfchat.config import GPTConfig
 from tfchat.generation import generate, generate_text
 from tfchat.model import build_gpt
 from tfchat.model_dir import load_model, save_model
-from tfchat.tokenizer import train_tokenizer
+from tests.fixtures import tiny_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 PROMPTS = ["Hello world", "The quick brown fox jumps over", "x"]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    tok = train_tokenizer(TEXTS, vocab_size=300)
-    keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
-    loaded = load_model(str(root / "model"))
-    path = export(loaded, str(root / "tfchat"))
+    loaded, path = tiny_export(root)
     return loaded, path, tf.saved_model.load(path)
 
 

@@ -2,32 +2,21 @@ import base64
 import json
 import threading
 
-import keras
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.backend import Backend, GenRequest
-from serving.exporter import export
 from serving.server import create_app
-from tfchat.config import GPTConfig
 from tfchat.generation import generate_text
-from tfchat.model import build_gpt
-from tfchat.model_dir import load_model, save_model
-from tfchat.tokenizer import train_tokenizer
+from tests.fixtures import tiny_export
 
-TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 HI = [{"role": "user", "content": "Hi there"}]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
-    tok = train_tokenizer(TEXTS, vocab_size=300)
-    keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
-    loaded = load_model(str(root / "model"))
-    export(loaded, str(root / "tfchat"))
+    loaded, _ = tiny_export(root)
     backend = Backend(str(root / "tfchat"), batch_wait_ms=150)
     yield loaded, backend, TestClient(create_app(backend))
     backend.close()
