@@ -35,7 +35,7 @@ def synthetic_dataset(ctx, micro_batch, seed=0, seq_len=16, rows=64):
 SERVING_TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 
 
-def tiny_export(root):
+def tiny_export(root, texts=SERVING_TEXTS, vocab_size=300):
     """A tiny random chat model saved under `root/model` and exported to `root/tfchat`: (LoadedModel, version dir)."""
     import keras
 
@@ -43,7 +43,7 @@ def tiny_export(root):
     from tfchat.model import build_gpt
     from tfchat.model_dir import load_model, save_model
 
-    tok = train_tokenizer(SERVING_TEXTS, vocab_size=300)
+    tok = train_tokenizer(texts, vocab_size=vocab_size)
     keras.utils.set_random_seed(0)
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
     save_model(str(root / "model"), build_gpt(cfg), tok, cfg)

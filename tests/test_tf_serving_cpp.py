@@ -11,18 +11,13 @@ import os
 import shutil
 import subprocess
 
-import keras
 import pytest
 import tensorflow as tf
 import tensorflow_text
 
-from serving.exporter import export
 from tfchat import chat_template
-from tfchat.config import GPTConfig
 from tfchat.generation import generate, generate_text
-from tfchat.model import build_gpt
-from tfchat.model_dir import load_model, save_model
-from tfchat.tokenizer import train_tokenizer
+from tests.fixtures import tiny_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "serving", "cpp", "run_saved_model.cc")
@@ -52,12 +47,7 @@ def binary(tmp_path_factory):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpp_export")
     texts = ["Hello world. How are you today? I am fine.", "The quick brown fox jumps.", "你好，世界。"] * 30
-    tok = train_tokenizer(texts, vocab_size=330)
-    keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
-    loaded = load_model(str(root / "model"))
-    return loaded, export(loaded, str(root / "tfchat"))
+    return tiny_export(root, texts, vocab_size=330)
 
 
 def parse(stdout):

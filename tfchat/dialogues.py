@@ -45,14 +45,12 @@ Example:
 from __future__ import annotations
 
 import ast
-import bz2
 import collections
 import dataclasses
 import gzip
-import io
 import json
 import os
-from typing import IO, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from absl import logging
 
@@ -129,28 +127,13 @@ def validate(messages) -> str | None:
 # --------------------------------------------------------------------- files
 
 
-def open_text(path: str, encoding: str = "utf-8") -> IO[str]:
-    """Opens a text file, decompressing `.gz` / `.bz2` transparently."""
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
-    if path.endswith(".bz2"):
-        return io.TextIOWrapper(bz2.open(path, "rb"), encoding=encoding, newline="")
-    return open(path, encoding=encoding, newline="")
+open_text = sources.open_text
 
 
 def _jsonl(path: str, stats: DialogueStats) -> Iterator[tuple[str, object]]:
     """Yields (where, parsed object) per non-blank line; bad JSON is skipped."""
     try:
-        with open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                stats.read += 1
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, json.loads(line)
-                except json.JSONDecodeError as e:
-                    stats.skip(path, where, f"not JSON ({e.msg})")
+        yield from sources.iter_jsonl(path, stats)
     except (OSError, EOFError, UnicodeDecodeError) as e:
         stats.skip(path, path, f"unreadable ({e})")
 

@@ -195,12 +195,31 @@ class SourceStats:
         )
 
 
-def _open_text(path: str):
+def open_text(path: str, encoding: str = "utf-8"):
+    """Opens a text file, decompressing `.gz` / `.bz2` transparently."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding=encoding)
     if path.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return bz2.open(path, "rt", encoding=encoding)
+    return open(path, encoding=encoding)
+
+
+def iter_jsonl(path: str, stats) -> Iterator[tuple[str, object]]:
+    """Yields ("path:line", parsed object) per non-blank line, counting it in
+    `stats.read`; a line that is not JSON is skipped through `stats.skip`.
+    Errors reading the file itself propagate (callers keep what came before)."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            stats.read += 1
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                stats.skip(path, where, f"not JSON ({e.msg})")
+                continue
+            yield where, obj
 
 
 def _read_dump(path: str, stats: SourceStats) -> Iterator[Document]:
@@ -222,7 +241,7 @@ def _read_dump(path: str, stats: SourceStats) -> Iterator[Document]:
 def _read_text(path: str, stats: SourceStats) -> Iterator[Document]:
     stats.read += 1
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             text = f.read().strip()
     except (OSError, EOFError, UnicodeDecodeError) as e:
         stats.skip(path, path, f"unreadable ({e})")
@@ -235,27 +254,17 @@ def _read_text(path: str, stats: SourceStats) -> Iterator[Document]:
 
 def _read_jsonl(path: str, stats: SourceStats) -> Iterator[Document]:
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                stats.read += 1
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    stats.skip(path, where, f"not JSON ({e.msg})")
-                    continue
-                text = obj.get("text") if isinstance(obj, dict) else None
-                if not isinstance(text, str):
-                    stats.skip(path, where, 'no "text" string')
-                    continue
-                if not text.strip():
-                    stats.skip(path, where, "empty")
-                    continue
-                doc_id = obj.get("id", obj.get("title"))
-                doc_id = str(doc_id) if doc_id is not None else hashlib.sha256(text.encode()).hexdigest()
-                yield Document(doc_id, text.strip())
+        for where, obj in iter_jsonl(path, stats):
+            text = obj.get("text") if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                stats.skip(path, where, 'no "text" string')
+                continue
+            if not text.strip():
+                stats.skip(path, where, "empty")
+                continue
+            doc_id = obj.get("id", obj.get("title"))
+            doc_id = str(doc_id) if doc_id is not None else hashlib.sha256(text.encode()).hexdigest()
+            yield Document(doc_id, text.strip())
     except (OSError, EOFError, UnicodeDecodeError) as e:
         stats.errors.append(f"{path}: {e}")
         stats.skip(path, path, f"unreadable ({e}); keeping the lines before it")
