@@ -284,7 +284,8 @@ def create_app(backend: Backend) -> FastAPI:
         base = {"id": rid, "created": created, "model": backend.name}
         if stream:
             pieces = backend.stream(requests[0])
-            return StreamingResponse(_sse(pieces, requests[0], base, chat), media_type="text/event-stream")
+            return StreamingResponse(_sse_until_disconnect(pieces, requests[0], base, chat),
+                                     media_type="text/event-stream")
         try:
             results = await _in_thread(lambda: [f.result() for f in [backend.submit(r) for r in requests]])
         except BadRequest as e:
@@ -354,6 +355,19 @@ def _openai_messages(messages) -> list[dict]:
         role = "system" if m.get("role") == "developer" else m.get("role")
         out.append({"role": role, "content": content})
     return out
+
+
+async def _sse_until_disconnect(pieces, request: GenRequest, base: dict, chat: bool):
+    """`_sse`, iterated off the event loop. Starlette cancels this generator when
+    the client disconnects; the blocking iterator in its thread would not notice,
+    so the row is cancelled here and the backend stops decoding it."""
+    from starlette.concurrency import iterate_in_threadpool
+
+    try:
+        async for chunk in iterate_in_threadpool(_sse(pieces, request, base, chat)):
+            yield chunk
+    finally:
+        request.cancelled = True
 
 
 def _sse(pieces, request: GenRequest, base: dict, chat: bool):

@@ -219,3 +219,41 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(setup):
     assert [results[i] for i in range(4)] == alone
     assert results["chat0"] == results["chat1"] == chat_alone
     assert backend.largest_batch > 1  # the 150 ms window gathered several requests
+
+
+def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tmp_path_factory):
+    import time
+
+    import httpx
+
+    from serving.server import ServerThread
+    from tests.fixtures import tiny_export
+
+    _, path = tiny_export(tmp_path_factory.mktemp("disconnect"))
+    backend = Backend(path)
+    decode, calls = backend.signatures["decode"], []
+
+    def slow_decode(**inputs):  # slow enough that the client leaves mid-stream
+        calls.append(1)
+        time.sleep(0.05)
+        return decode(**inputs)
+
+    backend.signatures["decode"] = slow_decode
+    server = ServerThread(create_app(backend))
+    url = server.start()
+    body = {"messages": HI, "max_tokens": 50, "temperature": 1.0, "seed": 3, "stream": True}
+    try:
+        with httpx.Client(timeout=30) as client:
+            with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                next(response.iter_lines())  # the first event, then hang up
+        time.sleep(1.0)
+        made = len(calls)
+        time.sleep(0.5)
+        assert len(calls) == made, "decoding went on after the client left"
+        assert made < 45, made  # not run to the end: the row was dropped
+        again = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=30)
+        assert again.status_code == 200 and again.json()["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        server.stop()
+        backend.close()
