@@ -557,6 +557,8 @@ document.getElementById("reset").onclick = () => { history = []; log.innerHTML =
 document.getElementById("form").onsubmit = async (e) => {
   e.preventDefault();
   const text = input.value.trim(); if (!text) return;
+  // One reply at a time: a second send mid-stream would put two user turns in a row into the history.
+  const send = document.getElementById("send"); send.disabled = true; input.disabled = true;
   input.value = ""; add("user", text); history.push({role: "user", content: text});
   const sys = document.getElementById("system").value.trim();
   const messages = (sys ? [{role: "system", content: sys}] : []).concat(history);
@@ -567,7 +569,12 @@ document.getElementById("form").onsubmit = async (e) => {
         temperature: parseFloat(document.getElementById("temperature").value),
         top_p: parseFloat(document.getElementById("top_p").value),
         max_tokens: parseInt(document.getElementById("max_tokens").value)})});
-    if (!res.ok) { const err = await res.json(); throw new Error(err.error.message || JSON.stringify(err)); }
+    if (!res.ok) {
+      const body = await res.text(); let msg;
+      try { const err = JSON.parse(body).error; msg = (err && (err.message || (typeof err === "string" ? err : ""))) || body; }
+      catch (_) { msg = ""; }  // not JSON (e.g. a plain-text 500): report the status instead
+      throw new Error(msg || ("HTTP " + res.status + " " + res.statusText + (body ? ": " + body.slice(0, 200) : "")));
+    }
     const reader = res.body.getReader(), dec = new TextDecoder(); let buf = "";
     while (true) {
       const {value, done} = await reader.read(); if (done) break;
@@ -582,6 +589,7 @@ document.getElementById("form").onsubmit = async (e) => {
     }
     history.push({role: "assistant", content: reply});
   } catch (err) { div.className = "msg err"; div.textContent = "Error: " + err.message; history.pop(); }
+  finally { send.disabled = false; input.disabled = false; input.focus(); }
 };
 </script></body></html>
 """
