@@ -243,16 +243,21 @@ def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tm
     url = server.start()
     body = {"messages": HI, "max_tokens": 50, "temperature": 1.0, "seed": 3, "stream": True}
     try:
+        warm = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=60)
+        assert warm.status_code == 200  # signatures traced: decode steps now take ~50 ms each
+        calls.clear()
         with httpx.Client(timeout=30) as client:
             with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
                 assert response.status_code == 200
                 next(response.iter_lines())  # the first event, then hang up
-        time.sleep(1.0)
-        made = len(calls)
-        time.sleep(0.5)
+        # Wait until decoding stops (no new step for 0.6 s, about 12 steps' time), at most 20 s.
+        deadline, made = time.monotonic() + 20, -1
+        while len(calls) != made and time.monotonic() < deadline:
+            made = len(calls)
+            time.sleep(0.6)
         assert len(calls) == made, "decoding went on after the client left"
-        assert made < 45, made  # not run to the end: the row was dropped
-        again = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=30)
+        assert made < 45, made  # not run to the 50-token end: the row was dropped
+        again = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=60)
         assert again.status_code == 200 and again.json()["choices"][0]["message"]["role"] == "assistant"
     finally:
         server.stop()
