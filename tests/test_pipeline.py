@@ -91,11 +91,7 @@ def test_pretrain_determinism_and_checkpoint(data_tokenizer, docs_source, tmp_pa
     # Resumable: the iterator state goes into a checkpoint.
     it = iter(make(0))
     next(it)
-    ckpt = tf.train.Checkpoint(iterator=it)
-    path = ckpt.save(str(tmp_path / "ckpt" / "data"))
-    want = [next(it)["token_ids"].numpy() for _ in range(3)]
-    ckpt.restore(path)
-    assert all((next(it)["token_ids"].numpy() == w).all() for w in want)
+    _assert_resumes(it, tmp_path)
 
 
 def test_pretrain_on_bundled_sample(data_tokenizer):
@@ -201,11 +197,7 @@ def test_finetune_checkpoint(data_tokenizer, tmp_path):
     source = write_chats(tmp_path / "chats.jsonl")
     it = iter(pipeline.finetune_dataset(source, tok, SEQ, 4, pack=True))
     next(it)
-    ckpt = tf.train.Checkpoint(iterator=it)
-    path = ckpt.save(str(tmp_path / "ckpt" / "data"))
-    want = [next(it)["token_ids"].numpy() for _ in range(3)]
-    ckpt.restore(path)
-    assert all((next(it)["token_ids"].numpy() == w).all() for w in want)
+    _assert_resumes(it, tmp_path)
 
 
 def test_finetune_bad_source(data_tokenizer, tmp_path):
@@ -213,3 +205,12 @@ def test_finetune_bad_source(data_tokenizer, tmp_path):
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(ValueError, match=r"chats\.jsonl: no usable messages conversations"):
         pipeline.finetune_dataset(str(path), data_tokenizer, SEQ, 2)
+
+
+def _assert_resumes(it, tmp_path):
+    """The iterator's state goes into a checkpoint: restoring it replays the same batches."""
+    ckpt = tf.train.Checkpoint(iterator=it)
+    path = ckpt.save(str(tmp_path / "ckpt" / "data"))
+    want = [next(it)["token_ids"].numpy() for _ in range(3)]
+    ckpt.restore(path)
+    assert all((next(it)["token_ids"].numpy() == w).all() for w in want)

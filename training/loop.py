@@ -34,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from tfchat.config import GPTConfig
+from tfchat.model import build_gpt
 from tfchat.model_dir import save_model
 from tfchat.tokenizer import Tokenizer
 from training import flops
@@ -175,7 +176,7 @@ class Trainer:
 
         keras.utils.set_random_seed(train_cfg.seed)
         with strategy.scope():
-            self.model = _build(config, PRECISIONS[train_cfg.precision])
+            self.model = build_gpt(config, dtype=PRECISIONS[train_cfg.precision])
             if init_weights is not None:
                 init_weights(self.model)
             self.optimizer = make_optimizer(train_cfg)
@@ -339,7 +340,7 @@ class Trainer:
             return
         weights_model = self.model
         if self.model.dtype_policy.name != "float32":
-            weights_model = _build(self.config, "float32")
+            weights_model = build_gpt(self.config, dtype="float32")
             weights_model.set_weights(self.model.get_weights())
         save_model(
             os.path.join(self.out_dir, "model"), weights_model, self.tokenizer, self.config,
@@ -462,12 +463,6 @@ class Trainer:
             new = tokens[0, : int(lengths[0])].numpy().tolist()
             out.append(f"**{self.tokenizer.decode(prompt)}** {self.tokenizer.decode(new)}")
         return out
-
-
-def _build(config: GPTConfig, policy: str) -> keras.Model:
-    from tfchat.model import build_gpt
-
-    return build_gpt(config, dtype=policy)
 
 
 def _diff(a: dict, b: dict) -> str:
