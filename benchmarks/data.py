@@ -27,8 +27,8 @@ import time
 import tensorflow as tf
 
 from benchmarks.common import emit
-from tfchat import pipeline, sources
-from tfchat.tokenizer import load_tokenizer, train_tokenizer
+from tfchat.data import batches, sources
+from tfchat.text.tokenizer import load_tokenizer, train_tokenizer
 
 
 def time_batches(ds: tf.data.Dataset, warmup: int, seconds: float) -> dict:
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
             emit({"measurement": "tokenizer_train", "vocab_size": tok.vocab_size,
                   "seconds": round(time.perf_counter() - start, 2)})
 
-        ds = pipeline.pretrain_dataset(
+        ds = batches.pretrain_dataset(
             sources.SAMPLE_NAME, tok, args.seq_len, args.batch_size, cache_dir=cache_dir
         )
         emit({
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
         })
 
         start = time.perf_counter()
-        ds = pipeline.finetune_dataset(None, tok, args.seq_len, args.batch_size)
+        ds = batches.finetune_dataset(None, tok, args.seq_len, args.batch_size)
         build = time.perf_counter() - start
         emit({
             "measurement": "finetune_pipeline", "source": "dialogues-sample", "seq_len": args.seq_len,

@@ -3,7 +3,7 @@
     python -m benchmarks.generate [--preset small] [--model runs/chat] [--new-tokens 128] [--repeats 3]
 
 Prints one JSON object. A random model of the preset's shape is used unless
-`--model` is given. Everything runs through `tfchat.generation.generate`
+`--model` is given. Everything runs through `tfchat.inference.generation.generate`
 compiled with `tf.function` (no XLA), the same loop the SavedModel runs.
 
 * `batch_N.tokens_per_s`: new tokens / wall time of a whole `generate` call
@@ -29,8 +29,8 @@ import tensorflow as tf
 from benchmarks.common import emit, machine
 
 from tfchat.config import GPTConfig
-from tfchat.generation import compiled_generate
-from tfchat.model import build_gpt, count_params
+from tfchat.inference.generation import compiled_generate
+from tfchat.model import build_gpt
 
 
 def _timer(fn, prompts, max_new: int, repeats: int) -> float:
@@ -55,8 +55,7 @@ def _prompts(batch: int, length: int, vocab: int) -> tf.RaggedTensor:
 
 
 def run(model, new_tokens: int = 128, prompt_len: int = 16, batches=(1, 8), repeats: int = 3) -> dict:
-    cfg_vocab = model.get_layer("embeddings").vocab_size
-    block = model.get_layer("embeddings").max_positions
+    cfg_vocab, block = model.config.vocab_size, model.config.block_size
     fn = compiled_generate(model)
     new_tokens = min(new_tokens, block - prompt_len)
     result = {}
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.model:
-        from tfchat.model_dir import load_model
+        from tfchat.checkpoint.model_dir import load_model
 
         loaded = load_model(args.model)
         model, config, source = loaded.model, loaded.config, args.model
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "generate",
         "model": source,
         "config": config.to_dict(),
-        "params": count_params(model),
+        "params": model.count_params(),
         "new_tokens": args.new_tokens,
         "prompt_len": args.prompt_len,
         "xla": False,

@@ -21,9 +21,10 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import emit  # noqa: E402
 from tfchat.config import PRESETS, GPTConfig  # noqa: E402
-from tfchat.tokenizer import train_tokenizer  # noqa: E402
-from training import flops  # noqa: E402
-from training.loop import PRECISIONS, TrainConfig, Trainer  # noqa: E402
+from tfchat.model import flops_per_token  # noqa: E402
+from tfchat.text.tokenizer import train_tokenizer  # noqa: E402
+from training.hardware import measure_peak_flops  # noqa: E402
+from training.trainer import PRECISIONS, TrainConfig, Trainer  # noqa: E402
 from training.strategy import STRATEGIES, make_strategy  # noqa: E402
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -41,7 +42,7 @@ def random_batches(vocab_size: int, seq_len: int):
 
 def run(preset: str, seq_len: int, batch_size: int, precision: str, steps: int, warmup: int,
         xla: bool = False, strategy: str = "default", micro_batch_size: int | None = None) -> dict:
-    tok = train_tokenizer(["benchmark text"] * 10, vocab_size=300)  # only its special ids are used
+    tok = train_tokenizer(["benchmark text"] * 10, vocab_size=400)  # only its special ids are used
     config = GPTConfig.from_preset(preset)
     cfg = TrainConfig(steps=steps + warmup, batch_size=batch_size, micro_batch_size=micro_batch_size,
                       seq_len=seq_len, precision=precision, xla=xla, warmup_steps=1)
@@ -49,16 +50,16 @@ def run(preset: str, seq_len: int, batch_size: int, precision: str, steps: int, 
         trainer = Trainer(config, tok, cfg, make_strategy(strategy), out, random_batches(config.vocab_size, seq_len))
         iterator = trainer._train_iterator(0)
         for _ in range(warmup):
-            float(trainer._train_step(iterator)[0])
+            float(trainer._train_step(iterator)[0]["loss"])
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            float(trainer._train_step(iterator)[0])
+            float(trainer._train_step(iterator)[0]["loss"])
             times.append(time.perf_counter() - start)
     step_time = statistics.median(times)
     tokens = batch_size * seq_len
-    peak = flops.measure_peak_flops(DTYPES[precision])
-    model_flops = flops.flops_per_token(config, seq_len) * tokens / step_time
+    peak = measure_peak_flops(DTYPES[precision])
+    model_flops = flops_per_token(config, seq_len) * tokens / step_time
     return {
         "benchmark": "train", "preset": preset, "seq_len": seq_len, "batch_size": batch_size,
         "precision": precision, "xla": xla, "strategy": strategy, "steps": steps,

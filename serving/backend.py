@@ -38,20 +38,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel uses)
 
-from tfchat.chat_template import MIN_MAX_LEN
+from serving.errors import BadRequest, NotFound
+from tfchat.inference.sampling import SamplingParams
+from tfchat.text.chat_template import MIN_MAX_LEN
+from tfchat.text.special_tokens import ROLES, SpecialIds
 
 log = logging.getLogger(__name__)
-
-ROLES = ("system", "user", "assistant")
-DEFAULTS = dict(max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=0)
-
-
-class BadRequest(ValueError):
-    """Invalid client input (HTTP 400)."""
-
-
-class NotFound(LookupError):
-    """Unknown model, version or signature (HTTP 404)."""
 
 
 @dataclasses.dataclass
@@ -64,15 +56,12 @@ class Completion:
 
 @dataclasses.dataclass
 class GenRequest:
-    """One generation: either `prompt` (text completion) or `messages` (chat)."""
+    """One generation: either `prompt` (text completion) or `messages` (chat), with its sampling settings
+    (default: the backend's; a None seed becomes a random one when the request is queued)."""
 
     prompt: str | None = None
     messages: list[dict] | None = None
-    max_new_tokens: int = DEFAULTS["max_new_tokens"]
-    temperature: float = DEFAULTS["temperature"]
-    top_k: int = DEFAULTS["top_k"]
-    top_p: float = DEFAULTS["top_p"]
-    seed: int = DEFAULTS["seed"]
+    sampling: SamplingParams | None = None
     # Filled by the backend.
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     events: "queue.Queue | None" = None  # streaming: ("delta", str) ... then ("done", Completion) / ("error", exc)
@@ -132,8 +121,11 @@ class Backend:
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{version_dir} is not a tfchat export ({meta_path} missing)") from e
         self.max_len = int(self.metadata["max_len"])
+        self.special = SpecialIds.from_dict(self.metadata["special_ids"])
         self.stop_ids = set(self.metadata["stop_ids"])
-        self.defaults = {**DEFAULTS, "max_new_tokens": min(DEFAULTS["max_new_tokens"], self.max_len // 2)}
+        # The model's recommended settings (exports before 0.2 have none: the library's).
+        recommended = SamplingParams.from_dict(self.metadata.get("sampling"))
+        self.defaults = recommended.replace(max_new_tokens=min(recommended.max_new_tokens, self.max_len // 2))
         t0 = time.perf_counter()
         self._saved = tf.saved_model.load(version_dir)
         self.signatures = dict(self._saved.signatures)
@@ -189,6 +181,7 @@ class Backend:
             request.cancelled = True  # consumer gone: stop decoding this row
 
     def validate(self, r: GenRequest) -> None:
+        """Checks a request and fills in its sampling settings (defaults, a concrete seed)."""
         if (r.prompt is None) == (r.messages is None):
             raise BadRequest("give exactly one of prompt or messages")
         if r.prompt is not None and not isinstance(r.prompt, str):
@@ -199,14 +192,12 @@ class Backend:
             for i, m in enumerate(r.messages):
                 if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                     raise BadRequest(f"messages[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}")
-        # A chat prompt needs a few ids (markers) besides the history.
-        _check_int(r.max_new_tokens, "max_new_tokens", 1, self.max_len - (MIN_MAX_LEN if r.is_chat else 1))
-        _check_int(r.top_k, "top_k", 0, None)
-        _check_int(r.seed, "seed", -(2**31), 2**31 - 1)
-        if not _is_real(r.temperature) or r.temperature < 0:
-            raise BadRequest(f"temperature must be a number >= 0 (0 = greedy), got {r.temperature!r}")
-        if not _is_real(r.top_p) or not 0 < r.top_p <= 1:
-            raise BadRequest(f"top_p must be a number in (0, 1], got {r.top_p!r}")
+        r.sampling = (r.sampling or self.defaults).resolved()
+        try:
+            # A chat prompt needs a few ids (markers) besides the history.
+            r.sampling.check_fits(self.max_len - (MIN_MAX_LEN if r.is_chat else 1))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
 
     def close(self) -> None:
         with self._cv:
@@ -282,13 +273,13 @@ class Backend:
 
     def _sampling(self, batch: list[GenRequest], with_max_new: bool = True) -> dict:
         s = dict(
-            temperature=tf.constant([r.temperature for r in batch], tf.float32),
-            top_k=tf.constant([r.top_k for r in batch], tf.int32),
-            top_p=tf.constant([r.top_p for r in batch], tf.float32),
-            seed=tf.constant([r.seed for r in batch], tf.int32),
+            temperature=tf.constant([r.sampling.temperature for r in batch], tf.float32),
+            top_k=tf.constant([r.sampling.top_k for r in batch], tf.int32),
+            top_p=tf.constant([r.sampling.top_p for r in batch], tf.float32),
+            seed=tf.constant([r.sampling.seed for r in batch], tf.int32),
         )
         if with_max_new:
-            s["max_new_tokens"] = tf.constant([r.max_new_tokens for r in batch], tf.int32)
+            s["max_new_tokens"] = tf.constant([r.sampling.max_new_tokens for r in batch], tf.int32)
         return s
 
     def _conversations(self, batch: list[GenRequest]) -> dict:
@@ -300,17 +291,19 @@ class Backend:
     def _prompt_ids(self, batch: list[GenRequest]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded prompt ids [B, T] and lengths, exactly as `generate`/`chat` build them."""
         if batch[0].is_chat:
-            max_new = tf.constant([r.max_new_tokens for r in batch], tf.int32)
+            max_new = tf.constant([r.sampling.max_new_tokens for r in batch], tf.int32)
             out = self.signatures["chat_prompt"](**self._conversations(batch), max_new_tokens=max_new)
             return out["token_ids"].numpy(), out["num_tokens"].numpy()
         out = self.signatures["tokenize"](text=tf.constant([r.prompt for r in batch], tf.string))
-        ids, n = out["token_ids"].numpy(), out["num_tokens"].numpy()
-        eot = self.metadata["special_ids"]["eot"]
-        return np.concatenate([np.full([len(batch), 1], eot, np.int32), ids], axis=1), n + 1
+        rows = [self.special.document(ids[:n]) for ids, n in zip(out["token_ids"].numpy(), out["num_tokens"].numpy())]
+        padded = np.full([len(rows), max(map(len, rows))], self.special.pad, np.int32)
+        for b, row in enumerate(rows):
+            padded[b, : len(row)] = row
+        return padded, np.array([len(row) for row in rows], np.int32)
 
     def _run_generate(self, batch: list[GenRequest]) -> None:
         _, prompt_lengths = self._prompt_ids(batch)
-        room = self.max_len - max(r.max_new_tokens for r in batch)
+        room = self.max_len - max(r.sampling.max_new_tokens for r in batch)
         if batch[0].is_chat:
             out = self.signatures["chat"](**self._conversations(batch), **self._sampling(batch))
             texts = out["reply"].numpy()
@@ -334,7 +327,7 @@ class Backend:
 
     def _run_stream(self, batch: list[GenRequest]) -> None:
         ids, lengths = self._prompt_ids(batch)
-        room = self.max_len - max(r.max_new_tokens for r in batch)
+        room = self.max_len - max(r.sampling.max_new_tokens for r in batch)
         sampling = self._sampling(batch, with_max_new=False)
         state = self.signatures["prefill"](
             token_ids=tf.constant(ids), num_tokens=tf.constant(lengths), **self._sampling(batch)
@@ -342,7 +335,7 @@ class Backend:
         cache, key_mask = state["cache"], state["key_mask"]
         token, position, index = state["next_token"], state["position"], state["cache_index"]
         rows = [_StreamRow(r) for r in batch]
-        limit = max(r.max_new_tokens for r in batch)
+        limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):
             new = token.numpy()
             for row, t in zip(rows, new):
@@ -395,7 +388,7 @@ class _StreamRow:
             self.done = True
         else:
             self.content.append(token)
-        if len(self.tokens) >= self.request.max_new_tokens:
+        if len(self.tokens) >= self.request.sampling.max_new_tokens:
             self.done = True
 
     def update(self, text: str) -> None:
@@ -432,12 +425,3 @@ def _fail(job, error: Exception) -> None:
     if events is not None:
         events.put(("error", error))
 
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_int(x, name: str, low: int, high: int | None) -> None:
-    if not isinstance(x, int) or isinstance(x, bool) or x < low or (high is not None and x > high):
-        rng = f"{low} .. {high}" if high is not None else f">= {low}"
-        raise BadRequest(f"{name} must be an integer in {rng}, got {x!r}")

@@ -11,10 +11,11 @@ drops the oldest exchanges when it no longer fits the context.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Iterator, TextIO
+
+from tfchat import cli
 
 HELP = "commands: /reset  /system TEXT  /exit  /help"
 
@@ -67,7 +68,8 @@ class LocalChat:
     def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
         from serving.backend import GenRequest
 
-        return self.backend.stream(GenRequest(messages=messages, **sampling))
+        params = self.backend.defaults.replace(**sampling)
+        return self.backend.stream(GenRequest(messages=messages, sampling=params))
 
 
 def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampling) -> None:
@@ -119,32 +121,31 @@ def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampli
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.chat", description="Chat with a tfchat model in the terminal.")
+    parser = cli.parser("python -m serving.chat", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--server", help="URL of a running serving.server, e.g. http://localhost:8501")
     source.add_argument("--model", help="export path (exports/tfchat) to load in-process")
     parser.add_argument("--system", default=None, help="system prompt")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
+    g = parser.add_argument_group("sampling (default: the model's recommended settings)")
+    g.add_argument("--max-tokens", type=cli.positive_int, default=None, help="longest reply in tokens")
+    g.add_argument("--temperature", type=cli.non_negative_float, default=None, help="0 = greedy")
+    g.add_argument("--top-k", type=cli.non_negative_int, default=None, help="0 = off")
+    g.add_argument("--top-p", type=cli.probability, default=None, help="1 = off")
+    g.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
     args = parser.parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    try:
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    sampling = dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if args.seed is not None:
-        sampling["seed"] = args.seed
-    elif args.model:
-        import random
+    given = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
+             "top_p": args.top_p, "seed": args.seed}
+    sampling = {k: v for k, v in given.items() if v is not None}
 
-        sampling["seed"] = random.randrange(2**31)
-    run(chat, stdin, stdout, system=args.system, **sampling)
-    return 0
+    def body() -> int:
+        if args.model:
+            cli.setup(args.verbose)
+        chat = RemoteChat(args.server) if args.server else LocalChat(args.model)
+        run(chat, stdin, stdout, system=args.system, **sampling)
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

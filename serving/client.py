@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from tfchat import cli
+from tfchat.inference.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,10 @@ class ServingError(RuntimeError):
         self.message = message
 
 
-def _sampling(n: int, max_new_tokens, temperature, top_k, top_p, seed) -> dict:
-    return {
-        "max_new_tokens": [int(max_new_tokens)] * n,
-        "temperature": [float(temperature)] * n,
-        "top_k": [int(top_k)] * n,
-        "top_p": [float(top_p)] * n,
-        "seed": [int(seed)] * n,
-    }
+def _sampling(n: int, sampling: SamplingParams | None, overrides: dict) -> dict:
+    """Every sampling input, one value per row: stock TF Serving has no defaults. Default: greedy."""
+    params = (sampling or SamplingParams.greedy()).replace(**overrides).resolved()
+    return {name: [value] * n for name, value in params.to_dict().items()}
 
 
 def _conversation(messages: Sequence[Mapping[str, str]]) -> tuple[list, list]:
@@ -55,22 +53,16 @@ class _Client:
     def predict(self, inputs: dict, signature_name: str = "serving_default", version: int | None = None) -> dict:
         raise NotImplementedError
 
-    def generate(
-        self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-        top_p: float = 1.0, seed: int = 0,
-    ) -> list[str]:
-        """Continues each prompt (the `generate` signature)."""
+    def generate(self, prompts: Sequence[str], sampling: SamplingParams | None = None, **overrides) -> list[str]:
+        """Continues each prompt (the `generate` signature); `overrides` replace fields of `sampling`."""
         prompts = list(prompts)
-        inputs = {"prompt": prompts, **_sampling(len(prompts), max_new_tokens, temperature, top_k, top_p, seed)}
+        inputs = {"prompt": prompts, **_sampling(len(prompts), sampling, overrides)}
         return [_text(t) for t in np.asarray(self.predict(inputs, "generate")["text"]).reshape(-1)]
 
-    def chat(
-        self, messages: Sequence[Mapping[str, str]], max_new_tokens: int = 64, temperature: float = 0.0,
-        top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-    ) -> str:
+    def chat(self, messages: Sequence[Mapping[str, str]], sampling: SamplingParams | None = None, **overrides) -> str:
         """The assistant's reply to a conversation (the `chat` signature)."""
         roles, contents = _conversation(messages)
-        inputs = {"roles": roles, "contents": contents, **_sampling(1, max_new_tokens, temperature, top_k, top_p, seed)}
+        inputs = {"roles": roles, "contents": contents, **_sampling(1, sampling, overrides)}
         return _text(np.asarray(self.predict(inputs, "chat")["reply"]).reshape(-1)[0])
 
     def score(self, texts: Sequence[str]) -> list[float]:
@@ -196,32 +188,35 @@ class GrpcClient(_Client):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description="Query a served tfchat model.")
+    parser = cli.parser("python -m serving.client", __doc__)
     parser.add_argument("texts", nargs="+", help="prompts (or, with --chat, one user message each)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--url", default="http://localhost:8501", help="REST endpoint")
     target.add_argument("--grpc", default=None, help="gRPC target host:port (instead of REST)")
-    parser.add_argument("--model", default="tfchat")
+    parser.add_argument("--model", default="tfchat", help="model name on the server")
     parser.add_argument("--chat", action="store_true", help="send each text as a one-message conversation")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    g = parser.add_argument_group("sampling (default: greedy)")
+    g.add_argument("--max-new-tokens", type=cli.positive_int, default=64, help="longest continuation in tokens")
+    g.add_argument("--temperature", type=cli.non_negative_float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=cli.non_negative_int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=cli.probability, default=1.0, help="1 = off")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = parser.parse_args(argv)
-    client = GrpcClient(args.grpc, args.model) if args.grpc else RestClient(args.url, args.model)
-    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    try:
+
+    def body() -> int:
+        cli.setup_logging(args.verbose)
+        client = GrpcClient(args.grpc, args.model) if args.grpc else RestClient(args.url, args.model)
+        sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, seed=args.seed)
         if args.chat:
-            outputs = [client.chat([{"role": "user", "content": t}], **sampling) for t in args.texts]
+            outputs = [client.chat([{"role": "user", "content": t}], sampling) for t in args.texts]
         else:
-            outputs = client.generate(args.texts, **sampling)
-    except ServingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for text in outputs:
-        print(text)
-    return 0
+            outputs = client.generate(args.texts, sampling)
+        for text in outputs:
+            print(text)
+        return 0
+
+    return cli.run(body, expected=(ServingError,))
 
 
 if __name__ == "__main__":

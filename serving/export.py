@@ -14,44 +14,47 @@ or with `python -m serving.server --model exports/tfchat`. Signatures: see
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 
-log = logging.getLogger("serving.export")
+from tfchat import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.export", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m serving.export", __doc__)
     parser.add_argument("--model", required=True, help="tfchat model directory, or a training run directory holding model/")
     parser.add_argument("--out", required=True, help="export base path; versions go in integer subfolders")
-    parser.add_argument("--version", type=int, default=None, help="version number (default: next free)")
-    parser.add_argument("--max-len", type=int, default=None, help="serving context length (default: block_size)")
+    parser.add_argument("--version", type=cli.positive_int, default=None, help="version number (default: next free)")
+    parser.add_argument("--max-len", type=cli.positive_int, default=None, help="serving context length (default: block_size)")
     parser.add_argument("--name", default=None, help="model name in models.config (default: basename of --out)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from tfchat.model_dir import is_model_dir, load_model, resolve_model_dir
+    def run() -> int:
+        from tfchat.checkpoint.model_dir import is_model_dir, resolve_model_dir
 
-    if not os.path.isdir(args.model):
-        parser.exit(2, f"error: model directory not found: {args.model}\n")
-    model_dir = resolve_model_dir(args.model)  # a training run dir holds its model in model/
-    if not is_model_dir(model_dir):
-        parser.exit(2, f"error: {args.model} is not a tfchat model directory (no tfchat.json); train or save a model first\n")
-    if args.version is not None and args.version <= 0:
-        parser.exit(2, f"error: --version must be a positive integer, got {args.version}\n")
+        if not os.path.isdir(args.model):
+            raise cli.UsageError(f"model directory not found: {args.model}; train one with python -m training.finetune "
+                                 "(or python -m training.pretrain)")
+        model_dir = resolve_model_dir(args.model)  # a training run dir holds its model in model/
+        if not is_model_dir(model_dir):
+            raise cli.UsageError(f"{args.model} is not a tfchat model directory (no tfchat.json); "
+                                 "train or save a model first")
+        if args.version is not None and os.path.exists(os.path.join(args.out, str(args.version))):
+            raise cli.UsageError(f"version {args.version} already exists: {os.path.join(args.out, str(args.version))}; "
+                                 "leave out --version to write the next one")
+        cli.setup(args.verbose)
+        from serving.exporter import export
+        from tfchat.checkpoint.model_dir import load_model
 
-    from serving.exporter import export
-
-    try:
-        loaded = load_model(model_dir)
         name = args.name or os.path.basename(os.path.abspath(args.out))
-        path = export(loaded, args.out, version=args.version, max_len=args.max_len, name=name)
-    except (OSError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
-    print(path)
-    return 0
+        path = export(load_model(model_dir), args.out, version=args.version, max_len=args.max_len, name=name)
+        print(path)
+        cli.print_next(f"python -m serving.server --model {args.out}",
+                       f"tensorflow_model_server --rest_api_port=8501 --model_name={name} "
+                       f"--model_base_path={os.path.abspath(args.out)}")
+        return 0
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

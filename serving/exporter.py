@@ -11,7 +11,7 @@ always given, per row):
   A prompt is encoded as `[eot_id] + encode(prompt)`.
 * `chat`: roles, contents string [B, M] (one conversation per row; a "" role
   marks padding) + the sampling inputs -> reply, token_ids, num_tokens.
-  The prompt is `tfchat.chat_template.tf_prompt`.
+  The prompt is `tfchat.text.chat_template.tf_prompt`.
 * `score`: text string [B] -> token_ids [B, T] (the scored ids, `[eot_id] +
   encode(text)` shifted by one), log_probs float32 [B, T], num_tokens [B],
   total_log_prob [B], loss [B] (mean negative log-likelihood per token).
@@ -46,9 +46,11 @@ import tempfile
 
 import tensorflow as tf
 
-from tfchat import chat_template
-from tfchat.generation import decode_step, generate, prefill
-from tfchat.model_dir import LoadedModel
+from tfchat.checkpoint.model_dir import LoadedModel
+from tfchat.eval.logprobs import token_log_probs
+from tfchat.inference.generation import decode_step, generate, prefill
+from tfchat.inference.sampling import SamplingParams
+from tfchat.text import chat_template
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +81,10 @@ class ServingModule(tf.Module):
         self.max_len = block if max_len is None else int(max_len)
         if not 2 <= self.max_len <= block:
             raise ValueError(f"max_len must be in [2, block_size={block}], got {max_len}")
-        tok = loaded.tokenizer
-        self.stop_ids = [tok.end_id, tok.eot_id]
-        self.pad_id = tok.pad_id
+        self.stop_ids = list(loaded.tokenizer.special.stop_ids)
+        self.pad_id = loaded.tokenizer.pad_id
 
     # ---------------------------------------------------------------- helpers (traced into signatures)
-
-    def _encode(self, text):
-        ids = self.tokenizer.tf_encode(text)
-        if not isinstance(ids, tf.RaggedTensor):
-            ids = tf.RaggedTensor.from_tensor(ids)
-        return tf.cast(ids, tf.int32)
-
-    def _with_eot(self, ids):
-        eot = tf.fill([ids.nrows(out_type=tf.int32), 1], self.tokenizer.eot_id)
-        return tf.concat([tf.RaggedTensor.from_tensor(eot), ids], axis=1)
 
     def _decode(self, tokens, lengths):
         ragged = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
@@ -130,7 +121,7 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"), *SAMPLING_SPECS])
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        ids = self._with_eot(self._encode(prompt))
+        ids = self.tokenizer.tf_encode_documents(prompt)
         tokens, lengths, text = self._generate(ids, max_new_tokens, temperature, top_k, top_p, seed)
         return {"text": text, "token_ids": tokens, "num_tokens": lengths}
 
@@ -159,7 +150,7 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def score(self, text):
-        ids = self._with_eot(self._encode(text))
+        ids = self.tokenizer.tf_encode_documents(text)
         n = tf.cast(ids.row_lengths(), tf.int32)
         keep = tf.minimum(n, self.max_len + 1)  # left-truncate to the context (+1 target)
         ids = tf.RaggedTensor.from_row_lengths(
@@ -168,17 +159,15 @@ class ServingModule(tf.Module):
         inputs = ids[:, :-1].to_tensor(self.pad_id)
         targets = ids[:, 1:].to_tensor(self.pad_id)
         lengths = keep - 1
-        logits = self.model(inputs, training=False)
-        log_probs = tf.gather(tf.nn.log_softmax(logits, axis=-1), targets, batch_dims=2)
         mask = tf.sequence_mask(lengths, tf.shape(targets)[1])
-        log_probs = tf.where(mask, log_probs, 0.0)
+        log_probs = token_log_probs(self.model(inputs, training=False), targets, mask)
         total = tf.reduce_sum(log_probs, axis=1)
         loss = tf.math.divide_no_nan(-total, tf.cast(lengths, tf.float32))
         return {"token_ids": targets, "log_probs": log_probs, "num_tokens": lengths, "total_log_prob": total, "loss": loss}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def tokenize(self, text):
-        ids = self._encode(text)
+        ids = self.tokenizer.tf_encode_batch(text)
         return {"token_ids": ids.to_tensor(self.pad_id), "num_tokens": tf.cast(ids.row_lengths(), tf.int32)}
 
     @tf.function(
@@ -302,6 +291,7 @@ def export(
             "config": loaded.config.to_dict(),
             "special_ids": loaded.tokenizer.special_ids,
             "stop_ids": module.stop_ids,
+            "sampling": SamplingParams.from_dict(loaded.metadata.get("sampling")).to_dict(),
             "model_metadata": loaded.metadata,
         }
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:

@@ -31,7 +31,7 @@ if args.logical_cpus > 1:
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.fixtures import synthetic_dataset, tiny_config, tiny_tokenizer  # noqa: E402
-from training.loop import TrainConfig, Trainer  # noqa: E402
+from training.trainer import TrainConfig, Trainer  # noqa: E402
 from training.strategy import make_strategy  # noqa: E402
 
 strategy = make_strategy(args.strategy)

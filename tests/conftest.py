@@ -30,6 +30,6 @@ def _tfchat_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_tokenizer():
     """A 400-id SentencePiece tokenizer trained on a few sentences (English + Chinese)."""
-    from tfchat.tokenizer import train_tokenizer
+    from tfchat.text.tokenizer import train_tokenizer
 
     return train_tokenizer(_CORPUS * 20, vocab_size=400)

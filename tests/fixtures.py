@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfchat.config import GPTConfig
-from tfchat.tokenizer import train_tokenizer
+from tfchat.text.tokenizer import train_tokenizer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "你好，世界。", "Emoji 🙂 and café."] * 30
 
@@ -35,13 +35,13 @@ def synthetic_dataset(ctx, micro_batch, seed=0, seq_len=16, rows=64):
 SERVING_TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 
 
-def tiny_export(root, texts=SERVING_TEXTS, vocab_size=300):
+def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400):
     """A tiny random chat model saved under `root/model` and exported to `root/tfchat`: (LoadedModel, version dir)."""
     import keras
 
     from serving.exporter import export
     from tfchat.model import build_gpt
-    from tfchat.model_dir import load_model, save_model
+    from tfchat.checkpoint.model_dir import load_model, save_model
 
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     keras.utils.set_random_seed(0)

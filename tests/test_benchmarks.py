@@ -22,7 +22,7 @@ def test_train_benchmark_cli_prints_json(capsys):
 
 
 def test_data_benchmark_cli_prints_json(capsys, tmp_path):
-    data_bench.main(["--seq-len", "32", "--batch-size", "4", "--vocab-size", "400", "--seconds", "0.5",
+    data_bench.main(["--seq-len", "32", "--batch-size", "4", "--vocab-size", "600", "--seconds", "0.5",
                      "--cache-dir", str(tmp_path)])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     by_name = {r.get("measurement", r.get("name")): r for r in records}

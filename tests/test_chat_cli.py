@@ -6,7 +6,7 @@ import pytest
 
 from serving import chat as chat_cli
 from serving.backend import Backend, GenRequest
-from serving.server import ServerThread, create_app
+from serving.app import ServerThread, create_app
 from tests.fixtures import tiny_export
 
 
@@ -33,7 +33,7 @@ def expected_replies(backend, turns, system=None, **sampling):
             continue
         history.append({"role": "user", "content": turn})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        reply = backend.complete(GenRequest(messages=messages, **sampling)).text
+        reply = backend.complete(GenRequest(messages=messages, sampling=backend.defaults.replace(**sampling))).text
         history.append({"role": "assistant", "content": reply})
         replies.append(reply)
     return replies
@@ -73,12 +73,12 @@ def test_errors_keep_the_session_alive(backend):
     with ServerThread(create_app(backend)) as url:
         out = io.StringIO()
         stdin = io.StringIO("Hello\n/help\n/exit\n")
-        assert chat_cli.main(["--server", url, "--max-tokens", "0"], stdin=stdin, stdout=out) == 0
+        assert chat_cli.main(["--server", url, "--max-tokens", "1000"], stdin=stdin, stdout=out) == 0
     text = out.getvalue()
     assert "(error: server error 400" in text and "max_new_tokens" in text
     assert "/reset" in text and text.rstrip().endswith("bye")
 
 
 def test_bad_model_path_fails_cleanly(tmp_path, capsys):
-    assert chat_cli.main(["--model", str(tmp_path / "missing")], stdin=io.StringIO(""), stdout=io.StringIO()) == 2
+    assert chat_cli.main(["--model", str(tmp_path / "missing")], stdin=io.StringIO(""), stdout=io.StringIO()) == 1
     assert "export not found" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import random
 import pytest
 import tensorflow as tf
 
-from tfchat import chat_template as ct
+from tfchat.text import chat_template as ct
 
 
 def msg(role, content):

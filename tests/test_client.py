@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from serving import client as client_cli
+from tfchat.inference.sampling import SamplingParams
 from serving.backend import Backend, GenRequest
 from serving.client import GrpcClient, RestClient, ServingError
-from serving.server import ServerThread, create_app, create_grpc_server
-from tfchat.generation import generate_text
+from serving.app import ServerThread, create_app
+from serving.grpc_service import create_grpc_server
+from tfchat.inference.generation import generate_text
 from tests.fixtures import tiny_export
 
 PROMPTS = ["Hello", "The quick brown"]
@@ -44,7 +46,7 @@ def test_generate_matches_keras(servers, client):
 def test_chat_and_score(servers, client):
     backend = servers[1]
     reply = client.chat(HI, max_new_tokens=6, temperature=0.9, seed=4)
-    assert reply == backend.complete(GenRequest(messages=HI, max_new_tokens=6, temperature=0.9, seed=4)).text
+    assert reply == backend.complete(GenRequest(messages=HI, sampling=SamplingParams.greedy(6).replace(temperature=0.9, seed=4))).text
     losses = client.score(["Hello world", "fox"])
     assert len(losses) == 2 and all(np.isfinite(x) and x > 0 for x in losses)
 
@@ -57,8 +59,10 @@ def test_signature_names_and_raw_predict(client):
 
 
 def test_errors_are_raised_with_the_server_message(servers, client):
-    with pytest.raises(ServingError, match="max_new_tokens must be > 0"):
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer"):  # caught before sending
         client.generate(["x"], max_new_tokens=0)
+    with pytest.raises(ServingError, match="max_new_tokens must be <= 63"):  # only the server knows the context
+        client.generate(["x"], max_new_tokens=1000)
     with pytest.raises(ServingError, match="not found"):
         client.predict({"text": ["x"]}, signature_name="nope")
     with pytest.raises(ServingError, match="Servable not found"):
@@ -83,5 +87,8 @@ def test_client_cli(servers, capsys):
     assert capsys.readouterr().out == "".join(t + "\n" for t in expected)
     assert client_cli.main(["--grpc", target, "--max-new-tokens", "5", *PROMPTS]) == 0
     assert capsys.readouterr().out == "".join(t + "\n" for t in expected)
-    assert client_cli.main(["--url", url, "--max-new-tokens", "0", "x"]) == 1
-    assert "max_new_tokens" in capsys.readouterr().err
+    assert client_cli.main(["--url", url, "--max-new-tokens", "1000", "x"]) == 1
+    assert "max_new_tokens must be <= 63" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        client_cli.main(["--url", url, "--max-new-tokens", "0", "x"])
+    assert e.value.code == 2 and "--max-new-tokens: expected an integer > 0" in capsys.readouterr().err

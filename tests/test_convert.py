@@ -13,10 +13,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tfchat import load_model  # noqa: E402
-from tfchat.convert import convert_hf_gpt2, main  # noqa: E402
+from tfchat.checkpoint.gpt2 import convert_hf_gpt2  # noqa: E402
+from tfchat.convert import main  # noqa: E402
+from tfchat.text.special_tokens import NAMES  # noqa: E402
 
 MERGES = ["Ġ t", "h e", "Ġt he", "l l", "Ġ w", "o r", "e r", "Ġ a"]
 N_BPE = 256 + len(MERGES) + 1  # bytes, merges, <|endoftext|>
+N_NEW = len(NAMES) - 1  # a row per special token of the registry but <|endoftext|>
 TEXTS = ["the other weather", "Hello, world!", " hello   world\n\nall ", "naïve café 🙂 日本"]
 ATOL = 1e-4
 
@@ -103,12 +106,12 @@ def test_safetensors_logits_match(hf, converted):
 def test_chat_marker_rows(hf, converted):
     tok, cfg = converted.tokenizer, converted.config
     assert (tok.eot_id, tok.system_id, tok.end_id) == (N_BPE - 1, N_BPE, N_BPE + 3)
-    assert cfg.vocab_size == tok.vocab_size == N_BPE + 4
+    assert cfg.vocab_size == tok.vocab_size == N_BPE + N_NEW
     assert (cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd) == (64, 2, 2, 32)
-    wte = converted.model.get_layer("embeddings").token_embedding.numpy()
+    wte = converted.model.backbone.embeddings.token_embedding.numpy()
     np.testing.assert_array_equal(wte[:N_BPE], hf[0].transformer.wte.weight.detach().numpy())
-    np.testing.assert_allclose(wte[N_BPE:], np.tile(wte[:N_BPE].mean(0), (4, 1)), atol=1e-6)
-    assert converted.metadata["new_token_rows"]["ids"] == list(range(N_BPE, N_BPE + 4))
+    np.testing.assert_allclose(wte[N_BPE:], np.tile(wte[:N_BPE].mean(0), (N_NEW, 1)), atol=1e-6)
+    assert converted.metadata["new_token_rows"]["ids"] == list(range(N_BPE, N_BPE + N_NEW))
 
 
 def test_tokenizer_matches_hf(hf, converted):
@@ -144,7 +147,7 @@ def test_bfloat16_safetensors(hf, tmp_path):
     state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.transformer.state_dict().items()}
     save_file(state, str(src / "model.safetensors"))
     loaded = convert_hf_gpt2(str(src), str(tmp_path / "out"))
-    got = loaded.model.get_layer("block_1").mlp.c_fc.kernel.numpy()
+    got = loaded.model.backbone.blocks[1].mlp.c_fc.kernel.numpy()
     np.testing.assert_array_equal(got, state["h.1.mlp.c_fc.weight"].float().numpy())
 
 
@@ -168,19 +171,20 @@ def test_sharded_safetensors(hf, tmp_path):
 def test_padded_vocab(tmp_path):
     """A checkpoint with more rows than BPE ids (e.g. 50304): markers take the first spare rows."""
     torch.manual_seed(1)
+    rows = N_BPE + N_NEW + 6
     model = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=N_BPE + 10)
+        transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=rows)
     ).eval()
     src = tmp_path / "padded"
     model.save_pretrained(src)
     _write_tokenizer(src)
     loaded = convert_hf_gpt2(str(src), str(tmp_path / "out"))
-    assert loaded.config.vocab_size == N_BPE + 10 and loaded.tokenizer.vocab_size == N_BPE + 4
-    wte = loaded.model.get_layer("embeddings").token_embedding.numpy()
+    assert loaded.config.vocab_size == rows and loaded.tokenizer.vocab_size == N_BPE + N_NEW
+    wte = loaded.model.backbone.embeddings.token_embedding.numpy()
     want = model.transformer.wte.weight.detach().numpy()
     np.testing.assert_array_equal(wte[:N_BPE], want[:N_BPE])
-    np.testing.assert_allclose(wte[N_BPE:N_BPE + 4], np.tile(want[:N_BPE].mean(0), (4, 1)), atol=1e-6)
-    np.testing.assert_array_equal(wte[N_BPE + 4:], want[N_BPE + 4:])
+    np.testing.assert_allclose(wte[N_BPE:N_BPE + N_NEW], np.tile(want[:N_BPE].mean(0), (N_NEW, 1)), atol=1e-6)
+    np.testing.assert_array_equal(wte[N_BPE + N_NEW:], want[N_BPE + N_NEW:])
 
 
 def test_cli_and_tokenizer_dir(hf, tmp_path, capsys):
@@ -190,7 +194,7 @@ def test_cli_and_tokenizer_dir(hf, tmp_path, capsys):
     assert main(["--from-hf", str(src), "--out", str(out)]) == 1
     assert "vocab.json" in capsys.readouterr().err and not out.exists()
     assert main(["--from-hf", str(src), "--out", str(out), "--tokenizer", str(hf[1])]) == 0
-    assert load_model(str(out)).config.vocab_size == N_BPE + 4
+    assert load_model(str(out)).config.vocab_size == N_BPE + N_NEW
     # An existing model directory is replaced only on request.
     assert main(["--from-hf", str(src), "--out", str(out), "--tokenizer", str(hf[1])]) == 1
     assert main(["--from-hf", str(src), "--out", str(out), "--tokenizer", str(hf[1]), "--overwrite"]) == 0

@@ -9,7 +9,7 @@ import logging
 import pytest
 import tensorflow as tf
 
-from tfchat import dialogues
+from tfchat.data import dialogues
 from training import convert_dialogues
 
 
@@ -18,7 +18,7 @@ def msg(role, content):
 
 
 def test_bundled_samples():
-    stats = dialogues.DialogueStats()
+    stats = dialogues.ReadStats()
     conversations = dialogues.load_conversations("dialogues-sample", stats)
     assert stats.read == 639 and len(conversations) == 639 and not stats.skipped
     assert all(dialogues.validate(c) is None for c in conversations)
@@ -66,7 +66,7 @@ def test_oasst_best_ranked_thread(tmp_path):
     path = tmp_path / "trees.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in trees))
-    stats = dialogues.DialogueStats()
+    stats = dialogues.ReadStats()
     convs = list(dialogues.read_conversations("oasst", str(path), stats))
     # Follow-up A (first unranked prompter) ends the thread: trailing user turn cut.
     assert convs == [[msg("user", "Question?"), msg("assistant", "Best answer")],
@@ -83,7 +83,7 @@ def test_topical_chat_fixture(tmp_path):
     }
     path = tmp_path / "tc.json"
     path.write_text(json.dumps(data), encoding="utf-8")
-    stats = dialogues.DialogueStats()
+    stats = dialogues.ReadStats()
     convs = list(dialogues.read_conversations("topical-chat", str(path), stats))
     assert convs == [[msg("user", "Do you like jazz?"), msg("assistant", "Yes, Miles Davis!")]]
     assert dict(stats.skipped) == {"unknown role": 1}
@@ -112,7 +112,7 @@ def test_cornell_fixture(tmp_path):
     ]
     with gzip.open(corpus / "movie_conversations.txt.gz", "wb") as f:  # .gz is read transparently
         f.write("\n".join(sep.join(row) for row in convs).encode("iso-8859-1"))
-    stats = dialogues.DialogueStats()
+    stats = dialogues.ReadStats()
     result = list(dialogues.read_conversations("cornell", str(corpus), stats))
     assert result == [[
         msg("user", "Can we make this quick?  Café?"),
@@ -155,11 +155,11 @@ BAD_LINES = [
 def test_messages_jsonl_validation(tmp_path, caplog):
     path = tmp_path / "chats.jsonl"
     path.write_text("\n".join(BAD_LINES) + "\n", encoding="utf-8")
-    stats = dialogues.DialogueStats()
+    stats = dialogues.ReadStats()
     with caplog.at_level(logging.WARNING):
         convs = dialogues.load_conversations(str(path), stats)
     assert convs == [json.loads(BAD_LINES[0])["messages"], json.loads(BAD_LINES[-1])["messages"]]
-    assert stats.read == 9 and stats.kept == 2
+    assert stats.read == 9 and stats.total_kept == 2
     assert dict(stats.skipped) == {
         "not JSON": 1, 'no "messages" list': 1, "message lacks role or content": 1, "unknown role": 1,
         "empty content": 1, "no assistant turn": 1, "system message not first": 1,

@@ -1,4 +1,5 @@
-"""training.evaluate: metrics of stub models by hand, the CLI's JSON on a tiny saved model, bad inputs."""
+"""tfchat.eval.evaluate and `training.evaluate`: metrics of stub models by hand, the CLI's JSON on a tiny saved
+model, bad inputs."""
 
 import json
 import math
@@ -7,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tfchat import GPTConfig, LoadedModel, build_gpt, save_model, train_tokenizer
-from training import evaluate
+from tfchat.eval import evaluate
+from training import evaluate as evaluate_cli
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. Hello there, how are you?",
          "Café au lait, 你好，世界。 I am fine, thank you!"] * 20
@@ -135,7 +137,7 @@ def saved(tok, tmp_path_factory):
 
 
 def _run_json(capsys, argv):
-    assert evaluate.main([*argv, "--json"]) == 0
+    assert evaluate_cli.main([*argv, "--json"]) == 0
     out = capsys.readouterr().out
     return json.loads(out)  # exactly one JSON object on stdout
 
@@ -163,22 +165,26 @@ def test_cli_text_json_and_tensorboard(saved, capsys):
     assert event.step == 12 and float(tf.make_ndarray(event.tensor_proto)) == pytest.approx(result["loss"])
 
 
-def test_cli_dialogue_json(saved, capsys):
+def test_cli_dialogue_json(saved, capsys, tmp_path):
+    samples = tmp_path / "replies.jsonl"
     result = _run_json(capsys, ["--model", str(saved / "run"), "--data", str(saved / "chats.jsonl"), "--split", "all",
-                                "--max-dialogues", "2", "--max-new-tokens", "4"])
+                                "--max-dialogues", "2", "--max-new-tokens", "4", "--samples-out", str(samples)])
     assert result["kind"] == "dialogue" and result["conversations"] == 4 and result["replies"] == 2
     for key in ("loss", "perplexity", "bits_per_byte", "assistant_loss", "assistant_perplexity",
                 "assistant_bits_per_byte", "assistant_tokens"):
         assert result[key] > 0, key
     assert 0 < result["assistant_tokens"] < result["tokens"]
     assert 0.0 <= result["bleu"] <= 1.0 and 0.0 <= result["rouge_l"] <= 1.0
-    sample = result["samples"][0]
+    assert "samples" not in result  # per-example texts go to --samples-out, never inline
+    replies = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(replies) == 2
+    sample = replies[0]
     assert sample["prompt"] == "Hello 0, how are you?" and sample["reference"] == "I am fine, thank you!"
     assert isinstance(sample["reply"], str)
 
 
 def test_cli_table_output(saved, capsys):
-    assert evaluate.main(["--model", str(saved / "run"), "--blimp", str(saved / "blimp.jsonl")]) == 0
+    assert evaluate_cli.main(["--model", str(saved / "run"), "--blimp", str(saved / "blimp.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "blimp_accuracy" in out and "loss" not in out
 
@@ -215,13 +221,13 @@ def test_cli_bad_input(saved, tmp_path, capsys, case, message):
         "seq-len too long": ["--model", model, "--data", chats, "--seq-len", "65"],
         "text too short": ["--model", model, "--data", str(tmp_path / "tiny.txt"), "--split", "all"],
     }[case]
-    assert evaluate.main(argv) == 1
+    assert evaluate_cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "error: " in err and message in err and "Traceback" not in err
 
 
 def test_cli_needs_something_to_evaluate(saved, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--model", str(saved / "run")])
+        evaluate_cli.main(["--model", str(saved / "run")])
     assert exit_info.value.code == 2 and "give --data, --blimp or both" in capsys.readouterr().err
 

@@ -9,11 +9,11 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops the SavedModel uses)
 
 from serving.exporter import SIGNATURES, export, next_version, op_types, read_metadata
-from tfchat import chat_template
+from tfchat.text import chat_template
 from tfchat.config import GPTConfig
-from tfchat.generation import generate, generate_text
+from tfchat.inference.generation import generate, generate_text
 from tfchat.model import build_gpt
-from tfchat.model_dir import load_model, save_model
+from tfchat.checkpoint.model_dir import load_model, save_model
 from tests.fixtures import tiny_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +227,7 @@ def test_failed_export_leaves_no_version(exported, tmp_path, monkeypatch):
 
 def test_export_with_gpt2_byte_level_tokenizer(tmp_path):
     """keras-hub's BytePairTokenizer (lookup tables, regex split) also exports and runs in the graph."""
-    from tfchat.tokenizer import GPT2Tokenizer
+    from tfchat.text.tokenizer import GPT2Tokenizer
 
     vocab = {"<|endoftext|>": 0}
     for c in "Helowrd.Ġ":

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from tfchat.config import GPTConfig
-from tfchat.generation import compiled_generate, generate, generate_text, sample
+from tfchat.inference.generation import compiled_generate, generate, generate_text, sample
 from tfchat.model import build_gpt
-from tfchat.model_dir import LoadedModel
-from tfchat.tokenizer import train_tokenizer
+from tfchat.checkpoint.model_dir import LoadedModel
+from tfchat.text.tokenizer import train_tokenizer
 
 CFG = GPTConfig(vocab_size=61, block_size=32, n_layer=2, n_head=2, n_embd=32)
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
@@ -134,12 +134,16 @@ def test_long_prompts_are_truncated_from_the_left(model):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(max_new_tokens=0), "max_new_tokens must be > 0"),
-        (dict(max_new_tokens=32), "does not fit the context"),
-        (dict(temperature=-0.1), "temperature must be >= 0"),
-        (dict(top_p=0.0), "top_p must be in"),
-        (dict(top_p=1.5), "top_p must be in"),
-        (dict(top_k=-1), "top_k must be >= 0"),
+        (dict(max_new_tokens=0), r"max_new_tokens must be an integer in 1 \.\. 31"),
+        (dict(max_new_tokens=32), r"1 \.\. 31 \(what the context leaves room for\)"),
+        (dict(max_new_tokens=1.5), "max_new_tokens must be an integer"),
+        (dict(temperature=-0.1), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+        (dict(top_p=0.0), "top_p must be a number in"),
+        (dict(top_p=1.5), "top_p must be a number in"),
+        (dict(top_k=-1), "top_k must be an integer in 0"),
+        (dict(top_k=2**40), "top_k must be an integer in 0"),
     ],
 )
 def test_bad_arguments_raise_value_errors(model, kwargs, message):
@@ -167,7 +171,7 @@ def test_graph_has_no_xla_ops_and_cache_writes_one_row(model):
 
 
 def test_generate_text_with_a_tokenizer():
-    tok = train_tokenizer(["Hello there. How are you? I am fine."] * 30, vocab_size=300)
+    tok = train_tokenizer(["Hello there. How are you? I am fine."] * 30, vocab_size=400)
     keras.utils.set_random_seed(1)
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
     m = build_gpt(cfg)
@@ -186,9 +190,9 @@ def test_generate_text_with_a_tokenizer():
 
 
 def test_generate_text_warns_on_truncation(caplog):
-    tok = train_tokenizer(["abc def ghi"] * 30, vocab_size=300)
+    tok = train_tokenizer(["abc def ghi"] * 30, vocab_size=400)
     m = build_gpt(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
-    with caplog.at_level(logging.WARNING, logger="tfchat.generation"):
+    with caplog.at_level(logging.WARNING, logger="tfchat.inference.generation"):
         out = generate_text(m, tok, ["abc def ghi " * 10], max_new_tokens=4)
     assert len(out) == 1
     assert "truncated from the left" in caplog.text

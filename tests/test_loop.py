@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from tests.fixtures import synthetic_dataset, tiny_config, tiny_tokenizer
-from training.loop import TrainConfig, Trainer, TrainingError, token_loss
+from training.objectives import LanguageModeling
+from training.trainer import TrainConfig, Trainer, TrainingError
 from training.strategy import make_strategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def test_masked_tokens_carry_zero_gradient():
     def grads(targets):
         batch = {"token_ids": ids[:, :-1], "targets": targets, "loss_mask": mask[:, 1:]}
         with tf.GradientTape() as tape:
-            loss, _ = token_loss(model, batch, training=False)
+            loss = LanguageModeling().sums(model, batch, training=False)["loss"]
         return tape.gradient(loss, model.trainable_variables)
 
     targets = ids[:, 1:].copy()
@@ -123,7 +124,9 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     assert two["replicas"] == 2
     assert abs(one["metrics"]["loss"] - two["metrics"]["loss"]) < 1e-5
     assert two["metrics"]["grad_norm"] == pytest.approx(one["metrics"]["grad_norm"], rel=1e-5)
-    assert _max_weight_diff(one, two) < 2e-5
+    # Adam turns float-rounding noise in near-zero gradients into lr-sized steps: the weights agree to
+    # rounding-noise level (1.8e-5 with undecayed embeddings, 2.1e-5 since embeddings decay as matrices).
+    assert _max_weight_diff(one, two) < 5e-5
 
 
 def _free_ports(n):

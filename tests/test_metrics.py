@@ -1,4 +1,4 @@
-"""tfchat.metrics on small fixtures with hand-checked values."""
+"""tfchat.eval.metrics on small fixtures with hand-checked values."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchat import metrics
+from tfchat.eval import logprobs, metrics
 
 
 class BigramStub:
@@ -59,7 +59,7 @@ def test_byte_lengths_sentencepiece_count_every_utf8_byte(data_tokenizer):
 def test_byte_lengths_gpt2_byte_level(tmp_path):
     from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-    from tfchat.tokenizer import GPT2Tokenizer
+    from tfchat.text.tokenizer import GPT2Tokenizer
 
     vocab = {s: i for i, s in enumerate(bytes_to_unicode()[1])}
     vocab["th"] = len(vocab)
@@ -85,23 +85,23 @@ PROBS = [
 ]
 
 
-def test_sequence_log_probs_bigram_by_hand():
+def test_score_sequences_bigram_by_hand():
     seqs = [[0, 3, 2, 0], [1, 1], [2, 0, 1]]
     # 0->3 (.4), 3->2 (.2), 2->0 (.7); 1->1 (.25); 2->0 (.7), 0->1 (.2). batch_size=2 mixes lengths (padding).
-    got = metrics.sequence_log_probs(BigramStub(PROBS), seqs, batch_size=2)
+    got = logprobs.score_sequences(BigramStub(PROBS), seqs, batch_size=2)
     np.testing.assert_allclose(got, np.log([0.4 * 0.2 * 0.7, 0.25, 0.7 * 0.2]), rtol=1e-5)
     with pytest.raises(ValueError, match="at least one to score"):
-        metrics.sequence_log_probs(BigramStub(PROBS), [[1]])
+        logprobs.score_sequences(BigramStub(PROBS), [[1]])
 
 
-def test_text_log_probs_start_at_eot_and_truncate(data_tokenizer):
+def test_score_texts_start_at_eot_and_truncate(data_tokenizer):
     tok = data_tokenizer
     texts = ["Hello world.", "The quick brown fox jumps over the lazy dog."]
     n = [len(tok.encode(t)) for t in texts]
-    scores, cut = metrics.text_log_probs(UniformStub(tok.vocab_size), tok, texts, max_len=100)
+    scores, cut = logprobs.score_texts(UniformStub(tok.vocab_size), tok, texts, max_len=100)
     np.testing.assert_allclose(scores, [-k * math.log(tok.vocab_size) for k in n], rtol=1e-5)
     assert cut == 0
-    scores, cut = metrics.text_log_probs(UniformStub(tok.vocab_size), tok, texts, max_len=3)
+    scores, cut = logprobs.score_texts(UniformStub(tok.vocab_size), tok, texts, max_len=3)
     np.testing.assert_allclose(scores, [-2 * math.log(tok.vocab_size)] * 2, rtol=1e-5)  # eot + 2 scored ids
     assert cut == 2
 
@@ -147,8 +147,8 @@ def test_minimal_pair_accuracy_ties_are_wrong():
 def test_minimal_pairs_with_a_bigram_model_by_hand():
     # With PROBS, after id 0 the likeliest next id is 3 (.4), the least 0 (.1).
     good, bad = [[0, 3, 0], [2, 0, 3]], [[0, 0, 3], [2, 1, 3]]
-    g = metrics.sequence_log_probs(BigramStub(PROBS), good)
-    b = metrics.sequence_log_probs(BigramStub(PROBS), bad)
+    g = logprobs.score_sequences(BigramStub(PROBS), good)
+    b = logprobs.score_sequences(BigramStub(PROBS), bad)
     np.testing.assert_allclose(g, np.log([0.4 * 0.4, 0.7 * 0.4]), rtol=1e-5)  # 0->3->0 ; 2->0->3
     np.testing.assert_allclose(b, np.log([0.1 * 0.4, 0.1 * 0.25]), rtol=1e-5)  # 0->0->3 ; 2->1->3
     assert metrics.minimal_pair_accuracy(g, b) == 1.0
@@ -181,3 +181,15 @@ def test_rouge_l_by_hand():
     refs, hyps = ["the cat sat on the mat", "a b c d", "The Cat!"], ["the cat on mat", "d c b a", "the cat"]
     assert metrics.rouge_l(refs, hyps) == pytest.approx((0.8 + 0.25 + 1.0) / 3, rel=1e-6)
     assert metrics.rouge_l(["words"], [""]) == 0.0
+
+
+def test_token_log_probs_is_the_masked_log_softmax():
+    logits = np.random.default_rng(0).normal(size=(2, 3, 5)).astype("float32")
+    targets = np.array([[0, 4, 2], [1, 1, 3]])
+    mask = np.array([[1, 0, 1], [1, 1, 0]], "float32")
+    expected = np.take_along_axis(logits - np.log(np.exp(logits).sum(-1, keepdims=True)), targets[..., None], -1)[..., 0]
+    got = logprobs.token_log_probs(logits, targets, mask).numpy()
+    np.testing.assert_allclose(got, expected * mask, rtol=1e-5, atol=1e-6)
+    total, count = logprobs.sequence_log_probs(logits, targets, mask)
+    np.testing.assert_allclose(total.numpy(), (expected * mask).sum(-1), rtol=1e-5)
+    assert count.numpy().tolist() == [2.0, 2.0]

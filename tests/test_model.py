@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchat.attention import CausalSelfAttention
+from tfchat.model.attention import CausalSelfAttention
 from tfchat.config import GPTConfig
-from tfchat.model import build_gpt, call_with_cache, count_params, init_cache
+from tfchat.model import CausalLM, GPTBackbone, build_gpt, param_count
 
 CFG = GPTConfig(vocab_size=61, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
@@ -30,7 +30,7 @@ def test_lm_head_is_tied(model):
     assert len(vocab_shaped) == 1
     per_block = 12 * CFG.n_embd**2 + 13 * CFG.n_embd
     expected = CFG.vocab_size * CFG.n_embd + CFG.block_size * CFG.n_embd + CFG.n_layer * per_block + 2 * CFG.n_embd
-    assert count_params(model) == expected
+    assert model.count_params() == param_count(CFG) == expected
 
 
 def test_changing_a_future_token_never_changes_earlier_logits(model):
@@ -76,8 +76,8 @@ def test_cached_decoding_matches_full_forward(model):
 
     ids, key_mask, positions = _left_padded([s[:n] for s, n in zip(seqs, lengths)], max_len)
     width = ids.shape[1]
-    step = tf.function(lambda *a: call_with_cache(model, *a))
-    caches = init_cache(model, len(seqs), max_len)
+    step = tf.function(lambda *a: model.call_with_cache(*a))
+    caches = model.init_cache(len(seqs), max_len)
     logits, caches = step(ids, positions[:, :width], caches, 0, key_mask)
     worst = 0.0
     for b, n in enumerate(lengths):
@@ -92,9 +92,9 @@ def test_cached_decoding_matches_full_forward(model):
 
 
 def test_cache_is_written_only_at_new_positions(model):
-    caches = init_cache(model, 1, 10)
+    caches = model.init_cache(1, 10)
     ids = np.array([[5, 6, 7]], "int32")
-    _, caches = call_with_cache(model, ids, np.arange(3)[None].astype("int32"), caches, 0, np.ones((1, 10), bool))
+    _, caches = model.call_with_cache(ids, np.arange(3)[None].astype("int32"), caches, 0, np.ones((1, 10), bool))
     for c in caches:
         assert c.shape == (10, 1, 2, CFG.n_head, CFG.n_embd // CFG.n_head)
         assert np.abs(c[:3].numpy()).sum() > 0
@@ -102,8 +102,8 @@ def test_cache_is_written_only_at_new_positions(model):
 
 
 def test_no_xla_only_ops_in_cached_step(model):
-    fn = tf.function(lambda *a: call_with_cache(model, *a))
-    caches = init_cache(model, 1, 8)
+    fn = tf.function(lambda *a: model.call_with_cache(*a))
+    caches = model.init_cache(1, 8)
     graph = fn.get_concrete_function(
         tf.TensorSpec([1, None], tf.int32), tf.TensorSpec([1, None], tf.int32),
         [tf.TensorSpec(c.shape, c.dtype) for c in caches], tf.TensorSpec([], tf.int32), tf.TensorSpec([1, 8], tf.bool),
@@ -114,7 +114,7 @@ def test_no_xla_only_ops_in_cached_step(model):
 
 
 def test_get_config_and_keras_save_load(model, tmp_path):
-    clone = keras.Model.from_config(model.get_config())
+    clone = CausalLM.from_config(model.get_config())
     assert len(clone.weights) == len(model.weights)
     path = str(tmp_path / "gpt.keras")
     model.save(path)
@@ -128,7 +128,19 @@ def test_mixed_precision_softmax_in_float32():
     ids = np.array([[1, 2, 3, 4]], "int32")
     logits = model(ids)
     assert logits.dtype == tf.float32
-    assert model.get_layer("block_0").attn.compute_dtype == "bfloat16"
+    assert model.backbone.blocks[0].attn.compute_dtype == "bfloat16"
     fn = tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec([1, 4], tf.int32))
     softmax_types = {op.inputs[0].dtype for op in fn.graph.get_operations() if op.type == "Softmax"}
     assert softmax_types == {tf.float32}
+
+
+def test_backbone_is_shared_by_the_head_and_configured_by_its_config(model):
+    assert isinstance(model.backbone, GPTBackbone) and model.config == CFG
+    ids = np.array([[1, 2, 3]], "int32")
+    hidden = model.backbone(ids)
+    assert hidden.shape == (1, 3, CFG.n_embd)
+    # The LM head is the token table transposed: logits = hidden @ wte^T.
+    table = model.backbone.embeddings.token_embedding.numpy()
+    np.testing.assert_allclose(model(ids).numpy(), hidden.numpy() @ table.T, atol=1e-5)
+    # Weight paths do not depend on how the model is nested.
+    assert {v.path for v in model.weights} == {v.path for v in model.backbone.weights}

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchat import chat_template, dialogues, pipeline, sources
+from tfchat.data import batches as pipeline
+from tfchat.data import dialogues, sources
+from tfchat.text import chat_template
 
 SEQ = 32
 

@@ -5,9 +5,10 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
+from tfchat.inference.sampling import SamplingParams
 from serving.backend import Backend, GenRequest
-from serving.server import create_app
-from tfchat.generation import generate_text
+from serving.app import create_app
+from tfchat.inference.generation import generate_text
 from tests.fixtures import tiny_export
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -43,7 +44,8 @@ def test_predict_row_and_columnar_formats_match_keras(setup):
     expected = generate_text(loaded, prompts=["Hello", "The fox"], max_new_tokens=6)
     rows = client.post(
         "/v1/models/tfchat:predict",
-        json={"instances": [{"prompt": "Hello", "max_new_tokens": 6}, {"prompt": "The fox", "max_new_tokens": 6}]},
+        json={"instances": [{"prompt": "Hello", "max_new_tokens": 6, "temperature": 0.0},
+                            {"prompt": "The fox", "max_new_tokens": 6, "temperature": 0.0}]},
     ).json()["predictions"]
     assert [r["text"] for r in rows] == expected
     assert all(r["num_tokens"] == len(r["token_ids"]) == 6 for r in rows)
@@ -55,7 +57,8 @@ def test_predict_row_and_columnar_formats_match_keras(setup):
     assert cols["text"] == expected
     b64 = client.post(
         "/v1/models/tfchat:predict",
-        json={"instances": [{"prompt": {"b64": base64.b64encode(b"Hello").decode()}, "max_new_tokens": 6}]},
+        json={"instances": [{"prompt": {"b64": base64.b64encode(b"Hello").decode()}, "max_new_tokens": 6,
+                             "temperature": 0.0}]},
     ).json()["predictions"]
     assert b64[0]["text"] == expected[0]
 
@@ -125,7 +128,7 @@ def test_chat_completions_plain_and_streamed_agree(setup):
     message = out["choices"][0]["message"]
     assert message["role"] == "assistant" and out["choices"][0]["finish_reason"] in ("stop", "length")
     assert out["usage"]["completion_tokens"] <= 8 and out["usage"]["prompt_tokens"] > 0
-    direct = backend.complete(GenRequest(messages=HI, max_new_tokens=8, temperature=0.7, seed=3))
+    direct = backend.complete(GenRequest(messages=HI, sampling=SamplingParams(max_new_tokens=8, temperature=0.7, seed=3)))
     assert message["content"] == direct.text
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
         assert s.headers["content-type"].startswith("text/event-stream")
@@ -188,9 +191,9 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(setup):
     prompts = [f"Hello {i}" for i in range(4)]
     seeds = [11, 12, 13, 14]
     alone = [
-        backend.complete(GenRequest(prompt=p, max_new_tokens=6, temperature=1.0, seed=s)).text for p, s in zip(prompts, seeds)
+        backend.complete(GenRequest(prompt=p, sampling=SamplingParams(max_new_tokens=6, temperature=1.0, seed=s))).text for p, s in zip(prompts, seeds)
     ]
-    chat_alone = backend.complete(GenRequest(messages=HI, max_new_tokens=6)).text
+    chat_alone = backend.complete(GenRequest(messages=HI, sampling=SamplingParams.greedy(6))).text
     results, errors = {}, []
 
     def completion(i):
@@ -226,7 +229,7 @@ def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tm
 
     import httpx
 
-    from serving.server import ServerThread
+    from serving.app import ServerThread
     from tests.fixtures import tiny_export
 
     _, path = tiny_export(tmp_path_factory.mktemp("disconnect"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchat import sources
+from tfchat.data import sources
 
 from .test_wikipedia import write_dump
 

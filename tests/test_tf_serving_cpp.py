@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_text
 
-from tfchat import chat_template
-from tfchat.generation import generate, generate_text
+from tfchat.text import chat_template
+from tfchat.inference.generation import generate, generate_text
 from tests.fixtures import tiny_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def binary(tmp_path_factory):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpp_export")
     texts = ["Hello world. How are you today? I am fine.", "The quick brown fox jumps.", "你好，世界。"] * 30
-    return tiny_export(root, texts, vocab_size=330)
+    return tiny_export(root, texts, vocab_size=430)
 
 
 def parse(stdout):

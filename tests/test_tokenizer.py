@@ -3,7 +3,8 @@ import json
 import pytest
 import tensorflow as tf
 
-from tfchat.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from tfchat.text.special_tokens import NAMES, PIECES as SPECIAL_TOKENS
+from tfchat.text.tokenizer import load_tokenizer, train_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. Numbers like 2024 and 3.14 appear too.",
@@ -87,7 +88,7 @@ def test_load_errors_name_the_file(tok, tmp_path):
 
 
 def test_gpt2_tokenizer_from_files(tmp_path):
-    from tfchat.tokenizer import GPT2Tokenizer
+    from tfchat.text.tokenizer import GPT2Tokenizer
 
     # A tiny byte-level BPE: the printable bytes GPT-2 maps bytes to, one merge.
     from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
@@ -100,12 +101,41 @@ def test_gpt2_tokenizer_from_files(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nt h\n")
     tok = GPT2Tokenizer.from_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
     assert tok.eot_id == vocab["<|endoftext|>"]
-    assert tok.vocab_size == len(vocab) + 4
+    # Every registry token but <|endoftext|> gets an id after the BPE vocabulary.
+    assert tok.vocab_size == len(vocab) + len(NAMES) - 1
+    assert tok.user_id == len(vocab) + 1 and tok.special.has("knowledge") and len(tok.special.controls) == 32
     ids = tok.encode("the 你好")
     assert ids[0] == vocab["th"]
     assert tok.decode(ids + [tok.user_id]) == "the 你好"
     tok.save(str(tmp_path / "saved"))
-    assert load_tokenizer(str(tmp_path / "saved")).encode("the") == tok.encode("the")
+    again = load_tokenizer(str(tmp_path / "saved"))
+    assert again.encode("the") == tok.encode("the") and again.special_ids == tok.special_ids
+
+
+def test_gpt2_tokenizer_saved_before_the_registry_grew_keeps_its_four_markers(tmp_path):
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    vocab = {s: i for i, s in enumerate(bytes_to_unicode()[1])}
+    vocab["th"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nt h\n")
+    # tokenizer.json as tfchat 0.1 wrote it: no "extra_specials".
+    n = len(vocab)
+    meta = {"type": "gpt2", "vocab_size": n + 4,
+            "special_ids": {"eot": n - 1, "system": n, "user": n + 1, "assistant": n + 2, "end": n + 3, "pad": n - 1}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(meta))
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.vocab_size == n + 4 and tok.special_ids == meta["special_ids"]
+    assert not tok.special.has("knowledge")
+
+
+def test_new_sentencepiece_tokenizers_reserve_knowledge_and_control_ids(tok):
+    assert tok.special.has("knowledge") and len(tok.special.controls) == 32
+    ids = tok.special_ids
+    assert len(set(ids.values())) == len(ids) == len(NAMES) + 1  # + pad
+    assert tok.special.stop_ids == (tok.end_id, tok.eot_id)
+    assert tok.encode_document("hi") == [tok.eot_id] + tok.encode("hi")
 
 
 def test_survives_kernel_cache_clear(tok):

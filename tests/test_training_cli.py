@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tfchat.model_dir import load_model
+from tfchat.checkpoint.model_dir import load_model
 from training import finetune, pretrain
 
 SMALL = ["--preset", "tiny", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "4",

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from serving.backend import Backend
-from serving.server import ServerThread, create_app
+from serving.app import ServerThread, create_app
 from tests.fixtures import tiny_export
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tfchat import sources, wikipedia
+from tfchat.data import sources, wikipedia
 
 NS = "http://www.mediawiki.org/xml/export-0.11/"
 

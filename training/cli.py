@@ -1,29 +1,119 @@
-"""What both training commands do around their job: logging, errors, exit codes, the summary."""
+"""What the training commands share: their flags, the `TrainConfig` they build, running a job, the summary.
+
+Importing this module does not import TensorFlow, so `--help` is instant.
+"""
 
 from __future__ import annotations
 
-import logging
+import argparse
+import math
+import os
 import sys
 import time
 from typing import Callable
 
-from training.loop import TrainingError
+from tfchat import cli
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
-def run(job: Callable[[], dict], out: str, name: str) -> int:
-    """Runs `job`; a user error prints one clear line and exits non-zero, never a stack trace."""
-    from training.jobs import print_summary
-
-    start = time.perf_counter()
+def _profile_steps(text: str) -> tuple[int, int]:
     try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two steps 'a,b', got {text!r}") from None
+    if not 0 <= a < b:
+        raise argparse.ArgumentTypeError(f"need 0 <= a < b, got {a},{b}")
+    return a, b
+
+
+def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """Optimisation, distribution and bookkeeping flags; `defaults` sets per-job values."""
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=cli.positive_int, default=defaults["steps"], help="optimizer steps in total")
+    g.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
+                   help="global batch in sequences per optimizer step")
+    g.add_argument("--micro-batch-size", type=cli.positive_int, default=None,
+                   help="sequences per replica per forward pass; smaller than batch-size/replicas means gradient accumulation")
+    g.add_argument("--seq-len", type=cli.positive_int, default=None, help="tokens per sequence (default: the model's context)")
+    g.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="peak learning rate")
+    g.add_argument("--min-lr-ratio", type=cli.non_negative_float, default=0.1, help="final lr as a fraction of --lr")
+    g.add_argument("--warmup-steps", type=cli.non_negative_int, default=defaults["warmup_steps"], help="linear warmup steps")
+    g.add_argument("--weight-decay", type=cli.non_negative_float, default=0.1,
+                   help="AdamW decay of matrices (weights of rank >= 2; never biases or norm scales)")
+    g.add_argument("--grad-clip", type=cli.positive_float, default=1.0, help="global gradient-norm clip")
+    g.add_argument("--dropout", type=cli.fraction, default=None, help="dropout rate (default: the model's)")
+    g.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="compute precision; auto = bf16 where the hardware has it (AVX512-BF16/AMX CPUs, TPUs, "
+                        "Ampere+ GPUs), else fp32/fp16")
+    g.add_argument("--xla", action="store_true", help="XLA-compile the forward/backward pass")
+    g.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
+    g.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="tf.distribute strategy; auto = TPU if found, multi-worker if TF_CONFIG lists several workers, "
+                        "mirrored with several GPUs, else default")
+    g = p.add_argument_group("bookkeeping")
+    g.add_argument("--out", default=defaults["out"], help="run directory: model/, checkpoints/, logs/")
+    g.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue from the run directory's latest checkpoint (the default)")
+    g.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="refuse to touch a run directory that already has checkpoints")
+    g.add_argument("--eval-every", type=cli.positive_int, default=defaults["eval_every"], help="held-out evaluation interval")
+    g.add_argument("--eval-batches", type=cli.positive_int, default=20, help="batches per evaluation")
+    g.add_argument("--save-every", type=cli.positive_int, default=defaults["save_every"], help="checkpoint interval")
+    g.add_argument("--keep-checkpoints", type=cli.positive_int, default=3, help="checkpoints kept")
+    g.add_argument("--log-every", type=cli.positive_int, default=10, help="TensorBoard scalar interval")
+    g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A,B",
+                   help="write a TF profiler trace for steps A..B into logs/")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def train_config(args: argparse.Namespace, seq_len: int):
+    """The `TrainConfig` of parsed flags (`--precision auto` resolved without starting the TF runtime)."""
+    from training.hardware import resolve_precision
+    from training.trainer import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, seq_len=seq_len,
+        lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, precision=resolve_precision(args.precision), xla=args.xla, log_every=args.log_every,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints, seed=args.seed, profile_steps=args.profile_steps,
+    )
+
+
+def run_job(job: Callable[[], dict], args: argparse.Namespace, next_commands: Callable[[str], list[str]]) -> int:
+    """Sets up logging and TensorFlow, runs `job`, prints its summary and the next commands; returns the exit code."""
+    start = time.perf_counter()
+
+    def body() -> int:
+        cli.setup(args.verbose)
+        from training.trainer import TrainingError  # noqa: F401  (a RuntimeError: reported as one line)
+
         metrics = job()
-    except KeyboardInterrupt as e:
-        print(f"\nInterrupted ({e or 'Ctrl-C'}); the checkpoint in {out}/checkpoints is saved: "
-              "re-run the same command to resume.", file=sys.stderr)
-        return 130
-    except (TrainingError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        logging.debug("details", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print_summary(metrics, out, name, time.perf_counter() - start)
-    return 0
+        print_summary(metrics, args.out, time.perf_counter() - start)
+        cli.print_next(f"tensorboard --logdir {os.path.join(args.out, 'logs')}", *next_commands(args.out))
+        return 0
+
+    code = cli.run(body)
+    if code == cli.EXIT_INTERRUPTED:
+        print(f"The checkpoint in {os.path.join(args.out, 'checkpoints')} is saved: re-run the same command to resume.",
+              file=sys.stderr)
+    return code
+
+
+def print_summary(metrics: dict, out: str, wall: float) -> None:
+    nan = float("nan")
+
+    def num(key, fmt):
+        value = metrics.get(key, nan)
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    figures = (f"train loss {num('loss', '.3f')}, held-out loss {num('val_loss', '.3f')} "
+               f"(perplexity {num('val_perplexity', '.1f')})")
+    if metrics.get("complete"):
+        head = f"\nThe run in {out} is already complete at step {metrics.get('step')}: {figures}."
+    else:
+        head = (f"\nDone in {wall / 60:.1f} min: step {metrics.get('step')}, {figures}, "
+                f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s.")
+    print(head + f"\nModel directory: {os.path.join(out, 'model')}", file=sys.stderr)

@@ -8,47 +8,43 @@
 
 Writes atomically (temp file, then rename; `.gz` output is compressed) and
 prints the counts as JSON. Skipped records are logged with file and line.
-The formats and their conversions are documented in `tfchat/dialogues.py`.
+The formats and their conversions are documented in `tfchat/data/dialogues.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 
-from tfchat import dialogues
+from tfchat import cli
+from tfchat.data import dialogues
+from tfchat.data.io import ReadStats
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.convert_dialogues",
-        description="Convert a dialogue dataset to messages-JSONL.",
-    )
-    parser.add_argument("--format", required=True, choices=dialogues.FORMATS, help="input format")
-    parser.add_argument(
-        "--input", required=True,
-        help="input file (cornell: the corpus directory; dolly: JSONL or tfds:databricks_dolly)",
-    )
-    parser.add_argument("--out", required=True, help="output messages-JSONL (.jsonl or .jsonl.gz)")
-    return parser.parse_args(argv)
+def parser():
+    p = cli.parser("python -m training.convert_dialogues", __doc__)
+    p.add_argument("--format", required=True, choices=dialogues.FORMATS, help="input format")
+    p.add_argument("--input", required=True,
+                   help="input file (cornell: the corpus directory; dolly: JSONL or tfds:databricks_dolly)")
+    p.add_argument("--out", required=True, help="output messages-JSONL (.jsonl or .jsonl.gz)")
+    return p
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    stats = dialogues.DialogueStats()
-    try:
+    args = parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+
+    def run() -> int:
+        stats = ReadStats()
         n = dialogues.write_messages_jsonl(dialogues.read_conversations(args.format, args.input, stats), args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({
-        "input": args.input, "format": args.format, "out": args.out, "read": stats.read,
-        "written": n, "skipped": sum(stats.skipped.values()), "skipped_by_reason": dict(stats.skipped),
-    }))
-    return 0
+        print(json.dumps({
+            "input": args.input, "format": args.format, "out": args.out, "read": stats.read,
+            "written": n, "skipped": sum(stats.skipped.values()), "skipped_by_reason": dict(stats.skipped),
+        }))
+        cli.print_next(f"python -m training.finetune --data {args.out}")
+        return 0
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

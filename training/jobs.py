@@ -1,7 +1,11 @@
-"""The two training jobs behind `python -m training.pretrain` and `training.finetune`.
+"""The training jobs behind the commands: resolve inputs, build a `Trainer` with its objective, run it.
 
-Each resolves its inputs (tokenizer, model shape, data), builds a `Trainer`
-and runs it; the command-line modules only parse flags.
+The command-line modules only parse flags; these functions are what tests
+and notebooks call.
+
+Example:
+
+>>> metrics = pretrain(JobOptions(out="runs/p", data="wikipedia-sample", train=TrainConfig(steps=10)))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -9,20 +13,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
-import sys
 import time
 
-import tensorflow as tf
-
-from tfchat import chat_template
+from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, resolve_model_dir
 from tfchat.config import GPTConfig
-from tfchat.model_dir import TOKENIZER_DIR, is_model_dir, load_model, resolve_model_dir
-from tfchat.pipeline import finetune_dataset, pretrain_dataset
-from tfchat.sources import documents_dataset
-from tfchat.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
-from training.loop import TrainConfig, Trainer
+from tfchat.data.batches import finetune_dataset, pretrain_dataset
+from tfchat.data.sources import documents_dataset
+from tfchat.text import chat_template
+from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.strategy import is_chief, make_strategy
+from training.trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
 
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
@@ -30,7 +32,7 @@ CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book t
 
 @dataclasses.dataclass
 class JobOptions:
-    """Flags shared by both jobs (see `training.flags`)."""
+    """What a job needs besides its `TrainConfig` (see `training.cli` for the flags)."""
 
     out: str
     data: str | None
@@ -48,24 +50,6 @@ class JobOptions:
     pack: bool = False
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto` -> bf16 where the hardware computes it natively (TPU, Ampere+ GPU, AVX512-BF16/AMX CPU), else fp32."""
-    if precision != "auto":
-        return precision
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return "bf16" if details.get("compute_capability", (0, 0)) >= (8, 0) else "fp16"
-    if tf.config.list_logical_devices("TPU"):
-        return "bf16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "fp32"
-    return "bf16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "fp32"
-
-
 def check_writable(out: str) -> None:
     """Fails early, before any work, when `out` cannot be created or written."""
     try:
@@ -78,11 +62,16 @@ def check_writable(out: str) -> None:
         raise PermissionError(f"cannot write to the output directory {out}: {e.strerror or e}") from e
 
 
-def _pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
-    """A resumed run keeps its tokenizer; else --tokenizer is reused, or a new one trained."""
+def check_seq_len(seq_len: int, config: GPTConfig, what: str) -> None:
+    if seq_len > config.block_size:
+        raise ValueError(f"--seq-len {seq_len} exceeds the {what} context of {config.block_size}")
+
+
+def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
+    """A resumed run keeps its tokenizer; else --tokenizer is reused, or a new one is trained on the data."""
     if os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
         if opts.tokenizer:
-            logging.info("Resuming: using the run's own tokenizer in %s, not --tokenizer", run_tokenizer_dir)
+            log.info("Resuming: using the run's own tokenizer in %s, not --tokenizer", run_tokenizer_dir)
         return load_tokenizer(run_tokenizer_dir)
     if opts.tokenizer:
         path = opts.tokenizer
@@ -90,11 +79,11 @@ def _pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
             path = os.path.join(resolve_model_dir(path), TOKENIZER_DIR)
         return load_tokenizer(path)
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
-    logging.info("Training a %d-token SentencePiece tokenizer on %s", vocab_size, opts.data)
+    log.info("Training a %d-token SentencePiece tokenizer on %s", vocab_size, opts.data)
     start = time.perf_counter()
     texts = (t.decode("utf-8") for t in documents_dataset(opts.data, "train").as_numpy_iterator())
     tok = train_tokenizer(texts, vocab_size=vocab_size)
-    logging.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
+    log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
     return tok
 
 
@@ -104,7 +93,7 @@ def pretrain(opts: JobOptions) -> dict:
     if is_chief(strategy):
         check_writable(opts.out)
     run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
-    tokenizer = _pretrain_tokenizer(opts, run_tokenizer_dir)
+    tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
     if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
         tokenizer.save(run_tokenizer_dir)
     overrides = {"vocab_size": tokenizer.vocab_size}
@@ -112,8 +101,7 @@ def pretrain(opts: JobOptions) -> dict:
         overrides["dropout"] = opts.dropout
     config = GPTConfig.from_preset(opts.preset, **overrides)
     cfg = opts.train
-    if cfg.seq_len > config.block_size:
-        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the {opts.preset} context of {config.block_size}")
+    check_seq_len(cfg.seq_len, config, opts.preset)
 
     def data(split):
         def fn(ctx, batch):
@@ -129,19 +117,29 @@ def pretrain(opts: JobOptions) -> dict:
     return trainer.train(resume=opts.resume, progress=opts.progress)
 
 
+def find_model_dir(init_from: str) -> str:
+    """The model directory a fine-tuning stage starts from, with an error that says how to make one."""
+    path = resolve_model_dir(init_from)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"model directory not found: {init_from}. Create it with `python -m training.pretrain --out {init_from}` "
+            "(or import GPT-2 with `python -m tfchat.convert`)"
+        )
+    return path
+
+
 def finetune(opts: JobOptions) -> dict:
-    """Fine-tunes a model directory on dialogues into a chat model."""
+    """Fine-tunes a model directory on dialogues into a chat model (language modelling on assistant tokens)."""
     strategy = make_strategy(opts.strategy)
     if is_chief(strategy):
         check_writable(opts.out)
-    source_dir = resolve_model_dir(opts.init_from)
+    source_dir = find_model_dir(opts.init_from)
     start = load_model(source_dir)
     config = start.config
     if opts.dropout is not None:
         config = config.replace(dropout=opts.dropout)
     tokenizer, cfg = start.tokenizer, opts.train
-    if cfg.seq_len > config.block_size:
-        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {config.block_size}")
+    check_seq_len(cfg.seq_len, config, "model's")
     weights = start.model.get_weights()
     del start
 
@@ -158,21 +156,3 @@ def finetune(opts: JobOptions) -> dict:
         metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
     )
     return trainer.train(resume=opts.resume, progress=opts.progress)
-
-
-def print_summary(metrics: dict, out: str, job: str, wall: float) -> None:
-    lines = [
-        "",
-        f"Done in {wall / 60:.1f} min: step {metrics.get('step')}, train loss {metrics.get('loss', float('nan')):.3f}, "
-        f"held-out loss {metrics.get('val_loss', float('nan')):.3f} (perplexity {metrics.get('val_perplexity', float('nan')):.1f}), "
-        f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s.",
-        f"Model directory: {os.path.join(out, 'model')}",
-        "Next:",
-        f"  tensorboard --logdir {os.path.join(out, 'logs')}",
-    ]
-    if job == "pretrain":
-        lines.append(f"  python -m training.finetune --from {out}")
-    else:
-        lines.append(f"  python -m serving.export --model {out} --out exports/tfchat")
-        lines.append("  python -m serving.server --model exports/tfchat")
-    print("\n".join(lines), file=sys.stderr)

@@ -7,13 +7,16 @@ MirroredStrategy with more than one GPU, else the default strategy.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
 import tempfile
 
 import tensorflow as tf
+
+from training.hardware import tpu_attached
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
@@ -42,13 +45,13 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     if name == "auto":
-        if os.environ.get("TPU_NAME") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        if tpu_attached():
             try:
                 strategy = _tpu_strategy()
-                logging.info("Found a TPU: using TPUStrategy")
+                log.info("Found a TPU: using TPUStrategy")
                 return strategy
             except (ValueError, tf.errors.NotFoundError, tf.errors.UnavailableError, RuntimeError) as e:
-                logging.warning("TPU not usable (%s); falling back", e)
+                log.warning("TPU not usable (%s); falling back", e)
         if _num_workers(_tf_config()) > 1:
             name = "multiworker"
         elif len(tf.config.list_logical_devices("GPU")) > 1:

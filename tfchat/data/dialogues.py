@@ -36,7 +36,7 @@ OASST and Topical-Chat samples, the default fine-tuning data).
 
 Example:
 
->>> stats = DialogueStats()
+>>> stats = ReadStats()
 >>> conversations = load_conversations("dialogues-sample", stats)
 >>> conversations[0][0]["role"]
 'user'
@@ -45,57 +45,26 @@ Example:
 from __future__ import annotations
 
 import ast
-import collections
-import dataclasses
-import gzip
 import json
+import logging
 import os
 from typing import Iterable, Iterator, Sequence
 
-from absl import logging
+from tfchat.data import io
+from tfchat.data.io import ReadStats, open_text
+from tfchat.text.special_tokens import ROLES
 
-from tfchat import sources
+log = logging.getLogger(__name__)
 
 Message = dict  # {"role": str, "content": str}
 Conversation = list  # list[Message]
 
-ROLES = ("system", "user", "assistant")
 FORMATS = ("oasst", "topical-chat", "cornell", "dolly", "messages")
 SAMPLE_NAME = "dialogues-sample"
 SAMPLE_FILES = (
     ("oasst", "oasst1-en-100-trees.jsonl.gz"),
     ("topical-chat", "topical-chat-valid-freq.json.gz"),
 )
-# Warnings logged per file before only counting.
-_MAX_WARNINGS = 10
-
-
-@dataclasses.dataclass
-class DialogueStats:
-    """Counts of a read: `read` records, `kept` conversations, `skipped` by reason."""
-
-    read: int = 0
-    kept: int = 0
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    _warned: collections.Counter = dataclasses.field(default_factory=collections.Counter, repr=False)
-    first_problems: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    def skip(self, path: str, where: str, reason: str) -> None:
-        self.skipped[reason.split(" (")[0]] += 1  # count by kind, log the detail
-        self.first_problems.setdefault(path, f"{where}: {reason}")
-        self._warned[path] += 1
-        if self._warned[path] <= _MAX_WARNINGS:
-            logging.warning("%s: skipped: %s", where, reason)
-        elif self._warned[path] == _MAX_WARNINGS + 1:
-            logging.warning("%s: more skipped records; only counting from now on", path)
-
-    def summary(self) -> str:
-        skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
-        return f"read {self.read} records, kept {self.kept} conversations, skipped {sum(self.skipped.values())}" + (
-            f" ({skipped})" if skipped else ""
-        )
-
-
 def default_dialogue_source() -> str:
     """The default fine-tuning data: the bundled OASST + Topical-Chat samples."""
     return SAMPLE_NAME
@@ -127,13 +96,10 @@ def validate(messages) -> str | None:
 # --------------------------------------------------------------------- files
 
 
-open_text = sources.open_text
-
-
-def _jsonl(path: str, stats: DialogueStats) -> Iterator[tuple[str, object]]:
+def _jsonl(path: str, stats: ReadStats) -> Iterator[tuple[str, object]]:
     """Yields (where, parsed object) per non-blank line; bad JSON is skipped."""
     try:
-        yield from sources.iter_jsonl(path, stats)
+        yield from io.iter_jsonl(path, stats)
     except (OSError, EOFError, UnicodeDecodeError) as e:
         stats.skip(path, path, f"unreadable ({e})")
 
@@ -151,7 +117,7 @@ def _trim_trailing_user(messages: list) -> list:
     return messages[:end] if end > 0 else messages
 
 
-def read_messages_jsonl(path: str, stats: DialogueStats) -> Iterator[tuple[str, str, object]]:
+def read_messages_jsonl(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     for where, obj in _jsonl(path, stats):
         messages = obj.get("messages") if isinstance(obj, dict) else None
         if messages is None:
@@ -160,7 +126,7 @@ def read_messages_jsonl(path: str, stats: DialogueStats) -> Iterator[tuple[str, 
         yield where, path, messages
 
 
-def read_oasst(path: str, stats: DialogueStats) -> Iterator[tuple[str, str, object]]:
+def read_oasst(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     roles = {"prompter": "user", "assistant": "assistant"}
     for where, tree in _jsonl(path, stats):
         node = tree.get("prompt") if isinstance(tree, dict) else None
@@ -182,7 +148,7 @@ def read_oasst(path: str, stats: DialogueStats) -> Iterator[tuple[str, str, obje
         yield where, path, _trim_trailing_user(messages)
 
 
-def read_topical_chat(path: str, stats: DialogueStats) -> Iterator[tuple[str, str, object]]:
+def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     agents = {"agent_1": "user", "agent_2": "assistant"}
     try:
         with open_text(path) as f:
@@ -216,7 +182,7 @@ def _find(directory: str, name: str) -> str:
     raise FileNotFoundError(f"{directory}: no {name} (Cornell Movie-Dialogs needs movie_lines.txt and movie_conversations.txt)")
 
 
-def read_cornell(path: str, stats: DialogueStats) -> Iterator[tuple[str, str, object]]:
+def read_cornell(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     """`path`: the corpus directory, or either of its two files."""
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     lines_path = _find(directory, "movie_lines.txt")
@@ -269,7 +235,7 @@ def _dolly_messages(instruction: str, context: str, response: str) -> list[dict]
     return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
 
 
-def read_dolly(path: str, stats: DialogueStats) -> Iterator[tuple[str, str, object]]:
+def read_dolly(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     """`path`: `tfds:databricks_dolly[:split]` or the databricks-dolly-15k JSONL."""
     if path.startswith("tfds:"):
         import tensorflow_datasets as tfds
@@ -297,7 +263,7 @@ READERS = {
 }
 
 
-def read_conversations(format: str, path: str, stats: DialogueStats | None = None) -> Iterator[Conversation]:
+def read_conversations(format: str, path: str, stats: ReadStats | None = None) -> Iterator[Conversation]:
     """Yields the valid conversations of one file in canonical form.
 
     Raises:
@@ -307,16 +273,16 @@ def read_conversations(format: str, path: str, stats: DialogueStats | None = Non
         raise ValueError(f"unknown dialogue format {format!r}; expected one of {FORMATS}")
     if not path.startswith("tfds:") and not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
-    stats = stats if stats is not None else DialogueStats()
-    kept_before = stats.kept
+    stats = stats if stats is not None else ReadStats()
+    kept_before = stats.total_kept
     for where, file, messages in READERS[format](path, stats):
         reason = validate(messages)
         if reason:
             stats.skip(file, where, reason)
             continue
-        stats.kept += 1
+        stats.kept["conversations"] += 1
         yield [{"role": m["role"], "content": m["content"]} for m in messages]
-    if stats.kept == kept_before:
+    if stats.total_kept == kept_before:
         first = "; ".join(stats.first_problems.values()) or "the file holds no records"
         raise ValueError(f"{path}: no usable {format} conversations ({stats.summary()}; first problem: {first})")
 
@@ -324,7 +290,7 @@ def read_conversations(format: str, path: str, stats: DialogueStats | None = Non
 def parse_dialogue_source(source: str) -> list[tuple[str, str]]:
     """`FORMAT:PATH`, a path, `tfds:databricks_dolly` or `dialogues-sample` -> [(format, path)]."""
     if source == SAMPLE_NAME:
-        return [(fmt, sources.resource_path(name)) for fmt, name in SAMPLE_FILES]
+        return [(fmt, io.resource_path(name)) for fmt, name in SAMPLE_FILES]
     if source.startswith("tfds:"):
         name = source[len("tfds:"):].split(":")[0].split("/")[0]
         if name != "databricks_dolly":
@@ -337,39 +303,43 @@ def parse_dialogue_source(source: str) -> list[tuple[str, str]]:
 
 
 def load_conversations(
-    source: str | Sequence[str], stats: DialogueStats | None = None
+    source: str | Sequence[str], stats: ReadStats | None = None
 ) -> list[Conversation]:
     """Reads one or several dialogue sources (see the module docstring)."""
-    stats = stats if stats is not None else DialogueStats()
+    stats = stats if stats is not None else ReadStats()
     names = [source] if isinstance(source, str) else list(source)
     conversations: list[Conversation] = []
     for name in names:
         for fmt, path in parse_dialogue_source(name):
             conversations.extend(read_conversations(fmt, path, stats))
-    logging.info("dialogues %s: %s", ", ".join(names), stats.summary())
+    log.info("dialogues %s: %s", ", ".join(names), stats.summary())
     return conversations
+
+
+def is_dialogue_source(source: str) -> bool:
+    """True for `dialogues-sample`, `tfds:databricks_dolly`, `FORMAT:PATH` with a dialogue FORMAT, or a
+    file whose first non-blank line is a JSON object with a "messages" key (messages-JSONL)."""
+    if source == SAMPLE_NAME or source.startswith("tfds:databricks_dolly"):
+        return True
+    fmt, sep, _ = source.partition(":")
+    if sep and fmt in READERS:
+        return True
+    if os.path.isfile(source):
+        try:
+            with open_text(source) as f:
+                record = json.loads(next((line for line in f if line.strip()), ""))
+        except (OSError, EOFError, UnicodeDecodeError, ValueError):
+            return False  # not JSONL at all: the text reader judges it
+        return isinstance(record, dict) and "messages" in record
+    return False
 
 
 def split_of(conversation: Conversation) -> str:
     """'train' or 'validation', a deterministic function of the conversation's content."""
     key = json.dumps(conversation, ensure_ascii=False, sort_keys=True)
-    return sources.split_of(key)
+    return io.split_of(key)
 
 
 def write_messages_jsonl(conversations: Iterable[Conversation], path: str) -> int:
     """Writes messages-JSONL atomically (temp file, then rename). Returns the count."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    n = 0
-    try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(tmp, "wt", encoding="utf-8") as f:
-            for conversation in conversations:
-                f.write(json.dumps({"messages": conversation}, ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return n
+    return io.write_jsonl(({"messages": c} for c in conversations), path)

@@ -37,8 +37,8 @@ Fitting into `max_len` tokens:
 
 Example:
 
->>> from tfchat.tokenizer import train_tokenizer
->>> tok = train_tokenizer(["Hi there. How are you? Fine, thanks."] * 20, vocab_size=300)
+>>> from tfchat.text.tokenizer import train_tokenizer
+>>> tok = train_tokenizer(["Hi there. How are you? Fine, thanks."] * 20, vocab_size=400)
 >>> msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 >>> ids, mask = render(msgs, tok, max_len=64)
 >>> ids[:2] == [tok.eot_id, tok.user_id] and ids[-1] == tok.end_id
@@ -53,7 +53,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-ROLES = ("system", "user", "assistant")
+from tfchat.text.special_tokens import ROLES
 # eot + system block + one user block + assistant marker need a few ids.
 MIN_MAX_LEN = 8
 
@@ -73,10 +73,6 @@ def _check_messages(messages: Sequence[Mapping[str, str]]) -> tuple[list[str], l
     return roles, contents
 
 
-def _role_ids(tokenizer) -> dict[str, int]:
-    return {"system": tokenizer.system_id, "user": tokenizer.user_id, "assistant": tokenizer.assistant_id}
-
-
 def render(
     messages: Sequence[Mapping[str, str]], tokenizer, max_len: int
 ) -> tuple[list[int], list[int]]:
@@ -84,7 +80,7 @@ def render(
 
     Args:
         messages: `[{"role": ..., "content": ...}, ...]`.
-        tokenizer: a `tfchat.tokenizer.Tokenizer`.
+        tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
         max_len: the most ids to return (see the module docstring for cuts).
 
     Returns:
@@ -115,13 +111,13 @@ def prompt(messages: Sequence[Mapping[str, str]], tokenizer, max_len: int) -> li
 def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool):
     if max_len < MIN_MAX_LEN:
         raise ValueError(f"max_len must be at least {MIN_MAX_LEN}, got {max_len}")
-    end = tokenizer.end_id
-    role_ids = _role_ids(tokenizer)
-    prefix, prefix_mask = [tokenizer.eot_id], [0]
+    special = tokenizer.special
+    end = special.end
+    prefix, prefix_mask = special.document([]), [0]
     start = 0
     if roles and roles[0] == "system":
         system = list(encoded[0])[: max(max_len // 2 - 3, 0)]
-        prefix += [tokenizer.system_id, *system, end]
+        prefix += [special.system, *system, end]
         prefix_mask += [0] * (len(system) + 2)
         start = 1
     # Blocks of (exchange index, ids, mask); an exchange starts at each user message.
@@ -130,10 +126,10 @@ def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool):
     for role, content in zip(roles[start:], encoded[start:]):
         if role == "user":
             group += 1
-        ids = [role_ids[role], *content, end]
+        ids = [special.role_id(role), *content, end]
         is_reply = 1 if role == "assistant" else 0
         blocks.append((group, ids, [0] + [is_reply] * (len(ids) - 1)))
-    suffix = [tokenizer.assistant_id] if generation else []
+    suffix = [special.assistant] if generation else []
 
     # Keep the longest tail of whole exchanges that fits.
     budget = max_len - len(prefix) - len(suffix)
@@ -155,7 +151,7 @@ def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool):
             # Split into the user part and the replies; make room for a reply.
             n_user = 0
             for ids, _, _ in kept:
-                if ids[0] == role_ids["assistant"]:
+                if ids[0] == special.assistant:
                     break
                 n_user += len(ids)
             user, user_mask = body[:n_user], body_mask[:n_user]
@@ -177,7 +173,7 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
     Args:
         roles: string [N], each "system", "user" or "assistant".
         contents: string [N], the messages' text.
-        tokenizer: a `tfchat.tokenizer.Tokenizer` (tracked by the module).
+        tokenizer: a `tfchat.text.tokenizer.Tokenizer` (tracked by the module).
         max_len: int or int32 scalar tensor.
 
     Returns:
@@ -201,10 +197,8 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
         ),
     ]
     with tf.control_dependencies(checks):
-        encoded = tokenizer.tf_encode(contents)
-    if not isinstance(encoded, tf.RaggedTensor):
-        encoded = tf.RaggedTensor.from_tensor(encoded)
-    encoded = tf.cast(encoded, tf.int32)
+        encoded = tokenizer.tf_encode_batch(contents)
+    special = tokenizer.special
 
     has_system = tf.reduce_any(tf.equal(roles[:1], "system"))
     start = tf.cast(has_system, tf.int32)
@@ -215,10 +209,10 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
     )
     prefix = tf.concat(
         [
-            i32(tokenizer.eot_id),
+            i32(special.eot),
             tf.cond(
                 has_system,
-                lambda: tf.concat([i32(tokenizer.system_id), system, i32(tokenizer.end_id)], 0),
+                lambda: tf.concat([i32(special.system), system, i32(special.end)], 0),
                 lambda: tf.zeros([0], tf.int32),
             ),
         ],
@@ -230,11 +224,11 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
     n = tf.size(rest_roles)
     markers = tf.where(
         rest_roles == "user",
-        tokenizer.user_id,
-        tf.where(rest_roles == "assistant", tokenizer.assistant_id, tokenizer.system_id),
+        special.user,
+        tf.where(rest_roles == "assistant", special.assistant, special.system),
     )
     column = lambda x: tf.RaggedTensor.from_tensor(tf.reshape(x, [-1, 1]))  # noqa: E731
-    blocks = tf.concat([column(markers), rest, column(tf.fill([n], tokenizer.end_id))], axis=1)
+    blocks = tf.concat([column(markers), rest, column(tf.fill([n], special.end))], axis=1)
     group = tf.cumsum(tf.cast(rest_roles == "user", tf.int32))
     num_groups = tf.reduce_max(tf.concat([group, [0]], 0)) + 1
     group_len = tf.math.unsorted_segment_sum(tf.cast(blocks.row_lengths(), tf.int32), group, num_groups)
@@ -250,4 +244,4 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
         lambda: tf.concat([body[:1], body[tf.size(body) - (budget - 1):]], 0),
         lambda: body,
     )
-    return tf.concat([prefix, body, i32(tokenizer.assistant_id)], 0)
+    return tf.concat([prefix, body, i32(special.assistant)], 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from tfchat.attention import CausalSelfAttention
+from tfchat.model.attention import CausalSelfAttention
 
 
 @keras.saving.register_keras_serializable(package="tfchat")

@@ -34,14 +34,11 @@ Example:
 
 from __future__ import annotations
 
-import bz2
-import collections
 import dataclasses
 import glob as globlib
-import gzip
 import hashlib
-import importlib.resources
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,28 +47,30 @@ import uuid
 from typing import Iterator
 
 import tensorflow as tf
-from absl import logging
 from tqdm.auto import tqdm
 
-from tfchat import wikipedia
+from tfchat.data import wikipedia
+from tfchat.data.io import (
+    SPLITS,
+    VALIDATION_PERCENT,
+    ReadStats,
+    check_split,
+    iter_jsonl,
+    open_text,
+    resource_path,
+    shard_of,
+    split_of,
+)
+
+log = logging.getLogger(__name__)
 
 SAMPLE_NAME = "wikipedia-sample"
 SAMPLE_FILE = "enwiki-sample-pages-articles.xml.bz2"
 CACHE_ENV = "TFCHAT_CACHE_DIR"
-SPLITS = ("train", "validation")
-VALIDATION_PERCENT = 5
 # Bump when the extracted text changes (cleaning rules, record format).
 CACHE_VERSION = 1
 # Cache shards roll over at this size so big sources shard across workers.
 SHARD_BYTES = 128 << 20
-
-
-def resource_path(name: str) -> str:
-    """Path of a bundled file in `tfchat/resources` (works when installed)."""
-    path = importlib.resources.files("tfchat").joinpath("resources", name)
-    if not path.is_file():
-        raise FileNotFoundError(f"bundled resource {name!r} is missing from the tfchat package")
-    return str(path)
 
 
 def default_pretrain_source() -> str:
@@ -81,17 +80,6 @@ def default_pretrain_source() -> str:
 
 def default_cache_dir() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tfchat")
-
-
-def split_of(key: str) -> str:
-    """'validation' for VALIDATION_PERCENT% of keys (by SHA-256), else 'train'."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return "validation" if int.from_bytes(digest[:8], "big") % 100 < VALIDATION_PERCENT else "train"
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 # ----------------------------------------------------------- naming a source
@@ -166,63 +154,7 @@ class Document:
     text: str
 
 
-@dataclasses.dataclass
-class SourceStats:
-    """Counts of a read: `read` records, `kept` per split, `skipped` by reason."""
-
-    read: int = 0
-    kept: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    errors: list[str] = dataclasses.field(default_factory=list)
-    _warned: collections.Counter = dataclasses.field(default_factory=collections.Counter, repr=False)
-
-    def skip(self, path: str, where: str, reason: str) -> None:
-        self.skipped[reason.split(" (")[0]] += 1
-        self._warned[path] += 1
-        if self._warned[path] <= 10:
-            logging.warning("%s: skipped: %s", where, reason)
-        elif self._warned[path] == 11:
-            logging.warning("%s: more skipped records; only counting from now on", path)
-
-    def to_json(self) -> dict:
-        return {"read": self.read, "kept": dict(self.kept), "skipped": dict(self.skipped), "errors": self.errors}
-
-    def summary(self) -> str:
-        kept = ", ".join(f"{self.kept[s]} {s}" for s in SPLITS)
-        skipped = ", ".join(f"{n} {r}" for r, n in self.skipped.most_common())
-        return f"read {self.read} records, kept {kept}, skipped {sum(self.skipped.values())}" + (
-            f" ({skipped})" if skipped else ""
-        )
-
-
-def open_text(path: str, encoding: str = "utf-8"):
-    """Opens a text file, decompressing `.gz` / `.bz2` transparently."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding=encoding)
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding=encoding)
-    return open(path, encoding=encoding)
-
-
-def iter_jsonl(path: str, stats) -> Iterator[tuple[str, object]]:
-    """Yields ("path:line", parsed object) per non-blank line, counting it in
-    `stats.read`; a line that is not JSON is skipped through `stats.skip`.
-    Errors reading the file itself propagate (callers keep what came before)."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            stats.read += 1
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                stats.skip(path, where, f"not JSON ({e.msg})")
-                continue
-            yield where, obj
-
-
-def _read_dump(path: str, stats: SourceStats) -> Iterator[Document]:
+def _read_dump(path: str, stats: ReadStats) -> Iterator[Document]:
     dump_stats = wikipedia.DumpStats()
     with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=os.path.basename(path),
               disable=None, leave=False) as bar:
@@ -238,7 +170,7 @@ def _read_dump(path: str, stats: SourceStats) -> Iterator[Document]:
             stats.errors.extend(f"{path}: {e}" for e in dump_stats.errors)
 
 
-def _read_text(path: str, stats: SourceStats) -> Iterator[Document]:
+def _read_text(path: str, stats: ReadStats) -> Iterator[Document]:
     stats.read += 1
     try:
         with open_text(path) as f:
@@ -252,7 +184,7 @@ def _read_text(path: str, stats: SourceStats) -> Iterator[Document]:
     yield Document(os.path.basename(path), text)
 
 
-def _read_jsonl(path: str, stats: SourceStats) -> Iterator[Document]:
+def _read_jsonl(path: str, stats: ReadStats) -> Iterator[Document]:
     try:
         for where, obj in iter_jsonl(path, stats):
             text = obj.get("text") if isinstance(obj, dict) else None
@@ -273,7 +205,7 @@ def _read_jsonl(path: str, stats: SourceStats) -> Iterator[Document]:
 _READERS = {"dump": _read_dump, "text": _read_text, "jsonl": _read_jsonl}
 
 
-def iter_documents(source: str | Source, stats: SourceStats | None = None) -> Iterator[Document]:
+def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iterator[Document]:
     """Yields every document of a local source (both splits), in file order.
 
     Raises:
@@ -282,7 +214,7 @@ def iter_documents(source: str | Source, stats: SourceStats | None = None) -> It
     source = parse_source(source) if isinstance(source, str) else source
     if source.tfds_name:
         raise ValueError(f"{source.spec}: TFDS sources are read with documents_dataset()")
-    stats = stats if stats is not None else SourceStats()
+    stats = stats if stats is not None else ReadStats()
     problems = []
     found = 0
     files = source.files
@@ -296,7 +228,7 @@ def iter_documents(source: str | Source, stats: SourceStats | None = None) -> It
             problems.append(str(e))
             stats.errors.append(str(e))
             if len(files) > 1:
-                logging.warning("%s", e)
+                log.warning("%s", e)
     if not found:
         if len(problems) == 1 and len(files) == 1:
             raise ValueError(problems[0])
@@ -356,8 +288,8 @@ def prepare_cache(source: str | Source, cache_dir: str | None = None) -> str:
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
     start = time.time()
-    logging.info("extracting %s into %s (once; later runs read the cache)", source.spec, final)
-    stats = SourceStats()
+    log.info("extracting %s into %s (once; later runs read the cache)", source.spec, final)
+    stats = ReadStats()
     writers = {split: _ShardWriter(tmp, split) for split in SPLITS}
     try:
         for doc in iter_documents(source, stats):
@@ -385,7 +317,7 @@ def prepare_cache(source: str | Source, cache_dir: str | None = None) -> str:
         for w in writers.values():
             w.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    logging.info("%s: %s (%.1fs)", source.spec, stats.summary(), time.time() - start)
+    log.info("%s: %s (%.1fs)", source.spec, stats.summary(), time.time() - start)
     return final
 
 
@@ -396,12 +328,6 @@ def source_stats(source: str | Source, cache_dir: str | None = None) -> dict:
 
 
 # ------------------------------------------------------------- as tf.data
-
-
-def _pipeline_shard(input_context) -> tuple[int, int]:
-    if input_context is None:
-        return 1, 0
-    return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
 def documents_dataset(
@@ -426,9 +352,9 @@ def documents_dataset(
     Raises:
         ValueError: the source has no document in `split`.
     """
-    _check_split(split)
+    check_split(split)
     parsed = parse_source(source)
-    num, index = _pipeline_shard(input_context)
+    num, index = shard_of(input_context)
     if parsed.tfds_name:
         ds = _tfds_documents(parsed.tfds_name, split)
         return ds.shard(num, index) if num > 1 else ds
@@ -437,7 +363,7 @@ def documents_dataset(
     with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     stats = meta["stats"]
-    logging.info("%s [%s]: %s", source, split, _summary_from_meta(stats))
+    log.info("%s [%s]: %s", source, split, ReadStats.from_json(stats).summary())
     files = [os.path.join(directory, name) for name in meta["shards"][split]]
     if not files or not stats["kept"].get(split):
         raise ValueError(
@@ -460,12 +386,6 @@ def documents_dataset(
     if num > 1 and not by_file:
         ds = ds.shard(num, index)
     return ds
-
-
-def _summary_from_meta(stats: dict) -> str:
-    s = SourceStats(read=stats["read"], kept=collections.Counter(stats["kept"]),
-                    skipped=collections.Counter(stats["skipped"]), errors=stats["errors"])
-    return s.summary()
 
 
 # Marker cleanup for wiki40b, in graph: same layout as dump text.
@@ -513,5 +433,5 @@ def _tfds_documents(name: str, split: str) -> tf.data.Dataset:
         # Same rule as local files (a percentage of ids), with TF's hash.
         bucket = lambda key, _: tf.strings.to_hash_bucket_fast(key, 100) < VALIDATION_PERCENT  # noqa: E731
         ds = ds.filter(bucket if split == "validation" else lambda k, t: tf.logical_not(bucket(k, t)))
-    logging.info("tfds:%s [%s]: empty documents are skipped in the graph (not counted)", name, split)
+    log.info("tfds:%s [%s]: empty documents are skipped in the graph (not counted)", name, split)
     return ds.map(lambda _, text: text).filter(lambda text: tf.strings.length(text) > 0)

@@ -13,7 +13,10 @@ while loop would dispatch every op from Python.
 Sampling (`sample`) is per row: temperature (0 = greedy), top-k (0 = off),
 top-p (1 = off). Randomness is Gumbel-max noise from stateless random ops
 keyed by (seed, position of the sampled token), so a prompt with a given seed
-gives the same text whatever else is in the batch.
+gives the same text whatever else is in the batch. The model only needs
+`model.config.block_size`, `model.init_cache` and `model.call_with_cache`
+(a `tfchat.model.CausalLM`); it knows nothing of tokenization, which
+`generate_text` adds on top.
 
 Prompts longer than the room left in the context (`block_size -
 max_new_tokens`) are truncated from the left: the model sees the most recent
@@ -22,7 +25,8 @@ tokens. `generate_text` logs a warning when that happens.
 Example:
 
 >>> import tensorflow as tf
->>> from tfchat import GPTConfig, build_gpt
+>>> from tfchat.config import GPTConfig
+>>> from tfchat.model import build_gpt
 >>> model = build_gpt(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16))
 >>> prompts = tf.ragged.constant([[1, 2, 3], [4]], dtype=tf.int32)
 >>> tokens, lengths = generate(model, prompts, max_new_tokens=5, temperature=0.0)
@@ -33,63 +37,40 @@ TensorShape([2, 5])
 from __future__ import annotations
 
 import logging
-import numbers
 import weakref
 from typing import Sequence
 
 import keras
 import tensorflow as tf
 
-from tfchat.model import call_with_cache, init_cache
+from tfchat.inference.sampling import SamplingParams, check_sampling
 
 log = logging.getLogger(__name__)
 
 NEG_INF = float("-inf")
 
 
-# ----------------------------------------------------------------------------- validation
+def context_size(model) -> int:
+    """The model's context length (its config's block_size)."""
+    return int(model.config.block_size)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Number) and not isinstance(x, bool)
-
-
-def context_size(model: keras.Model) -> int:
-    """The model's context length (number of learned positions)."""
-    return int(model.get_layer("embeddings").max_positions)
-
-
-def _context(model: keras.Model, max_len: int | None) -> int:
+def _context(model, max_len: int | None) -> int:
     return context_size(model) if max_len is None else min(int(max_len), context_size(model))
 
 
-def validate_sampling(
-    max_new_tokens=None, temperature=None, top_k=None, top_p=None, context: int | None = None
-) -> None:
-    """Raises ValueError for out-of-range Python-number arguments (tensors are checked in the graph)."""
-    if _is_number(max_new_tokens):
-        if max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
-        if context is not None and max_new_tokens > context - 1:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens} does not fit the context of {context} tokens "
-                f"(at most {context - 1}: one prompt token is needed)"
-            )
-    if _is_number(temperature) and not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if _is_number(top_k) and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if _is_number(top_p) and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+def _check(context: int, max_new_tokens, temperature, top_k, top_p) -> None:
+    check_sampling(max_new_tokens, temperature, top_k, top_p, max_new_limit=context - 1)
 
 
-def _graph_checks(max_new, temperature, top_k, top_p, context, prompt_lengths) -> list:
-    """Runtime checks for tensor arguments; errors read like the ValueErrors above."""
+def graph_checks(max_new, temperature, top_k, top_p, context, prompt_lengths) -> list:
+    """The same rules for tensor arguments, as graph assertions (their messages read like `check_sampling`'s)."""
     a = tf.debugging
     return [
         a.assert_positive(max_new, message="max_new_tokens must be > 0"),
         a.assert_less_equal(max_new, context - 1, message=f"max_new_tokens must be <= {context - 1} (context)"),
         a.assert_non_negative(temperature, message="temperature must be >= 0"),
+        a.assert_equal(tf.reduce_all(tf.math.is_finite(temperature)), True, message="temperature must be finite"),
         a.assert_non_negative(top_k, message="top_k must be >= 0"),
         a.assert_positive(top_p, message="top_p must be in (0, 1]"),
         a.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
@@ -100,7 +81,8 @@ def _graph_checks(max_new, temperature, top_k, top_p, context, prompt_lengths) -
 # ----------------------------------------------------------------------------- sampling
 
 
-def _per_row(x, batch, dtype) -> tf.Tensor:
+def per_row(x, batch, dtype) -> tf.Tensor:
+    """A scalar or [B] argument as a [B] tensor of `dtype`."""
     return tf.broadcast_to(tf.cast(x, dtype), [batch])
 
 
@@ -140,10 +122,10 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0) -> tf.Te
     """
     logits = tf.cast(logits, tf.float32)
     batch, vocab = tf.shape(logits)[0], tf.shape(logits)[1]
-    temperature = _per_row(temperature, batch, tf.float32)
-    top_k = _per_row(top_k, batch, tf.int32)
-    top_p = _per_row(top_p, batch, tf.float32)
-    keys = tf.stack([_per_row(seed, batch, tf.int32), _per_row(step, batch, tf.int32)], axis=1)
+    temperature = per_row(temperature, batch, tf.float32)
+    top_k = per_row(top_k, batch, tf.int32)
+    top_p = per_row(top_p, batch, tf.float32)
+    keys = tf.stack([per_row(seed, batch, tf.int32), per_row(step, batch, tf.int32)], axis=1)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def sampled():
@@ -212,15 +194,15 @@ def prefill(
         `logits` float32 [B, V] (of the first new token), `limit` (max new tokens).
     """
     context = _context(model, max_len)
-    validate_sampling(max_new_tokens, temperature, top_k, top_p, context)
+    _check(context, max_new_tokens, temperature, top_k, top_p)
     if not isinstance(prompt_ids, tf.RaggedTensor):
         prompt_ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(prompt_ids))
     batch = prompt_ids.nrows(out_type=tf.int32)
-    max_new = _per_row(max_new_tokens, batch, tf.int32)
+    max_new = per_row(max_new_tokens, batch, tf.int32)
     raw_lengths = tf.cast(prompt_ids.row_lengths(), tf.int32)
-    checks = _graph_checks(
-        max_new, _per_row(temperature, batch, tf.float32), _per_row(top_k, batch, tf.int32),
-        _per_row(top_p, batch, tf.float32), context, raw_lengths,
+    checks = graph_checks(
+        max_new, per_row(temperature, batch, tf.float32), per_row(top_k, batch, tf.int32),
+        per_row(top_p, batch, tf.float32), context, raw_lengths,
     )
     with tf.control_dependencies(checks):
         limit = tf.reduce_max(tf.concat([max_new, [1]], 0))
@@ -228,8 +210,8 @@ def prefill(
     width = tf.shape(ids)[1]
     key_mask = tf.concat([valid, tf.ones([batch, limit], tf.bool)], axis=1)
     positions = tf.maximum(tf.cumsum(tf.cast(key_mask, tf.int32), axis=1) - 1, 0)
-    caches = init_cache(model, batch, width + limit)
-    logits, caches = call_with_cache(model, ids, positions[:, :width], caches, tf.constant(0), key_mask)
+    caches = model.init_cache(batch, width + limit)
+    logits, caches = model.call_with_cache(ids, positions[:, :width], caches, tf.constant(0), key_mask)
     logits = logits[:, -1]
     # The step key of a sampled token is its position id: independent of padding and batch.
     token = sample(logits, temperature, top_k, top_p, seed, lengths)
@@ -246,7 +228,7 @@ def decode_step(
     Returns:
         (next token int32 [B], its logits float32 [B, V], new caches).
     """
-    logits, caches = call_with_cache(model, token[:, None], position[:, None], caches, cache_index, key_mask)
+    logits, caches = model.call_with_cache(token[:, None], position[:, None], caches, cache_index, key_mask)
     logits = logits[:, 0]
     return sample(logits, temperature, top_k, top_p, seed, position + 1), logits, caches
 
@@ -266,7 +248,7 @@ def generate(
     """Generates up to `max_new_tokens` ids after each prompt.
 
     Args:
-        model: a `build_gpt` model.
+        model: a `tfchat.model.CausalLM` (`build_gpt`).
         prompt_ids: int RaggedTensor [B, None], each row at least one id.
             Rows longer than `context - max(max_new_tokens)` are truncated
             from the left.
@@ -282,7 +264,7 @@ def generate(
     """
     if tf.executing_eagerly():
         # Eager tf.while_loop runs op by op (slow): run the same code as a cached tf.function.
-        validate_sampling(max_new_tokens, temperature, top_k, top_p, _context(model, max_len))
+        _check(_context(model, max_len), max_new_tokens, temperature, top_k, top_p)
         if not isinstance(prompt_ids, tf.RaggedTensor):
             prompt_ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(prompt_ids))
         prompt_ids = tf.cast(prompt_ids, tf.int32)
@@ -292,13 +274,13 @@ def generate(
         fn = compiled_generate(model, pad_id=pad_id, max_len=max_len)
         return fn(
             prompt_ids,
-            _per_row(max_new_tokens, batch, tf.int32), _per_row(temperature, batch, tf.float32),
-            _per_row(top_k, batch, tf.int32), _per_row(top_p, batch, tf.float32), _per_row(seed, batch, tf.int32),
+            per_row(max_new_tokens, batch, tf.int32), per_row(temperature, batch, tf.float32),
+            per_row(top_k, batch, tf.int32), per_row(top_p, batch, tf.float32), per_row(seed, batch, tf.int32),
             tf.reshape(tf.convert_to_tensor(stop_ids, tf.int32), [-1]),
         )
     state = prefill(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, pad_id, max_len)
     batch = tf.shape(state["token"])[0]
-    max_new = _per_row(max_new_tokens, batch, tf.int32)
+    max_new = per_row(max_new_tokens, batch, tf.int32)
     stop_ids = tf.reshape(tf.cast(tf.convert_to_tensor(stop_ids, tf.int32), tf.int32), [-1])
     limit, width, key_mask, lengths = state["limit"], state["cache_index"], state["key_mask"], state["position"]
 
@@ -366,21 +348,17 @@ def generate_text(
     loaded_or_model,
     tokenizer=None,
     prompts: Sequence[str] = (),
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
+    sampling: SamplingParams | None = None,
+    **overrides,
 ) -> list[str]:
-    """Continues each prompt; returns only the new text (stop tokens dropped).
-
-    Each prompt is encoded as `[eot_id] + encode(prompt)` (a document start),
-    and generation stops at `end_id` or `eot_id`.
+    """Continues each prompt as a document; returns only the new text (stop tokens dropped).
 
     Args:
-        loaded_or_model: a `LoadedModel` (then `tokenizer` may be None) or a keras model.
-        tokenizer: a `tfchat.tokenizer.Tokenizer`.
-        prompts: texts to continue.
+        loaded_or_model: a `LoadedModel` (then `tokenizer` may be None) or a `CausalLM`.
+        tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
+        prompts: texts to continue, each encoded as `tokenizer.encode_document`.
+        sampling: default `SamplingParams.greedy()`; `overrides` replace its fields
+            (e.g. `max_new_tokens=16`). A None seed becomes a random one.
     """
     model = getattr(loaded_or_model, "model", loaded_or_model)
     tokenizer = tokenizer or getattr(loaded_or_model, "tokenizer", None)
@@ -389,24 +367,25 @@ def generate_text(
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
+    params = (sampling or SamplingParams.greedy()).replace(**overrides).resolved()
     if not prompts:
         return []
     context = context_size(model)
-    validate_sampling(max_new_tokens, temperature, top_k, top_p, context)
-    encoded = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts]
-    room = context - max_new_tokens
+    params.check_fits(context - 1)
+    encoded = [tokenizer.encode_document(p) for p in prompts]
+    room = context - params.max_new_tokens
     for p, ids in zip(prompts, encoded):
         if len(ids) > room:
             log.warning("prompt of %d tokens truncated from the left to %d: %.40r...", len(ids), room, p)
     n = len(prompts)
     tokens, lengths = compiled_generate(model)(
         tf.ragged.constant(encoded, dtype=tf.int32, ragged_rank=1),
-        tf.fill([n], max_new_tokens),
-        tf.fill([n], float(temperature)),
-        tf.fill([n], top_k),
-        tf.fill([n], float(top_p)),
-        tf.fill([n], seed),
-        tf.constant([tokenizer.end_id, tokenizer.eot_id], tf.int32),
+        tf.fill([n], params.max_new_tokens),
+        tf.fill([n], params.temperature),
+        tf.fill([n], params.top_k),
+        tf.fill([n], params.top_p),
+        tf.fill([n], params.seed),
+        tf.constant(tokenizer.special.stop_ids, tf.int32),
     )
     tokens, lengths = tokens.numpy(), lengths.numpy()
     return [tokenizer.decode(tokens[b, : lengths[b]].tolist()) for b in range(n)]

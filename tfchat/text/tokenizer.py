@@ -11,7 +11,7 @@ The chat template inserts them by id.
 
 Example:
 
->>> tok = train_tokenizer(["Hello world.", "你好，世界。"] * 50, vocab_size=300)
+>>> tok = train_tokenizer(["Hello world.", "你好，世界。"] * 50, vocab_size=400)
 >>> tok.decode(tok.encode("你好 world 🙂"))
 '你好 world 🙂'
 """
@@ -32,44 +32,37 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops.sentencepiece_tokenizer import gen_sentencepiece_tokenizer
 from tensorflow_text.python.ops.sentencepiece_tokenizer import _SentencepieceModelResource
 
+from tfchat.text import special_tokens
+from tfchat.text.special_tokens import SpecialIds
+
 TOKENIZER_FILE = "tokenizer.json"
 SPM_FILE = "tokenizer.model"
 GPT2_VOCAB_FILE = "vocab.json"
 GPT2_MERGES_FILE = "merges.txt"
 
-# Name -> piece. Order fixes the ids of a newly trained SentencePiece model.
-SPECIAL_TOKENS = {
-    "eot": "<|endoftext|>",  # document separator / start of a conversation
-    "system": "<|system|>",
-    "user": "<|user|>",
-    "assistant": "<|assistant|>",
-    "end": "<|end|>",  # end of turn
-}
-_SPECIAL_NAMES = tuple(SPECIAL_TOKENS)
-
-
 class Tokenizer(tf.Module):
-    """Common interface. Subclasses set `vocab_size` and the special ids.
+    """Common interface. Subclasses set `vocab_size` and `special` (a `SpecialIds`).
 
     Attributes:
         vocab_size: number of ids, special ids included.
-        pad_id, eot_id, system_id, user_id, assistant_id, end_id: special ids.
+        special: the special ids (`tfchat.text.special_tokens`); `eot_id`,
+            `user_id`, ... are shortcuts to them.
     """
 
     kind = ""
     vocab_size: int
-    pad_id: int
-    eot_id: int
-    system_id: int
-    user_id: int
-    assistant_id: int
-    end_id: int
+    special: SpecialIds
+
+    eot_id = property(lambda self: self.special.eot)
+    system_id = property(lambda self: self.special.system)
+    user_id = property(lambda self: self.special.user)
+    assistant_id = property(lambda self: self.special.assistant)
+    end_id = property(lambda self: self.special.end)
+    pad_id = property(lambda self: self.special.pad)
 
     @property
     def special_ids(self) -> dict[str, int]:
-        ids = {name: getattr(self, f"{name}_id") for name in _SPECIAL_NAMES}
-        ids["pad"] = self.pad_id
-        return ids
+        return self.special.to_dict()
 
     def encode(self, text: str) -> list[int]:
         """Text to ids; never emits special ids."""
@@ -77,6 +70,10 @@ class Tokenizer(tf.Module):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
         ids = self.tf_encode(tf.constant(text))
         return ids.numpy().tolist() if isinstance(ids, tf.Tensor) else list(ids)
+
+    def encode_document(self, text: str) -> list[int]:
+        """`<|endoftext|>` + encode(text): a document as pretraining shows it."""
+        return self.special.document(self.encode(text))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids to text; special ids are dropped."""
@@ -88,6 +85,19 @@ class Tokenizer(tf.Module):
     def tf_encode(self, strings: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
         """Graph-safe encode: scalar -> int32 [n]; [N] -> int32 RaggedTensor."""
         raise NotImplementedError
+
+    def tf_encode_batch(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        """Graph-safe encode of strings [N] -> int32 RaggedTensor [N, None], whatever the backend returns."""
+        ids = self.tf_encode(strings)
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+        return tf.cast(ids, tf.int32)
+
+    def tf_encode_documents(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        """Graph twin of `encode_document` for strings [N]: int32 RaggedTensor [N, None]."""
+        ids = self.tf_encode_batch(strings)
+        eot = tf.fill([ids.nrows(out_type=tf.int32), 1], tf.constant(self.eot_id, tf.int32))
+        return tf.concat([tf.RaggedTensor.from_tensor(eot), ids], axis=1)
 
     def tf_decode(self, ids: tf.Tensor | tf.RaggedTensor) -> tf.Tensor:
         """Graph-safe decode: int32 [n] -> scalar string; [N, n] -> [N]."""
@@ -107,7 +117,7 @@ class Tokenizer(tf.Module):
         return self._zero_specials(lengths)
 
     def _zero_specials(self, lengths: np.ndarray) -> np.ndarray:
-        for i in self.special_ids.values():
+        for i in self.special.all_ids():
             if 0 <= i < len(lengths):
                 lengths[i] = 0
         return lengths
@@ -129,13 +139,11 @@ class SentencePieceTokenizer(Tokenizer):
         sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = sp.get_piece_size()
         ids = {}
-        for name, piece in SPECIAL_TOKENS.items():
-            ids[name] = sp.piece_to_id(piece)
-            if ids[name] == sp.unk_id() and piece != "<unk>":
-                raise ValueError(f"SentencePiece model lacks the special token {piece!r}")
-        self.eot_id, self.system_id, self.user_id = ids["eot"], ids["system"], ids["user"]
-        self.assistant_id, self.end_id = ids["assistant"], ids["end"]
-        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eot_id
+        for name, piece in special_tokens.PIECES.items():
+            i = sp.piece_to_id(piece)
+            if i != sp.unk_id():
+                ids[name] = i
+        self.special = SpecialIds(ids, pad=sp.pad_id() if sp.pad_id() >= 0 else ids.get("eot", 0))
         self._sp = tf_text.SentencepieceTokenizer(model=model_proto, out_type=tf.int32)
         self._sp._model_resource = _SharedSentencepieceResource(model_proto)
 
@@ -185,28 +193,33 @@ class _SharedSentencepieceResource(_SentencepieceModelResource):
 class GPT2Tokenizer(Tokenizer):
     """GPT-2's byte-level BPE through keras-hub's `BytePairTokenizer`.
 
-    GPT-2 has one special token, `<|endoftext|>` (50256). The chat markers
-    get the ids right after the BPE vocabulary; models imported with
-    `tfchat.convert` have embedding rows for them.
+    GPT-2 has one special token, `<|endoftext|>` (50256). The other special
+    tokens (`extra_specials`, names from the registry) get the ids right after
+    the BPE vocabulary; models imported with `tfchat.convert` have embedding
+    rows for them. Imports made before the registry grew have the four chat
+    markers only, which stays the default when loading their tokenizer.json.
     """
 
     kind = "gpt2"
+    LEGACY_SPECIALS = ("system", "user", "assistant", "end")
 
-    def __init__(self, vocabulary: dict[str, int], merges: list[str]):
+    def __init__(self, vocabulary: dict[str, int], merges: list[str], extra_specials: Sequence[str] | None = None):
         super().__init__(name="gpt2_tokenizer")
         import keras_hub
 
         vocabulary, merges = dict(vocabulary), list(merges)
         # tf.Module wraps attribute dicts/lists for tracking: keep plain copies for keras-hub and saving.
         self._files = (json.dumps(vocabulary, ensure_ascii=False), "\n".join(merges))
-        eot = SPECIAL_TOKENS["eot"]
+        eot = special_tokens.PIECES["eot"]
         if eot not in vocabulary:
             raise ValueError(f"GPT-2 vocabulary lacks {eot!r}")
-        self.eot_id = vocabulary[eot]
-        self.pad_id = self.eot_id
         n = max(vocabulary.values()) + 1
-        self.system_id, self.user_id, self.assistant_id, self.end_id = n, n + 1, n + 2, n + 3
-        self.vocab_size = n + 4
+        if extra_specials is None:
+            extra_specials = [name for name in special_tokens.NAMES if name != "eot"]
+        self.extra_specials = tuple(extra_specials)
+        ids = {"eot": vocabulary[eot], **{name: n + i for i, name in enumerate(self.extra_specials)}}
+        self.special = SpecialIds(ids, pad=vocabulary[eot])
+        self.vocab_size = n + len(self.extra_specials)
         self._bpe_size = n
         self._bpe = keras_hub.tokenizers.BytePairTokenizer(
             vocabulary=vocabulary, merges=merges, dtype="int32", _allow_python_workflow=False
@@ -239,15 +252,18 @@ class GPT2Tokenizer(Tokenizer):
             f.write(vocab_json)
         with open(os.path.join(directory, GPT2_MERGES_FILE), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + merges + "\n")
-        _write_json(os.path.join(directory, TOKENIZER_FILE), self._metadata())
+        meta = {**self._metadata(), "extra_specials": list(self.extra_specials)}
+        _write_json(os.path.join(directory, TOKENIZER_FILE), meta)
 
     @classmethod
-    def from_files(cls, vocab_path: str, merges_path: str) -> "GPT2Tokenizer":
+    def from_files(
+        cls, vocab_path: str, merges_path: str, extra_specials: Sequence[str] | None = None
+    ) -> "GPT2Tokenizer":
         with open(vocab_path, encoding="utf-8") as f:
             vocabulary = json.load(f)
         with open(merges_path, encoding="utf-8") as f:
             merges = [ln.rstrip("\r\n") for ln in f if ln.strip() and not ln.startswith("#version")]
-        return cls(vocabulary, merges)
+        return cls(vocabulary, merges, extra_specials)
 
 
 def train_tokenizer(
@@ -269,7 +285,7 @@ def train_tokenizer(
     """
     import sentencepiece as spm
 
-    minimum = 256 + len(SPECIAL_TOKENS) + 2 + 1
+    minimum = 256 + len(special_tokens.NAMES) + 2 + 1
     if vocab_size < minimum:
         raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + specials), got {vocab_size}")
 
@@ -299,8 +315,8 @@ def train_tokenizer(
             unk_id=1,
             bos_id=-1,
             eos_id=-1,
-            pad_piece="<|pad|>",
-            control_symbols=list(SPECIAL_TOKENS.values()),
+            pad_piece=special_tokens.PAD_PIECE,
+            control_symbols=list(special_tokens.PIECES.values()),
             user_defined_symbols=["\n"],
             max_sentence_length=max_sentence_chars * 4,
             input_sentence_size=input_sentence_size,
@@ -330,7 +346,8 @@ def load_tokenizer(directory: str) -> Tokenizer:
                 raise ValueError(f"{path}: not a valid SentencePiece model ({e})") from e
         elif kind == GPT2Tokenizer.kind:
             path = os.path.join(directory, GPT2_VOCAB_FILE)
-            tok = GPT2Tokenizer.from_files(path, os.path.join(directory, GPT2_MERGES_FILE))
+            extra = meta.get("extra_specials", GPT2Tokenizer.LEGACY_SPECIALS)
+            tok = GPT2Tokenizer.from_files(path, os.path.join(directory, GPT2_MERGES_FILE), extra)
         else:
             raise ValueError(f"{meta_path}: unknown tokenizer type {kind!r}")
     except FileNotFoundError as e:

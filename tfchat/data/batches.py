@@ -35,24 +35,23 @@ TensorShape([16, 256])
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
-from absl import logging
 from tqdm.auto import tqdm
 
-from tfchat import chat_template, dialogues, sources
+from tfchat.data import dialogues, sources
+from tfchat.data.io import ReadStats, check_split, shard_of
+from tfchat.text import chat_template
+
+log = logging.getLogger(__name__)
 
 # Documents shuffled before tokenizing (a Wikipedia article is ~30 KB, and the
 # buffer is saved in iterator checkpoints, so keep it modest).
 DOC_SHUFFLE_BUFFER = 128
 # Documents tokenized per map call: amortizes op overhead.
 DOC_BATCH = 16
-
-
-def _context_shard(input_context) -> tuple[int, int]:
-    if input_context is None:
-        return 1, 0
-    return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
 def _examples(windows: tf.Tensor, mask: tf.Tensor | None = None) -> dict:
@@ -84,8 +83,8 @@ def pretrain_dataset(
     """Packed next-token batches from a text source (see the module docstring).
 
     Args:
-        source: a `tfchat.sources` name; None = the bundled Wikipedia sample.
-        tokenizer: a `tfchat.tokenizer.Tokenizer`.
+        source: a `tfchat.data.sources` name; None = the bundled Wikipedia sample.
+        tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
         seq_len: tokens per example (T).
         batch_size: examples per batch for this input pipeline / replica.
         split: "train" or "validation" (held-out articles).
@@ -109,14 +108,9 @@ def pretrain_dataset(
         docs = docs.shuffle(DOC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         docs = docs.repeat()
-    eot = tokenizer.eot_id
 
     def encode(texts):
-        ids = tokenizer.tf_encode(texts)
-        if not isinstance(ids, tf.RaggedTensor):
-            ids = tf.RaggedTensor.from_tensor(ids)
-        eots = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(texts)[0], 1], tf.constant(eot, tf.int32)))
-        return tf.concat([eots, tf.cast(ids, tf.int32)], axis=1).flat_values  # one stream
+        return tokenizer.tf_encode_documents(texts).flat_values  # one stream
 
     tokens = docs.batch(DOC_BATCH).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
     # Cut the stream into windows across document boundaries: no padding.
@@ -140,8 +134,8 @@ def render_conversations(
     encoded: list[list[int]] = []
     with tqdm(total=len(contents), desc="tokenizing conversations", unit="msg", disable=None, leave=False) as bar:
         for start in range(0, len(contents), chunk):
-            part = tokenizer.tf_encode(tf.constant(contents[start:start + chunk], tf.string))
-            encoded.extend(part.to_list() if isinstance(part, tf.RaggedTensor) else part.numpy().tolist())
+            part = tokenizer.tf_encode_batch(tf.constant(contents[start:start + chunk], tf.string))
+            encoded.extend(part.to_list())
             bar.update(len(contents[start:start + chunk]))
     all_ids, all_masks, skipped, pos = [], [], 0, 0
     for conv in conversations:
@@ -172,9 +166,9 @@ def finetune_dataset(
     """Chat fine-tuning batches (see the module docstring).
 
     Args:
-        source: a `tfchat.dialogues` source name or a list of them; None =
+        source: a `tfchat.data.dialogues` source name or a list of them; None =
             the bundled OASST + Topical-Chat samples.
-        tokenizer: a `tfchat.tokenizer.Tokenizer`.
+        tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
         seq_len: tokens per example (T); longer conversations are truncated
             by `chat_template` (oldest exchanges first).
         batch_size: examples per batch for this input pipeline / replica.
@@ -189,25 +183,47 @@ def finetune_dataset(
     Raises:
         ValueError: when the split has no usable conversation.
     """
-    sources._check_split(split)
+    check_split(split)
     source = source or dialogues.default_dialogue_source()
-    stats = dialogues.DialogueStats()
+    stats = ReadStats()
     conversations = dialogues.load_conversations(source, stats)
     chosen = [c for c in conversations if dialogues.split_of(c) == split]
-    num, index = _context_shard(input_context)
+    num, index = shard_of(input_context)
     chosen = chosen[index::num]  # disjoint conversations per input pipeline
     if not chosen:
         raise ValueError(f"{source}: no conversations in the {split!r} split for input pipeline {index} of {num} "
                          f"({stats.summary()})")
     ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1)
-    logging.info(
+    log.info(
         "finetune %s [%s]: %d conversations, %d skipped (no reply left after truncation to %d tokens); %s",
         source, split, len(ids), skipped, seq_len + 1, stats.summary(),
     )
     if skipped:
-        logging.warning("%d conversations had no assistant token left after truncation; skipped", skipped)
+        log.warning("%d conversations had no assistant token left after truncation; skipped", skipped)
     if not ids:
         raise ValueError(f"{source}: no conversation in the {split!r} split fits seq_len={seq_len}")
+    return conversation_batches(ids, masks, seq_len, batch_size, tokenizer.pad_id, seed=seed, repeat=repeat,
+                                pack=pack, shuffle_buffer=shuffle_buffer)
+
+
+def conversation_batches(
+    ids: list[list[int]],
+    masks: list[list[int]],
+    seq_len: int,
+    batch_size: int,
+    pad_id: int,
+    *,
+    seed: int = 0,
+    repeat: bool = True,
+    pack: bool = False,
+    shuffle_buffer: int = 10_000,
+    with_valid: bool = False,
+) -> tf.data.Dataset:
+    """Batches of rendered conversations (`render_conversations`' ids and masks), one per row or packed.
+
+    With `with_valid`, batches also hold `valid` float32 [B, T]: 1 on every
+    real (non-padding) target, for losses over all tokens (evaluation).
+    """
     lengths = [len(x) for x in ids]
     ragged_ids = tf.RaggedTensor.from_row_lengths(np.concatenate(ids).astype(np.int32), lengths)
     ragged_mask = tf.RaggedTensor.from_row_lengths(np.concatenate(masks).astype(np.int32), lengths)
@@ -221,18 +237,18 @@ def finetune_dataset(
 
     def to_example(window, mask):
         window, mask = tf.convert_to_tensor(window), tf.convert_to_tensor(mask)
-        return {
-            "token_ids": window[:-1],
-            "targets": window[1:],
-            "loss_mask": tf.cast(mask[1:], tf.float32),
-        }
+        example = {"token_ids": window[:-1], "targets": window[1:], "loss_mask": tf.cast(mask[1:], tf.float32)}
+        if with_valid:
+            example["valid"] = tf.ones_like(example["loss_mask"])
+        return example
 
     ds = ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
-    pad = tf.constant(tokenizer.pad_id, tf.int32)
+    keys = ("token_ids", "targets", "loss_mask") + (("valid",) if with_valid else ())
+    pad = tf.constant(pad_id, tf.int32)
     ds = ds.padded_batch(
         batch_size,
-        padded_shapes={"token_ids": [seq_len], "targets": [seq_len], "loss_mask": [seq_len]},
-        padding_values={"token_ids": pad, "targets": pad, "loss_mask": tf.constant(0.0)},
+        padded_shapes={k: [seq_len] for k in keys},
+        padding_values={k: (pad if k in ("token_ids", "targets") else tf.constant(0.0)) for k in keys},
         drop_remainder=repeat,
     )
     return _with_options(ds.prefetch(tf.data.AUTOTUNE))

@@ -1,7 +1,7 @@
 """Evaluation metrics: perplexity, bits per byte, minimal pairs, BLEU and ROUGE-L.
 
-Pure functions of numbers, token ids or strings, plus the one primitive that
-touches a model, `token_log_probs`. `training.evaluate` orchestrates them.
+Pure functions of numbers, token ids or strings; log-probabilities come from
+`tfchat.eval.logprobs`, and `tfchat.eval.evaluate` orchestrates both.
 
 Definitions (natural logs throughout):
 
@@ -39,10 +39,9 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 LN2 = math.log(2.0)
 
@@ -68,63 +67,6 @@ def bits_per_byte(total_nats: float, total_bytes: float) -> float:
 def token_byte_lengths(tokenizer) -> np.ndarray:
     """UTF-8 bytes each id contributes to decoded text: int64 [vocab_size] (see `Tokenizer.byte_lengths`)."""
     return tokenizer.byte_lengths()
-
-
-# ------------------------------------------------------- log-probs of a model
-
-
-def token_log_probs(model: Callable, token_ids: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-    """log p(targets[b, t] | token_ids[b, :t+1]) as float32 [B, T].
-
-    `model(token_ids, training=False)` must return logits [B, T, V] (a
-    `build_gpt` model, or any callable with that contract).
-    """
-    logits = tf.cast(model(token_ids, training=False), tf.float32)
-    return -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=logits)
-
-
-def sequence_log_probs(
-    model: Callable, sequences: Sequence[Sequence[int]], batch_size: int = 32, pad_id: int = 0
-) -> np.ndarray:
-    """Total log-probability of each sequence after its first id: float64 [N].
-
-    `sum_t log p(seq[t] | seq[:t])` for t >= 1, so seq[0] is the context the
-    model starts from (e.g. `eot_id`). Sequences are batched by length and
-    right-padded; the model is causal, so padding after a position never
-    changes it.
-    """
-    scores = np.zeros([len(sequences)], np.float64)
-    for i, seq in enumerate(sequences):
-        if len(seq) < 2:
-            raise ValueError(f"sequence {i} has {len(seq)} ids; need a first id and at least one to score")
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding per batch
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(sequences[i]) for i in rows)
-        ids = np.full([len(rows), width], pad_id, np.int32)
-        mask = np.zeros([len(rows), width - 1], np.float64)
-        for r, i in enumerate(rows):
-            ids[r, : len(sequences[i])] = sequences[i]
-            mask[r, : len(sequences[i]) - 1] = 1.0
-        logp = token_log_probs(model, tf.constant(ids[:, :-1]), tf.constant(ids[:, 1:])).numpy()
-        scores[rows] = (logp.astype(np.float64) * mask).sum(axis=1)
-    return scores
-
-
-def text_log_probs(
-    model: Callable, tokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32
-) -> tuple[np.ndarray, int]:
-    """Total log-probability of each text as a document: `log p(encode(text) | eot)`.
-
-    Returns (float64 [N], how many texts were cut to `max_len` ids, the
-    `<|endoftext|>` included, to fit the model's context).
-    """
-    sequences, truncated = [], 0
-    for text in texts:
-        ids = [tokenizer.eot_id] + tokenizer.encode(text)
-        truncated += len(ids) > max_len
-        sequences.append(ids[:max_len])
-    return sequence_log_probs(model, sequences, batch_size, tokenizer.pad_id), truncated
 
 
 # -------------------------------------------------------------- minimal pairs

@@ -31,13 +31,13 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import gzip
+import logging
 import re
 import xml.etree.ElementTree as ET
 import zlib
 from typing import IO, Iterator
 
 import mwparserfromhell
-from absl import logging
 from mwparserfromhell.nodes import (
     Argument,
     Comment,
@@ -49,6 +49,8 @@ from mwparserfromhell.nodes import (
     Text,
     Wikilink,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +199,7 @@ def iter_pages(
 
 def _record_error(stats: DumpStats, path: str, message: str) -> None:
     stats.errors.append(message)
-    logging.warning("%s: %s; keeping the %d pages read before it", path, message, stats.pages)
+    log.warning("%s: %s; keeping the %d pages read before it", path, message, stats.pages)
 
 
 def _read_page(page: ET.Element, namespaces: _Namespaces, stats: DumpStats):
@@ -243,7 +245,7 @@ def read_dump(path: str, stats: DumpStats | None = None, progress=None) -> Itera
             text = wikitext_to_text(wikitext, prefixes)
         except Exception as e:  # mwparserfromhell is robust, but a dump is big
             text = ""
-            logging.warning("%s: page %r could not be parsed (%s); skipped", path, title, e)
+            log.warning("%s: page %r could not be parsed (%s); skipped", path, title, e)
         if not text:
             stats.empty += 1
             continue
@@ -435,19 +437,3 @@ def _clean_line(line: str) -> str:
     line = _SPACES.sub(" ", line)
     line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)
     return line.strip()
-
-
-def main(argv=None) -> None:  # pragma: no cover - debugging aid
-    """`python -m tfchat.wikipedia DUMP [N]`: prints the first N articles."""
-    import sys
-
-    args = argv if argv is not None else sys.argv[1:]
-    n = int(args[1]) if len(args) > 1 else 3
-    for i, article in enumerate(read_dump(args[0])):
-        if i >= n:
-            break
-        print(f"=== {article.title} ({article.page_id})\n{article.text[:2000]}\n")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,22 +1,27 @@
-"""The custom distributed training loop shared by pretraining and fine-tuning.
+"""The one distributed training loop: every stage (pretraining, fine-tuning, and the objectives to come).
 
 Not `model.fit`: under Keras 3.15 it breaks with MultiWorkerMirroredStrategy
 (keras-team/keras#20585, tensorflow/tensorflow#72388) and
 `steps_per_execution > 1` fails with more than one replica. Instead, a
 `tf.function` step runs `strategy.run` on a distributed dataset:
 
-* each dataset element is one optimizer step: `[accum, micro_batch, T]` per
-  replica, so gradient accumulation is a loop inside the replica step;
-* the loss is summed over tokens, and gradients are all-reduced once and
-  divided by the *global* number of unmasked target tokens;
-* the global gradient norm is clipped, then AdamW applies it (no weight decay
-  on norms, biases and embeddings) with linear warmup + cosine decay;
+* each dataset element is one optimizer step: `[accum, micro_batch, ...]`
+  per replica, so gradient accumulation is a loop inside the replica step;
+* the objective (`training.objectives`) returns sums over its micro-batch;
+  sums and gradients are all-reduced once and divided by the *global*
+  weight (e.g. the number of unmasked target tokens);
+* the global gradient norm is clipped, then AdamW applies it
+  (`training.optimizer`);
 * bf16/fp16 mixed precision (fp16 with dynamic loss scaling), optional XLA
   for the forward/backward computation.
 
-Checkpoints (model, optimizer, step, dropout RNG state, loss scale) go through
-`tf.train.CheckpointManager`; the data position is the step count, replayed
-on resume by skipping that many elements of the deterministic pipeline.
+Around the step, the loop is a few named parts: `_log` (TensorBoard,
+console), `_evaluate_and_log` (held-out sums, sample generations),
+`save_checkpoint` / `save_model_dir`, and a signal handler that saves before
+anything else. Checkpoints (model, optimizer, step, dropout RNG state, loss
+scale) go through `tf.train.CheckpointManager`; the data position is the
+step count, replayed on resume by skipping that many elements of the
+deterministic pipeline.
 """
 
 from __future__ import annotations
@@ -33,18 +38,21 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from tfchat.checkpoint.model_dir import save_model
 from tfchat.config import GPTConfig
-from tfchat.model import build_gpt
-from tfchat.model_dir import save_model
-from tfchat.tokenizer import Tokenizer
-from training import flops
+from tfchat.model import flops_per_token
+from tfchat.text.tokenizer import Tokenizer
+from training.hardware import measure_peak_flops
+from training.objectives import LanguageModeling, Objective
+from training.optimizer import make_optimizer
+from training.run_dir import RunDirectory
 from training.strategy import is_chief, worker_dir
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
-
-
 @dataclasses.dataclass
 class TrainConfig:
     """Optimisation settings. `batch_size` is global: sequences per optimizer step."""
@@ -101,40 +109,8 @@ class TrainingError(RuntimeError):
     """A failure the user must act on (NaN loss, incompatible checkpoint...)."""
 
 
-class _AdamW(keras.optimizers.AdamW):
-    # The train step all-reduces gradients once itself (to clip the *global*
-    # norm before the update); Keras must not sum them across replicas again.
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        return grads_and_vars
-
-
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    warmup = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else cfg.lr,
-        warmup_target=cfg.lr if warmup else None,
-        warmup_steps=warmup,
-        decay_steps=max(cfg.steps - warmup, 1),
-        alpha=cfg.min_lr_ratio,
-    )
-    opt = _AdamW(
-        learning_rate=schedule, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=1e-8,
-        name="adamw",
-    )
-    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "embedding"])
-    return opt
-
-
-def token_loss(model: keras.Model, batch: dict, training: bool):
-    """(sum of masked token cross-entropies, number of unmasked tokens), float32."""
-    logits = model(batch["token_ids"], training=training)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"], logits=logits)
-    mask = tf.cast(batch["loss_mask"], tf.float32)
-    return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
-
-
 class Trainer:
-    """Trains a GPT under a tf.distribute strategy, with checkpoints, summaries and resume.
+    """Trains a model under a tf.distribute strategy, with checkpoints, summaries and resume.
 
     Args:
         config: the model shape.
@@ -143,12 +119,14 @@ class Trainer:
         strategy: from `training.strategy.make_strategy`.
         out_dir: run directory: `model/`, `checkpoints/`, `logs/`, `run.json`.
         train_dataset: `fn(input_context, micro_batch) -> tf.data.Dataset` of
-            dicts `token_ids`, `targets`, `loss_mask` `[micro_batch, T]`;
+            the batches the objective reads (for language modelling, dicts
+            `token_ids`, `targets`, `loss_mask` `[micro_batch, T]`);
             deterministic and repeating.
-        eval_dataset: same contract, finite, for held-out loss (optional).
+        eval_dataset: same contract, finite, for held-out metrics (optional).
         init_weights: `fn(model)` that loads starting weights (fine-tuning).
         sample_prompts: token-id prompts for sample generations in TensorBoard.
-        metadata: stored in the model directory's marker file.
+        metadata: stored in `run.json` and the model directory's marker file.
+        objective: what to optimise; default `LanguageModeling()`.
     """
 
     def __init__(
@@ -163,8 +141,11 @@ class Trainer:
         init_weights: Callable[[keras.Model], None] | None = None,
         sample_prompts: Sequence[Sequence[int]] = (),
         metadata: dict | None = None,
+        objective: Objective | None = None,
     ):
         self.config, self.tokenizer, self.cfg, self.strategy = config, tokenizer, train_cfg, strategy
+        self.objective = objective or LanguageModeling()
+        self.run = RunDirectory(out_dir)
         self.out_dir = out_dir
         self.chief = is_chief(strategy)
         self.metadata = dict(metadata or {})
@@ -176,13 +157,10 @@ class Trainer:
 
         keras.utils.set_random_seed(train_cfg.seed)
         with strategy.scope():
-            self.model = build_gpt(config, dtype=PRECISIONS[train_cfg.precision])
+            self.model = self.objective.build_model(config, PRECISIONS[train_cfg.precision])
             if init_weights is not None:
                 init_weights(self.model)
-            self.optimizer = make_optimizer(train_cfg)
-            # Built here, not lazily inside a replica context, where AdamW fails
-            # with "You must feed a value for placeholder tensor ...".
-            self.optimizer.build(self.model.trainable_variables)
+            self.optimizer = make_optimizer(train_cfg, self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.loss_scale = tf.Variable(2.0**15 if train_cfg.precision == "fp16" else 1.0, trainable=False)
             self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -200,36 +178,38 @@ class Trainer:
     # -- distributed steps ------------------------------------------------
 
     def _make_train_step(self):
-        model, cfg, accum = self.model, self.cfg, self.accum
+        model, cfg, accum, objective = self.model, self.cfg, self.accum, self.objective
         variables = model.trainable_variables
         fp16 = cfg.precision == "fp16"
 
         def grads_of(micro):
             with tf.GradientTape() as tape:
-                loss_sum, tokens = token_loss(model, micro, training=True)
-                scaled = loss_sum * self.loss_scale if fp16 else loss_sum
+                sums = objective.sums(model, micro, training=True)
+                scaled = sums["loss"] * self.loss_scale if fp16 else sums["loss"]
             grads = tape.gradient(scaled, variables)
-            return loss_sum, tokens, [tf.cast(g, tf.float32) for g in grads]
+            if accum > 1:  # accumulation adds them up: embedding gradients arrive as IndexedSlices
+                grads = [tf.convert_to_tensor(g) for g in grads]
+            return sums, [tf.cast(g, tf.float32) for g in grads]
 
         if cfg.xla:
             grads_of = tf.function(grads_of, jit_compile=True)
 
         def replica_step(batch):
             if accum == 1:
-                loss_sum, tokens, grads = grads_of({k: v[0] for k, v in batch.items()})
+                sums, grads = grads_of({k: v[0] for k, v in batch.items()})
             else:
-                def body(i, loss_sum, tokens, grads):
-                    l, n, g = grads_of({k: v[i] for k, v in batch.items()})
-                    return i + 1, loss_sum + l, tokens + n, [a + b for a, b in zip(grads, g)]
+                def body(i, sums, grads):
+                    s, g = grads_of({k: v[i] for k, v in batch.items()})
+                    return i + 1, {k: sums[k] + s[k] for k in sums}, [a + b for a, b in zip(grads, g)]
 
-                zeros = [tf.zeros(v.shape, tf.float32) for v in variables]
-                _, loss_sum, tokens, grads = tf.while_loop(
-                    lambda i, *_: i < accum, body, (tf.constant(0), 0.0, 0.0, zeros)
-                )
+                first_sums, first_grads = grads_of({k: v[0] for k, v in batch.items()})
+                _, sums, grads = tf.while_loop(lambda i, *_: i < accum, body, (tf.constant(1), first_sums, first_grads))
             ctx = tf.distribute.get_replica_context()
-            loss_sum, tokens, *grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss_sum, tokens, *grads])
-            tokens = tf.maximum(tokens, 1.0)
-            grads = [g / (tokens * self.loss_scale) for g in grads]
+            names = sorted(sums)
+            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [sums[k] for k in names] + grads)
+            sums, grads = dict(zip(names, reduced[: len(names)])), reduced[len(names):]
+            weight = tf.maximum(sums.pop("weight"), 1.0)
+            grads = [g / (weight * self.loss_scale) for g in grads]
             norm = tf.linalg.global_norm(grads)
             finite = tf.math.is_finite(norm)
             grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip, use_norm=norm)
@@ -243,12 +223,12 @@ class Trainer:
                 tf.cond(finite, apply, lambda: tf.constant(False))
             else:
                 apply()
-            return loss_sum / tokens, norm, finite
+            return {k: v / weight for k, v in sums.items()}, norm, finite
 
         @tf.function
         def train_step(iterator):
-            loss, norm, finite = self.strategy.run(replica_step, args=(next(iterator),))
-            loss = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+            means, norm, finite = self.strategy.run(replica_step, args=(next(iterator),))
+            means = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in means.items()}
             norm = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)
             finite = self.strategy.experimental_local_results(finite)[0]
             if fp16:
@@ -258,18 +238,15 @@ class Trainer:
                 self.loss_scale.assign(tf.where(grow, new_scale * 2, new_scale))
                 self.good_steps.assign(tf.where(grow, tf.zeros_like(self.good_steps), self.good_steps))
             self.step.assign_add(1)
-            return loss, norm
+            return means, norm
 
         return train_step
 
     def _make_eval_step(self):
         @tf.function
         def eval_step(batch):
-            loss_sum, tokens = self.strategy.run(lambda b: token_loss(self.model, b, training=False), args=(batch,))
-            return (
-                self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
-                self.strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None),
-            )
+            sums = self.strategy.run(lambda b: self.objective.sums(self.model, b, training=False), args=(batch,))
+            return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in sums.items()}
 
         return eval_step
 
@@ -285,50 +262,50 @@ class Trainer:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def evaluate(self, batches: int | None = None) -> dict:
-        """Held-out loss and perplexity over up to `batches` batches."""
+        """Held-out loss (and perplexity, and the objective's metrics) over up to `batches` batches."""
         if self._eval_dataset_fn is None:
             return {}
         batches = batches or self.cfg.eval_batches
         micro = self.micro_batch
+
         def dataset_fn(ctx):
             ds = self._eval_dataset_fn(ctx, micro)
             # Workers must run the same number of collective steps.
             return (ds.repeat() if ctx.num_input_pipelines > 1 else ds).take(batches)
 
-        dist = self.strategy.distribute_datasets_from_function(dataset_fn)
-        total, tokens = 0.0, 0.0
-        for batch in dist:
-            l, n = self._eval_step(batch)
-            total, tokens = total + float(l), tokens + float(n)
-        if tokens == 0:
+        totals: dict[str, float] = {}
+        for batch in self.strategy.distribute_datasets_from_function(dataset_fn):
+            for k, v in self._eval_step(batch).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        weight = totals.pop("weight", 0.0)
+        if weight == 0:
             raise TrainingError("the validation data yielded no tokens")
-        loss = total / tokens
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+        results = {k: v / weight for k, v in totals.items()}
+        results["perplexity"] = math.exp(min(results["loss"], 50.0))
+        results["tokens"] = weight
+        return results
 
     # -- checkpoints ----------------------------------------------------------
 
     def restore(self, resume: bool) -> int:
         """Restores the latest checkpoint when `resume`; returns the step to start from."""
-        run_file = os.path.join(self.out_dir, "run.json")
         latest = self.manager.latest_checkpoint
         if latest and not resume:
             raise TrainingError(
                 f"{self.out_dir} already holds checkpoints; pass --resume to continue it or choose another --out"
             )
         if latest:
-            if os.path.exists(run_file):
-                with open(run_file) as f:
-                    saved = json.load(f).get("model_config")
-                if saved and saved != self.config.to_dict():
-                    raise TrainingError(
-                        f"checkpoint in {self.ckpt_dir} is for another model shape ({_diff(saved, self.config.to_dict())}); "
-                        "use a new --out or the same preset/flags"
-                    )
+            saved = self.run.read_record().get("model_config")
+            if saved and saved != self.config.to_dict():
+                raise TrainingError(
+                    f"checkpoint in {self.ckpt_dir} is for another model shape ({_diff(saved, self.config.to_dict())}); "
+                    "use a new --out or the same preset/flags"
+                )
             try:
                 self.checkpoint.restore(latest).assert_existing_objects_matched()
             except (ValueError, AssertionError, tf.errors.OpError) as e:
                 raise TrainingError(f"cannot restore checkpoint {latest}: {e}") from e
-            logging.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
+            log.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
 
     def save_checkpoint(self) -> None:
@@ -336,40 +313,37 @@ class Trainer:
         self.manager.save(checkpoint_number=int(self.step.numpy()))
 
     def save_model_dir(self, extra: dict | None = None) -> None:
-        if not self.chief:
-            return
-        weights_model = self.model
-        if self.model.dtype_policy.name != "float32":
-            weights_model = build_gpt(self.config, dtype="float32")
-            weights_model.set_weights(self.model.get_weights())
-        save_model(
-            os.path.join(self.out_dir, "model"), weights_model, self.tokenizer, self.config,
-            metadata={**self.metadata, "step": int(self.step.numpy()), **(extra or {})},
-        )
+        if self.chief:
+            save_model(self.run.model_dir, self.model, self.tokenizer, self.config,
+                       metadata={**self.metadata, "step": int(self.step.numpy()), **(extra or {})})
 
     # -- the loop ---------------------------------------------------------
 
     def _on_signal(self, signum, frame):
-        logging.warning("Received signal %d: saving a checkpoint after this step", signum)
+        log.warning("Received signal %d: saving a checkpoint after this step", signum)
         self._stop_signal = signum
 
     def train(self, resume: bool = True, progress: bool = True) -> dict:
-        """Runs until `cfg.steps`; returns final metrics. Re-running resumes."""
+        """Runs until `cfg.steps`; returns final metrics. Re-running resumes; a finished run returns its record."""
         cfg = self.cfg
         if self.chief:
             os.makedirs(self.out_dir, exist_ok=True)
         start = self.restore(resume)
+        if start >= cfg.steps:
+            recorded = self.run.final_metrics()
+            log.info("%s is complete at step %d (of %d); nothing to do", self.out_dir, start, cfg.steps)
+            return {"step": start, **recorded, "complete": True}
         if self.chief:
-            _write_json(os.path.join(self.out_dir, "run.json"), {
-                "model_config": self.config.to_dict(), "train_config": dataclasses.asdict(self.cfg),
-                "strategy": type(self.strategy).__name__, "replicas": self.replicas, **self.metadata,
+            self.run.write_record({
+                "model_config": self.config.to_dict(), "train_config": dataclasses.asdict(cfg),
+                "objective": self.objective.name, "strategy": type(self.strategy).__name__,
+                "replicas": self.replicas, **self.metadata,
             })
         writer = tf.summary.create_file_writer(os.path.join(worker_dir(self.out_dir, self.strategy), "logs"))
-        tokens_per_step = cfg.batch_size * cfg.seq_len
-        step_flops = flops.flops_per_token(self.config, cfg.seq_len) * tokens_per_step
-        peak = flops.measure_peak_flops("bfloat16" if cfg.precision == "bf16" else "float16" if cfg.precision == "fp16" else "float32", seconds=0.5)
         with writer.as_default(step=start):
-            tf.summary.text("config", "```\n" + json.dumps({"model": self.config.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n```")
+            tf.summary.text("config", "```\n" + json.dumps(
+                {"model": self.config.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n```")
+        self._meter = _Throughput(self.config, cfg)
 
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         metrics: dict = {"step": start}
@@ -380,54 +354,39 @@ class Trainer:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
-            window_start, window_steps = time.perf_counter(), 0
             step = start
             while step < cfg.steps:
-                profiling = cfg.profile_steps and step == cfg.profile_steps[0] and self.chief
-                if profiling:
+                profiling = cfg.profile_steps and self.chief
+                if profiling and step == cfg.profile_steps[0]:
                     tf.profiler.experimental.start(os.path.join(self.out_dir, "logs"))
-                loss, norm = self._train_step(iterator)
-                loss, norm = float(loss), float(norm)
+                means, norm = self._train_step(iterator)
+                means, norm = {k: float(v) for k, v in means.items()}, float(norm)
                 step += 1
-                window_steps += 1
-                if cfg.profile_steps and step == cfg.profile_steps[1] and self.chief:
+                if profiling and step == cfg.profile_steps[1]:
                     tf.profiler.experimental.stop()
-                if not math.isfinite(loss):
+                if not math.isfinite(means["loss"]):
                     raise TrainingError(
-                        f"loss is {loss} at step {step}; the last good checkpoint is kept in {self.ckpt_dir}. "
+                        f"loss is {means['loss']} at step {step}; the last good checkpoint is kept in {self.ckpt_dir}. "
                         "Lower --lr, use --precision fp32, or check the data"
                     )
-                metrics.update(step=step, loss=loss, grad_norm=norm)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    elapsed = time.perf_counter() - window_start
-                    tps = window_steps * tokens_per_step / elapsed
-                    lr = float(self.optimizer.learning_rate)
-                    mfu = window_steps * step_flops / elapsed / peak
-                    metrics.update(tokens_per_sec=tps, mfu=mfu, lr=lr)
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("train/loss", loss)
-                        tf.summary.scalar("train/lr", lr)
-                        tf.summary.scalar("train/grad_norm", norm)
-                        tf.summary.scalar("train/tokens_per_sec", tps)
-                        tf.summary.scalar("train/mfu", mfu)
-                    window_start, window_steps = time.perf_counter(), 0
-                    if bar is None and self.chief:
-                        logging.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s, MFU %.1f%%",
-                                     step, cfg.steps, loss, lr, norm, tps, 100 * mfu)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}")
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    metrics.update(self._evaluate_and_log(writer, step))
-                if step % cfg.save_every == 0 and step < cfg.steps:
-                    self.save_checkpoint()
-                if self._stop_signal is not None:
+                metrics.update(step=step, grad_norm=norm, **means)
+                self._meter.tick()
+                if self._stop_signal is not None:  # save first: a SIGTERM grace period is short
                     self.save_checkpoint()
                     self.save_model_dir()
                     writer.flush()
                     raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at step {step}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    metrics.update(self._log(writer, step, means, norm, console=bar is None))
+                if step % cfg.save_every == 0 and step < cfg.steps:
+                    self.save_checkpoint()
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    metrics.update(self._evaluate_and_log(writer, step))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(_postfix(metrics), refresh=False)
             self.save_checkpoint()
-            self.save_model_dir({k: metrics[k] for k in ("loss", "val_loss") if k in metrics})
+            self.save_model_dir({k: metrics[k] for k in ("loss", "val_loss", "val_perplexity") if k in metrics})
         finally:
             if bar is not None:
                 bar.close()
@@ -436,41 +395,81 @@ class Trainer:
             writer.flush()
         return metrics
 
+    def _log(self, writer, step: int, means: dict, norm: float, console: bool) -> dict:
+        tps, mfu = self._meter.window()
+        lr = float(self.optimizer.learning_rate)
+        with writer.as_default(step=step):
+            for name, value in means.items():
+                tf.summary.scalar(f"train/{name}", value)
+            tf.summary.scalar("train/lr", lr)
+            tf.summary.scalar("train/grad_norm", norm)
+            tf.summary.scalar("train/tokens_per_sec", tps)
+            tf.summary.scalar("train/mfu", mfu)
+        if console and self.chief:
+            log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s, MFU %.1f%%",
+                     step, self.cfg.steps, means["loss"], lr, norm, tps, 100 * mfu)
+        return {"tokens_per_sec": tps, "mfu": mfu, "lr": lr}
+
     def _evaluate_and_log(self, writer, step: int) -> dict:
         results = self.evaluate()
         out = {}
         with writer.as_default(step=step):
-            if results:
-                tf.summary.scalar("val/loss", results["loss"])
-                tf.summary.scalar("val/perplexity", results["perplexity"])
-                out = {"val_loss": results["loss"], "val_perplexity": results["perplexity"]}
+            for name, value in results.items():
+                if name != "tokens":
+                    tf.summary.scalar(f"val/{name}", value)
+                    out[f"val_{name}"] = value
             if self.sample_prompts and self.chief:
                 for i, text in enumerate(self.samples()):
                     tf.summary.text(f"samples/{i}", text)
+        if results and self.chief:
+            log.info("step %d: held-out loss %.4f (perplexity %.1f)", step, results["loss"], results["perplexity"])
         return out
 
     def samples(self, max_new_tokens: int = 48) -> list[str]:
         """Sample continuations of `sample_prompts` with the current weights (markdown-ready)."""
-        from tfchat import generation
+        from tfchat.inference import generation
 
         out = []
         for prompt in self.sample_prompts:
             tokens, lengths = generation.generate(
                 self.model, tf.ragged.constant([prompt], dtype=tf.int32),
                 max_new_tokens=min(max_new_tokens, self.config.block_size // 2),
-                temperature=0.8, top_k=40, seed=self.cfg.seed, stop_ids=[self.tokenizer.end_id, self.tokenizer.eot_id],
+                temperature=0.8, top_k=40, seed=self.cfg.seed, stop_ids=self.tokenizer.special.stop_ids,
             )
             new = tokens[0, : int(lengths[0])].numpy().tolist()
             out.append(f"**{self.tokenizer.decode(prompt)}** {self.tokenizer.decode(new)}")
         return out
 
 
+class _Throughput:
+    """Tokens per second and MFU over the steps since the last `window()`."""
+
+    def __init__(self, config: GPTConfig, cfg: TrainConfig):
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len
+        self.step_flops = flops_per_token(config, cfg.seq_len) * self.tokens_per_step
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.precision, "float32")
+        self.peak = measure_peak_flops(dtype, seconds=0.5)
+        self.start, self.steps = time.perf_counter(), 0
+
+    def tick(self) -> None:
+        self.steps += 1
+
+    def window(self) -> tuple[float, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        tps = self.steps * self.tokens_per_step / elapsed
+        mfu = self.steps * self.step_flops / elapsed / self.peak
+        self.start, self.steps = time.perf_counter(), 0
+        return tps, mfu
+
+
+def _postfix(metrics: dict) -> dict:
+    shown = {"loss": f"{metrics['loss']:.3f}"}
+    if "val_loss" in metrics:
+        shown["val"] = f"{metrics['val_loss']:.3f}"
+    if "tokens_per_sec" in metrics:
+        shown["tok_s"] = f"{metrics['tokens_per_sec']:,.0f}"
+    return shown
+
+
 def _diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)

@@ -1,11 +1,16 @@
 """The model directory: the one folder format training writes and everything else reads.
 
     MODEL_DIR/
-      tfchat.json         {"format": "tfchat-model", "version": 1, ...metadata}
+      tfchat.json         {"format": "tfchat-model", "version": 2, ...metadata}
       config.json         GPTConfig as JSON
-      model.weights.h5    Keras weights of `build_gpt(config)`
+      model.safetensors   every weight, keyed by its Keras path ("block_0/attn/c_attn/kernel")
       tokenizer/          tokenizer.json + tokenizer.model (SentencePiece)
                           or vocab.json + merges.txt (GPT-2 BPE)
+
+Weights are keyed by path, not by the Keras object graph, so a backbone's
+weights load into any head built on it (a reward model from a chat model)
+and the layout survives refactoring. Version 1 directories (Keras
+`model.weights.h5`, written before tfchat 0.2) still load.
 
 Writes are atomic: everything goes to a temporary sibling folder that is then
 renamed into place, so an interrupted save leaves the previous directory intact.
@@ -14,7 +19,7 @@ Example:
 
 >>> import tempfile
 >>> from tfchat import GPTConfig, build_gpt, train_tokenizer
->>> tok = train_tokenizer(["some text to learn from"] * 20, vocab_size=300)
+>>> tok = train_tokenizer(["some text to learn from"] * 20, vocab_size=400)
 >>> cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)
 >>> path = tempfile.mkdtemp() + "/m"
 >>> save_model(path, build_gpt(cfg), tok, cfg)
@@ -30,17 +35,21 @@ import os
 import shutil
 import tempfile
 
+from typing import Mapping
+
 import keras
+import numpy as np
 
 from tfchat.config import GPTConfig
 from tfchat.model import build_gpt
-from tfchat.tokenizer import Tokenizer, load_tokenizer
+from tfchat.text.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "tfchat-model"
-VERSION = 1
+VERSION = 2
 MARKER_FILE = "tfchat.json"
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
+WEIGHTS_FILE = "model.safetensors"
+LEGACY_WEIGHTS_FILE = "model.weights.h5"  # version 1
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -65,7 +74,7 @@ def save_model(
     try:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(config.to_json())
-        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+        save_weights(model, os.path.join(tmp, WEIGHTS_FILE))
         tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
         # Written last: a directory with the marker is complete.
         with open(os.path.join(tmp, MARKER_FILE), "w") as f:
@@ -74,6 +83,55 @@ def save_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_weights(model: keras.Model, path: str) -> None:
+    """Writes every weight of `model` as float32, keyed by its Keras path, to a safetensors file."""
+    from safetensors.numpy import save_file
+
+    tensors = {v.path: np.ascontiguousarray(keras.ops.convert_to_numpy(v.value), np.float32) for v in model.weights}
+    if len(tensors) != len(model.weights):
+        raise ValueError("two weights of the model share a path; cannot save it by path")
+    save_file(tensors, path, metadata={"format": "tfchat"})
+
+
+def assign_weights(model: keras.Model, weights: Mapping[str, np.ndarray], where: str, strict: bool = True) -> None:
+    """Sets `model`'s variables from {Keras path: array}, checking names and shapes.
+
+    With `strict=False`, weights the model lacks (another head's) are ignored;
+    every variable of the model must still be given.
+    """
+    variables = {v.path: v for v in model.weights}
+    missing = sorted(set(variables) - set(weights))
+    extra = sorted(set(weights) - set(variables))
+    if missing or (strict and extra):
+        raise ValueError(f"{where}: weight names do not match the model: missing {missing[:3]}, extra {extra[:3]}")
+    for name, var in variables.items():
+        if tuple(var.shape) != tuple(weights[name].shape):
+            raise ValueError(f"{where}: {name}: the model expects {tuple(var.shape)}, the file has {weights[name].shape}")
+        var.assign(weights[name])
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+    """{Keras path: float32 array} of a model directory's weights file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read weights ({e})") from e
+
+
+def legacy_layout(model: keras.Model) -> keras.Model:
+    """`model`'s layers wired as the flat functional GPT tfchat 0.1 built, whose Keras weights file
+    (`model.weights.h5`, model directory version 1) has that layout; loading into it fills `model`."""
+    backbone = model.backbone
+    token_ids = keras.Input(shape=(None,), dtype="int32")
+    x = backbone.embeddings(token_ids)
+    for block in backbone.blocks:
+        x = block(x)
+    return keras.Model(token_ids, backbone.embeddings(backbone.final_norm(x), reverse=True))
 
 
 def _replace_dir(src: str, dst: str) -> None:
@@ -146,10 +204,14 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
         )
     model = build_gpt(config, dtype=dtype)
     weights = os.path.join(path, WEIGHTS_FILE)
-    if not os.path.isfile(weights):
+    legacy = os.path.join(path, LEGACY_WEIGHTS_FILE)
+    if os.path.isfile(weights):
+        assign_weights(model, read_weights(weights), weights)
+    elif os.path.isfile(legacy) and metadata.get("version", 1) == 1:
+        try:
+            legacy_layout(model).load_weights(legacy)
+        except Exception as e:  # h5py/keras raise assorted types for truncated or foreign files
+            raise ValueError(f"{legacy}: cannot load weights ({type(e).__name__}: {e})") from e
+    else:
         raise FileNotFoundError(f"model weights missing: {weights}")
-    try:
-        model.load_weights(weights)
-    except Exception as e:  # h5py/keras raise assorted types for truncated or foreign files
-        raise ValueError(f"{weights}: cannot load weights ({type(e).__name__}: {e})") from e
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, metadata=metadata)

@@ -1,0 +1,1 @@
+"""Data: one reader per source format, shared I/O and splits, and tf.data batches for each objective."""

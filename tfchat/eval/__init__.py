@@ -1,0 +1,1 @@
+"""Evaluation: the one log-prob primitive and every metric."""

@@ -1,0 +1,1 @@
+"""Inference: sampling settings and the one generation loop (XLA-free, for SavedModel signatures too)."""

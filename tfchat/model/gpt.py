@@ -1,0 +1,43 @@
+"""The GPT as a whole: `build_gpt(config)`, and its size and cost read from the config.
+
+Example:
+
+>>> import numpy as np
+>>> from tfchat.config import GPTConfig
+>>> cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
+>>> model = build_gpt(cfg)
+>>> model(np.array([[1, 2, 3]], "int32")).shape
+TensorShape([1, 3, 50])
+>>> param_count(cfg) == model.count_params()
+True
+"""
+
+from __future__ import annotations
+
+from tfchat.config import GPTConfig
+from tfchat.model.backbone import GPTBackbone
+from tfchat.model.heads import CausalLM
+
+
+def build_gpt(config: GPTConfig, dtype: str | None = None) -> CausalLM:
+    """The language model for `config`: int32 ids [B, T] -> float32 logits [B, T, vocab].
+
+    Args:
+        config: the model shape.
+        dtype: a Keras dtype policy name ("float32", "mixed_bfloat16",
+            "mixed_float16"); default: the global policy.
+    """
+    return CausalLM(GPTBackbone(config, dtype=dtype))
+
+
+def param_count(config: GPTConfig, exclude_positions: bool = False) -> int:
+    """Parameters of `build_gpt(config)`; `exclude_positions` leaves out the position table (nanoGPT's count)."""
+    c, n = config.n_embd, config.n_layer
+    per_block = 2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c)
+    positions = 0 if exclude_positions else config.block_size * c
+    return config.vocab_size * c + positions + n * per_block + 2 * c
+
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6N + 12·L·C·T (PaLM appendix B, as nanoGPT)."""
+    return 6 * param_count(config, exclude_positions=True) + 12 * config.n_layer * config.n_embd * seq_len

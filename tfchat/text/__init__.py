@@ -1,0 +1,1 @@
+"""Text: the tokenizer, the special-token registry and the chat template."""
