@@ -33,3 +33,7 @@ def data_tokenizer():
     from tfchat.text.tokenizer import train_tokenizer
 
     return train_tokenizer(_CORPUS * 20, vocab_size=400)
+
+
+# Commands run in this process (`main([...])`) leave file descriptor 2 to pytest's capture.
+os.environ.setdefault("TFCHAT_RAW_STDERR", "1")

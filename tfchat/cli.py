@@ -6,10 +6,12 @@ flags and print `--help` before paying for TensorFlow. A command then calls
 
 * configures Python logging once, in absl's format (`I1126 02:15:13 file.py:12] message`),
   written above any tqdm progress bar instead of through it;
-* imports TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing,
-  absl's "All log messages before absl::InitializeLog()" banner) captured:
-  shown again only with `--verbose`, `TFCHAT_LOG_LEVEL=debug`, or when the
-  import fails.
+* filters the C++ chatter TensorFlow, TF Text and SentencePiece print on
+  stderr by themselves (oneDNN and CUDA probing, absl's "All log messages
+  before absl::InitializeLog()" banner, per-op info lines), so that only
+  real messages and the progress bar reach the terminal; `--verbose` or
+  `TFCHAT_LOG_LEVEL=debug` shows everything;
+* imports TensorFlow.
 
 `run(main)` turns failures into one line and an exit code: 2 for usage
 errors (`UsageError`, argparse), 1 for runtime failures, 130 for Ctrl-C.
@@ -25,16 +27,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import errno
 import logging
 import os
+import re
 import sys
-import tempfile
+import threading
 from typing import Callable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOG_LEVEL_ENV = "TFCHAT_LOG_LEVEL"
+RAW_STDERR_ENV = "TFCHAT_RAW_STDERR"
 LOG_FORMAT = "%(levelname).1s%(asctime)s %(filename)s:%(lineno)d] %(message)s"
 LOG_DATEFMT = "%m%d %H:%M:%S"
 
@@ -126,52 +131,102 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-@contextlib.contextmanager
-def _captured_stderr_fd():
-    """Sends file descriptor 2 (C++ logging) to a temporary file; yields a function returning what was caught."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+# C++ log lines TensorFlow, TF Text and SentencePiece print on their own: absl's format
+# ("I0000 00:00:1795662059.360097   17112 port.cc:153] ..."), and a few continuation lines.
+_NOISE = re.compile(
+    rb"^(?:[IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*"
+    rb"|E\d{4} [\d:.]+\s+\d+ \S+:\d+\] (?:failed call to cuInit|oneDNN supports).*"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|To enable the following instructions: .*"
+    rb"|normalizer\.cc\(\d+\) LOG\(INFO\) .*)$"
+)
 
 
-def import_tensorflow(verbose: bool = False):
-    """Imports TensorFlow (and TF Text, Keras) with their start-up messages hidden unless verbose.
+class _StderrFilter:
+    """Puts a pipe in place of file descriptor 2 and forwards everything but `_NOISE` lines to the real stderr.
 
-    Nothing here initialises the TF runtime (listing physical devices does
-    not), so a MultiWorkerMirroredStrategy can still be built afterwards.
+    C++ libraries write to fd 2 directly, past Python's logging; filtering the
+    descriptor is the one place that catches them all, progress bars and
+    Python's own writes keep their order. Segments are split at newlines and
+    carriage returns, so a log line that lands in the middle of a progress
+    bar is dropped without breaking the bar.
     """
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    if is_verbose(verbose):
-        import tensorflow as tf
 
-        return tf
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _captured_stderr_fd() as caught:
+    def __init__(self):
+        sys.stderr.flush()
+        self.original = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.read = read
+        self.thread = threading.Thread(target=self._forward, name="tfchat-stderr", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def _forward(self) -> None:
+        pending = b""
+        while True:
+            chunk = os.read(self.read, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            out, start = [], 0
+            for match in re.finditer(rb"[\r\n]", pending):
+                segment = pending[start:match.end()]
+                if not _NOISE.match(segment[:-1]):
+                    out.append(segment)
+                start = match.end()
+            pending = pending[start:]
+            # A partial segment that cannot be noise (noise starts like a log line) is shown at once.
+            if pending and not _could_be_noise(pending):
+                out.append(pending)
+                pending = b""
+            if out:
+                os.write(self.original, b"".join(out))
+        if pending and not _NOISE.match(pending):
+            os.write(self.original, pending)
+
+    def close(self) -> None:
         try:
-            import tensorflow as tf
-            import tensorflow_text  # noqa: F401  (registers ops; logs like TF)
-            import keras  # noqa: F401
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.original, 2)  # closes the pipe's last write end: the thread drains and stops
+        self.thread.join(timeout=5)
 
-            tf.config.list_physical_devices()  # CUDA probing logs here, once
-        except BaseException:
-            text = caught()
-            sys.stderr.write(text)
-            raise
-    return tf
+
+def _could_be_noise(partial: bytes) -> bool:
+    return bool(re.match(rb"^(?:[IWE]\d{0,4}(?: |$)|WARNING: All|To enable|normalizer)", partial)) or len(partial) < 12
+
+
+_stderr_filter: _StderrFilter | None = None
+
+
+def filter_stderr() -> None:
+    """Hides C++ start-up and info chatter for the rest of the process (once; not with --verbose)."""
+    global _stderr_filter
+    if _stderr_filter is None:
+        _stderr_filter = _StderrFilter()
+
+
+def import_tensorflow() -> None:
+    """Imports TensorFlow, TF Text (registers its ops) and Keras. Nothing here starts the TF runtime,
+    so a MultiWorkerMirroredStrategy can still be built afterwards."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+    import tensorflow_text  # noqa: F401
 
 
 def setup(verbose: bool = False) -> None:
-    """Logging, then a quiet TensorFlow import: call once at the start of a command, after parsing flags."""
+    """Logging, the stderr filter, then TensorFlow: call once at the start of a command, after parsing flags.
+
+    `TFCHAT_RAW_STDERR=1` leaves file descriptor 2 alone (the test suite sets it).
+    """
     setup_logging(verbose)
-    import_tensorflow(verbose)
+    if not is_verbose(verbose) and os.environ.get(RAW_STDERR_ENV) != "1":
+        filter_stderr()
+    import_tensorflow()
     if not is_verbose(verbose):
         import absl.logging
 

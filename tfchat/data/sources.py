@@ -363,7 +363,7 @@ def documents_dataset(
     with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     stats = meta["stats"]
-    log.info("%s [%s]: %s", source, split, ReadStats.from_json(stats).summary())
+    log.debug("%s [%s]: %s", source, split, ReadStats.from_json(stats).summary())
     files = [os.path.join(directory, name) for name in meta["shards"][split]]
     if not files or not stats["kept"].get(split):
         raise ValueError(
