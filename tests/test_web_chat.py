@@ -653,10 +653,62 @@ def test_markdown_is_rendered_and_model_output_cannot_inject_markup(chat, served
     # A follow-up; the page as the README shows it (TFCHAT_SCREENSHOT=docs/web-chat.png).
     chat.say("And for a string?")
     if os.environ.get("TFCHAT_SCREENSHOT"):
-        page.set_viewport_size({"width": 1100, "height": 720})
-        page.evaluate("""() => { const log = document.getElementById('log'), q = document.querySelector('.msg.user');
-            log.scrollTop = q.getBoundingClientRect().top - log.getBoundingClientRect().top + log.scrollTop - 12; }""")
+        page.set_viewport_size({"width": 1100, "height": 900})
+        page.wait_for_function("() => [...document.querySelectorAll('.code button')].every(b => b.textContent === 'Copy')")
+        page.evaluate("document.getElementById('log').scrollTop = 1e6")
         page.screenshot(path=os.environ["TFCHAT_SCREENSHOT"])
+
+
+RENDERED = [  # (Markdown, the HTML the page's renderer builds for it)
+    ("a *b* c **d** __e__ ~~f~~ ***g***", "<p>a <em>b</em> c <strong>d</strong> <strong>e</strong> <del>f</del> "
+                                         "<strong><em>g</em></strong></p>"),
+    ("snake_case_name, 2 * 3 * 4, a\\*b\\*, **open", "<p>snake_case_name, 2 * 3 * 4, a*b*, **open</p>"),
+    ("*a `*` b* `x <y>`", "<p><em>a <code>*</code> b</em> <code>x &lt;y&gt;</code></p>"),
+    ("line one\nline two", "<p>line one<br>line two</p>"),
+    ("# One\n###### Six", "<h3>One</h3><h6>Six</h6>"),
+    ("Steps:\n1. a\n2. b\n\n3. c\n4. d", "<p>Steps:</p><ol><li><p>a</p></li><li><p>b</p></li><li><p>c</p></li>"
+                                          "<li><p>d</p></li></ol>"),
+    ("4. four\n5. five", '<ol start="4"><li>four</li><li>five</li></ol>'),
+    ("In\n2019. it rained", "<p>In<br>2019. it rained</p>"),
+    ("- [ ] todo\n- [x] done", '<ul><li class="task"><input type="checkbox" disabled="" aria-label="not done"> todo</li>'
+                               '<li class="task"><input type="checkbox" disabled="" aria-label="done"> done</li></ul>'),
+    ("- a\n  - b\n    - c", "<ul><li>a<ul><li>b<ul><li>c</li></ul></li></ul></li></ul>"),
+    ("> q\n> r\n>> s", "<blockquote><p>q<br>r</p><blockquote><p>s</p></blockquote></blockquote>"),
+    ("***\n---", "<hr><hr>"),
+    ("| a | b |\n|:--|--:|\n| `x|y` | <i>2</i> |",
+     '<div class="table"><table><thead><tr><th style="text-align: left;">a</th><th style="text-align: right;">b</th>'
+     '</tr></thead><tbody><tr><td style="text-align: left;"><code>x|y</code></td><td style="text-align: right;">'
+     '&lt;i&gt;2&lt;/i&gt;</td></tr></tbody></table></div>'),
+    ("[ok](https://a.example/x_(y) \"T\") <https://b.example> see http://c.example/p.",
+     '<p><a href="https://a.example/x_(y)" target="_blank" rel="noopener noreferrer nofollow" title="T">ok</a> '
+     '<a href="https://b.example/" target="_blank" rel="noopener noreferrer nofollow">https://b.example</a> see '
+     '<a href="http://c.example/p" target="_blank" rel="noopener noreferrer nofollow">http://c.example/p</a>.</p>'),
+    ("[a](javascript:alert(1)) [b](JaVaScRiPt:alert(1)) [c]( java\tscript:x) [d](data:text/html,x) [e](vbscript:x)",
+     "<p>a b [c]( java\tscript:x) d e</p>"),
+    ("![alt](https://img.example/p.png)",
+     '<p><a href="https://img.example/p.png" target="_blank" rel="noopener noreferrer nofollow">🖼 alt</a></p>'),
+    ("<script>alert(1)</script><img src=x onerror=alert(1)>",
+     "<p>&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</p>"),
+]
+
+
+def test_markdown_renderer(chat):
+    """The renderer itself, case by case, in Chromium: what it builds, and that hostile or huge input stays text."""
+    page = chat.page
+    for source, expected in RENDERED:
+        html = page.evaluate("""s => { const d = document.createElement('div'); d.append(tfchat.markdown.render(s));
+                                       return d.innerHTML; }""", source)
+        assert html == expected, source
+    code = page.evaluate("""() => { const d = document.createElement('div');
+        d.append(tfchat.markdown.render('~~~js\\n</pre><b>x</b>\\n~~~\\n\\n```\\nstill streaming'));
+        return [...d.querySelectorAll('pre code')].map(c => [c.className, c.textContent]); }""")
+    assert code == [["language-js", "</pre><b>x</b>"], ["", "still streaming"]]  # an unclosed fence: code to the end
+    # Pathological input (unmatched delimiters, deep nesting) renders, as text where nothing matches.
+    for source, word in [("*a " * 3000, None), ("[" * 5000 + "](x", None), ("> " * 3000 + "deep", "deep"),
+                         ("- " * 500 + "deep", "deep"), ("*" * 2000 + "a" + "*" * 2000, "a"), ("**a " * 2000 + "b**" * 9, "b")]:
+        text = page.evaluate("s => { const d = document.createElement('div'); d.append(tfchat.markdown.render(s)); return d.textContent; }",
+                             source)
+        assert _squash(text) == _squash(source) if word is None else word in text
 
 
 def test_imported_markup_is_inert(chat, tmp_path):
@@ -670,6 +722,25 @@ def test_imported_markup_is_inert(chat, tmp_path):
     assert chat.titles() == ["<img src=x onerror=window.pwned=1>"]
     assert chat.users() == ["<script>window.pwned=2</script>"]
     _no_injection(page)
+
+
+def test_a_hostile_model_name_is_only_text(browser, served, monkeypatch):
+    """The model's name goes into the title, header and a meta tag escaped, and the CSP hash still matches."""
+    _, backend, _ = served
+    name = '</title><script>window.pwned=1</script>"><b onclick=x>tf'
+    monkeypatch.setattr(backend, "name", name)
+    server = ServerThread(create_app(backend))
+    url = server.start()
+    page = browser.new_page()
+    try:
+        chat = Chat(page, url).open()
+        assert page.title() == name and page.inner_text("h1") == name
+        assert page.get_attribute("#input", "placeholder") == "Message " + name  # the script ran (CSP hash matched)
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("script").count() == 1 and page.locator("b").count() == 0
+    finally:
+        page.close()
+        server.stop()
 
 
 def test_usage_sources_and_content_filter_from_the_stream(chat, served, monkeypatch):
