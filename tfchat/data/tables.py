@@ -221,7 +221,7 @@ def open_table(spec: TableSpec) -> Table:
     evaluation, and a Hub lookup is slow).
 
     Raises:
-        ValueError / FileNotFoundError / ConnectionError / ImportError: one line naming what exists.
+        ValueError / FileNotFoundError / ConnectionError / RuntimeError: one line naming what exists.
     """
     stamps = tuple((os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in spec.files)
     return _open_table(spec, stamps)
@@ -238,8 +238,8 @@ def _open_table(spec: TableSpec, stamps: tuple) -> Table:
 def _import_datasets():
     try:
         import datasets
-    except ImportError:
-        raise ImportError(f"hf: sources need the Hugging Face datasets library: {INSTALL_HINT}") from None
+    except ImportError:  # a RuntimeError: commands report it in one line
+        raise RuntimeError(f"hf: sources need the Hugging Face datasets library: {INSTALL_HINT}") from None
     return datasets
 
 
