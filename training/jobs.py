@@ -27,6 +27,9 @@ from training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
+# A new tokenizer learns from at most this many documents: SentencePiece samples 2M sentences anyway, and a
+# streamed Wikipedia must not be read whole before the first step.
+TOKENIZER_DOCUMENTS = 200_000
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
 
@@ -83,8 +86,8 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
     log.info("Training a %d-token SentencePiece tokenizer on %s", vocab_size, opts.data)
     start = time.perf_counter()
-    texts = (t.decode("utf-8") for t in documents_dataset(opts.data, "train", text_column=opts.columns.text)
-             .as_numpy_iterator())
+    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text).take(TOKENIZER_DOCUMENTS)
+    texts = (t.decode("utf-8") for t in docs.as_numpy_iterator())
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
     return tok

@@ -248,7 +248,7 @@ def read_messages_jsonl(path: str, stats: ReadStats, columns: Columns | None = N
 
 def read_table(spec: str, stats: ReadStats, columns: Columns | None = None) -> Iterator[tuple[str, str, object]]:
     """One conversation per row of a table (`hf:...`, Parquet); the shape is judged once, from the columns."""
-    table = tables.open_table(tables.parse_table(spec))
+    table = tables.open_table(tables.parse_table(spec), streaming=False)  # read whole at every evaluation
     shape = row_shape(table.column_names, columns)
     if shape is None:
         raise _shape_error(spec, table.column_names, columns)

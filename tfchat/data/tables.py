@@ -8,8 +8,10 @@ A table source is a `--data` string:
 - `hf:NAME[:CONFIG][@SPLIT]`: read with the `datasets` library
   (`pip install 'tfchat[hf]'`, imported only here and only then):
   a Hub dataset (`hf:wikimedia/wikipedia:20231101.en`) is streamed
-  (`streaming=True`); offline (`HF_DATASETS_OFFLINE=1` or `HF_HUB_OFFLINE=1`)
-  it is read from the local Hugging Face cache. `NAME` may also be a
+  (`streaming=True`) as pretraining text, and downloaded once into the
+  Hugging Face cache as conversations (fine-tuning reads them all at every
+  evaluation); offline (`HF_DATASETS_OFFLINE=1` or `HF_HUB_OFFLINE=1`) it is
+  read from that cache. `NAME` may also be a
   directory written by `save_to_disk` (a `Dataset`, or a `DatasetDict` whose
   split `@SPLIT` names), a local dataset folder (data files, or a README
   that declares configs), or a loading script (`datasets` < 4 only).
@@ -216,20 +218,21 @@ class StreamTable(Table):
         yield from part.iter(batch_size=BATCH_ROWS)
 
 
-def open_table(spec: TableSpec) -> Table:
+def open_table(spec: TableSpec, streaming: bool = True) -> Table:
     """Opens a table, once per process while its files are unchanged (pipelines are rebuilt for every
-    evaluation, and a Hub lookup is slow).
+    evaluation, and a Hub lookup is slow). `streaming=False` downloads a Hub set into the Hugging Face
+    cache once instead of streaming it (for what is read whole, again and again: conversations).
 
     Raises:
         ValueError / FileNotFoundError / ConnectionError / RuntimeError: one line naming what exists.
     """
     stamps = tuple((os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in spec.files)
-    return _open_table(spec, stamps)
+    return _open_table(spec, stamps, streaming)
 
 
 @functools.lru_cache(maxsize=8)
-def _open_table(spec: TableSpec, stamps: tuple) -> Table:
-    return ParquetTable(spec) if spec.files else _open_hf(spec)
+def _open_table(spec: TableSpec, stamps: tuple, streaming: bool) -> Table:
+    return ParquetTable(spec) if spec.files else _open_hf(spec, streaming)
 
 
 # --------------------------------------------------------- Hugging Face
@@ -263,7 +266,7 @@ def _choose(names: Sequence[str], wanted: str | None, what: str, spec: TableSpec
     return wanted
 
 
-def _open_hf(spec: TableSpec) -> Table:
+def _open_hf(spec: TableSpec, streaming: bool) -> Table:
     datasets = _import_datasets()
     path = os.path.expanduser(spec.hf_path)
     if os.path.isdir(path) and _is_saved_to_disk(path):
@@ -289,7 +292,7 @@ def _open_hf(spec: TableSpec) -> Table:
                              "folder of its data files")
         kwargs["trust_remote_code"] = True  # the user named this local script
     # Hub sets stream; local folders and scripts, and the cache when offline, are prepared once as Arrow files.
-    streaming = not local and not _offline(datasets)
+    streaming = streaming and not local and not _offline(datasets)
     try:
         try:
             loaded = datasets.load_dataset(path, spec.hf_config, streaming=streaming, **kwargs)
