@@ -363,8 +363,9 @@ def documents(table: Table, chunk: int, text_column: str, split: str) -> Iterato
     wanted = [text_column] + [c for c in (key_col, title_col) if c and c != text_column]
     for batch in table.batches(chunk, wanted):
         texts = batch.column(text_column).to_pylist()
-        keys = batch.column(key_col).to_pylist() if key_col else [None] * len(texts)
-        titles = batch.column(title_col).to_pylist() if title_col else [None] * len(texts)
+        names = batch.schema.names  # a Parquet file may lack the key or title column that the first one has
+        keys = batch.column(key_col).to_pylist() if key_col in names else [None] * len(texts)
+        titles = batch.column(title_col).to_pylist() if title_col in names else [None] * len(texts)
         out = []
         for text, key, title in zip(texts, keys, titles):
             if not isinstance(text, str) or not text.strip():
