@@ -236,6 +236,9 @@ def test_finetune_batches_from_a_table_equal_those_from_jsonl(data_tokenizer, tm
 def test_error_missing_column_names_the_columns(parquet_glob, data_tokenizer):
     with pytest.raises(ValueError, match=r"no column 'body' \(columns: id, url, title, text\).*--text-column"):
         pipeline.pretrain_dataset(parquet_glob, data_tokenizer, SEQ, 2, text_column="body")
+    with pytest.raises(ValueError, match=r"column 'id' holds int64, not text"):
+        docs(write_parquet(os.path.join(os.path.dirname(parquet_glob), "ints.parquet"), [{"id": 1, "text": "x"}]),
+             text_column="id")
     with pytest.raises(ValueError, match=r"no conversation columns \(columns: id, url, title, text\)"):
         dialogues.load_conversations(parquet_glob)
     with pytest.raises(ValueError, match=r"no column 'reply' \(columns: id, url, title, text\)"):

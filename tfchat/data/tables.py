@@ -131,6 +131,7 @@ class Table:
     num_chunks: int
     column_names: list[str]
     description: str
+    schema = None  # a pyarrow.Schema, when known before reading
 
     def batches(self, chunk: int, columns: Sequence[str]) -> Iterator:
         raise NotImplementedError
@@ -162,7 +163,8 @@ class ParquetTable(Table):
             except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet files
                 raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
         self.schemas = [m.schema.to_arrow_schema() for m in self.metadata]
-        self.column_names = list(self.schemas[0].names)
+        self.schema = self.schemas[0]
+        self.column_names = list(self.schema.names)
         self.chunks = [(f, g) for f, m in enumerate(self.metadata) for g in range(m.num_row_groups)
                        if m.row_group(g).num_rows]
         self.num_chunks = len(self.chunks)
@@ -190,6 +192,7 @@ class ArrowTable(Table):
 
     def __init__(self, spec: str, dataset, origin: str):
         self.spec, self.dataset = spec, dataset
+        self.schema = dataset.features.arrow_schema
         self.column_names = list(dataset.column_names)
         self.num_chunks = -(-len(dataset) // CHUNK_ROWS)
         self.description = f"{origin}, {len(dataset)} rows"
@@ -206,6 +209,7 @@ class StreamTable(Table):
 
     def __init__(self, spec: str, dataset, origin: str):
         self.spec, self.dataset = spec, dataset
+        self.schema = dataset.features.arrow_schema if dataset.features else None
         self.column_names = dataset.column_names or list(next(iter(dataset.take(1)), {}))
         self.num_chunks = max(dataset.num_shards, 1)
         self.description = f"{origin}, streamed from {dataset.num_shards} shard(s)"
@@ -346,6 +350,13 @@ def document_columns(table: Table, text_column: str) -> tuple[str | None, str | 
     """(key column, title column) of a text table: the key names a document for the held-out split
     (`id`, else `title`, else the text's hash: the rule of JSONL sources); a title is put before the text."""
     table.require(text_column, "--text-column")
+    if table.schema is not None:
+        import pyarrow as pa
+
+        kind = table.schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            raise ValueError(f"{table.spec}: column {text_column!r} holds {kind}, not text; name the text column "
+                             f"with --text-column (columns: {', '.join(table.column_names)})")
     names = table.column_names
     key = "id" if "id" in names else "title" if "title" in names else None
     title = "title" if "title" in names and text_column != "title" else None
