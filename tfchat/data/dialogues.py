@@ -252,6 +252,9 @@ def read_table(spec: str, stats: ReadStats, columns: Columns | None = None) -> I
     shape = row_shape(table.column_names, columns)
     if shape is None:
         raise _shape_error(spec, table.column_names, columns)
+    for column in (shape.messages, shape.prompt, shape.response):  # in every Parquet file, not only the first
+        if column:
+            table.require(column, "--messages-column or --prompt-column/--response-column")
     log.info("%s: %s; conversations from %s", spec, table.description, ", ".join(shape.columns))
     for i, row in enumerate(table.iter_rows(shape.columns)):
         stats.read += 1
