@@ -255,7 +255,7 @@ def read_table(spec: str, stats: ReadStats, columns: Columns | None = None) -> I
     for column in (shape.messages, shape.prompt, shape.response):  # in every Parquet file, not only the first
         if column:
             table.require(column, "--messages-column or --prompt-column/--response-column")
-    log.info("%s: %s; conversations from %s", spec, table.description, ", ".join(shape.columns))
+    log.debug("%s: %s; conversations from %s", spec, table.description, ", ".join(shape.columns))
     for i, row in enumerate(table.iter_rows(shape.columns)):
         stats.read += 1
         yield f"{spec}[{i}]", spec, messages_from_row(row, shape)

@@ -434,7 +434,7 @@ def _table_documents(spec: tables.TableSpec, split: str, text_column: str, num: 
     if tables.first_chunk_with_documents(table, text_column, split) is None:
         raise ValueError(f"{spec.spec}: no documents in the {split!r} split (column {text_column!r}); the held-out "
                          f"split is {VALIDATION_PERCENT}% of documents by id, so a tiny source may have none")
-    log.info("%s [%s]: %s; documents from column %r", spec.spec, split, table.description, text_column)
+    log.debug("%s [%s]: %s; documents from column %r", spec.spec, split, table.description, text_column)
 
     def read(chunk):
         return tf.data.Dataset.from_generator(
