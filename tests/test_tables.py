@@ -197,7 +197,7 @@ def test_row_shapes(row, columns, want):
 
 
 def test_conversations_from_parquet_save_to_disk_and_jsonl(hf, tmp_path):
-    rows = [row for row, columns, _ in SHAPES[:2] + SHAPES[4:5]]
+    rows = [row for row, _, _ in SHAPES[:2] + SHAPES[4:5]]
     want = [[{"role": r, "content": c} for r, c in w] for _, _, w in SHAPES]
     write_parquet(tmp_path / "openai.parquet", [SHAPES[0][0]] * 3)
     assert dialogues.load_conversations(str(tmp_path / "openai.parquet")) == [want[0]] * 3

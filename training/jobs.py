@@ -152,7 +152,8 @@ def finetune(opts: JobOptions) -> dict:
     def data(split):
         def fn(ctx, batch):
             return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", pack=opts.pack, columns=opts.columns)
+                                    input_context=ctx, repeat=split == "train", pack=opts.pack,
+                                    columns=opts.columns)
         return fn
 
     prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]

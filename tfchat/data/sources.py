@@ -431,7 +431,7 @@ def _table_documents(spec: tables.TableSpec, split: str, text_column: str, num: 
     there are enough, shuffled by `seed` each epoch), each chunk read by a Python generator."""
     table = tables.open_table(spec)
     tables.document_columns(table, text_column)  # a missing column fails here, in one line
-    if tables.first_chunk_with_documents(table, text_column, split) is None:
+    if not tables.has_documents(table, text_column, split):
         raise ValueError(f"{spec.spec}: no documents in the {split!r} split (column {text_column!r}); the held-out "
                          f"split is {VALIDATION_PERCENT}% of documents by id, so a tiny source may have none")
     log.debug("%s [%s]: %s; documents from column %r", spec.spec, split, table.description, text_column)

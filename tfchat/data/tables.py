@@ -251,7 +251,8 @@ def _import_datasets():
 
 
 def _offline(datasets) -> bool:
-    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False))
+    config = datasets.config
+    return bool(getattr(config, "HF_HUB_OFFLINE", False) or getattr(config, "HF_DATASETS_OFFLINE", False))
 
 
 def _is_saved_to_disk(path: str) -> bool:
@@ -339,8 +340,9 @@ def _hf_error(spec: TableSpec, e: Exception, datasets, local: bool) -> Exception
         return FileNotFoundError(f"{spec.spec}: {text} (private or gated sets need `hf auth login`)")
     if isinstance(e, FileNotFoundError) and not local:
         return FileNotFoundError(f"{spec.spec}: no such local directory, and not a dataset on the Hub ({text})")
-    return type(e)(f"{spec.spec}: {text}") if isinstance(e, (ValueError, FileNotFoundError)) else \
-        RuntimeError(f"{spec.spec}: {type(e).__name__}: {text}")
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return (ValueError if isinstance(e, ValueError) else FileNotFoundError)(f"{spec.spec}: {text}")
+    return RuntimeError(f"{spec.spec}: {type(e).__name__}: {text}")
 
 
 # ---------------------------------------------------------- documents
@@ -393,10 +395,8 @@ def documents(table: Table, chunk: int, text_column: str, split: str) -> Iterato
 
 
 @functools.lru_cache(maxsize=32)
-def first_chunk_with_documents(table: Table, text_column: str, split: str) -> int | None:
-    """The first chunk holding a document of `split` (None: there is none). Usually chunk 0: the
-    held-out split is a hash-chosen 5%, so this reads all of a table only when the split is empty."""
-    for chunk in range(table.num_chunks):
-        if next(documents(table, chunk, text_column, split), None) is not None:
-            return chunk
-    return None
+def has_documents(table: Table, text_column: str, split: str) -> bool:
+    """Whether `split` holds a document. The held-out split is a hash-chosen 5%, so the first chunk
+    usually answers; all of a table is read only when the split is empty."""
+    return any(next(documents(table, chunk, text_column, split), None) is not None
+               for chunk in range(table.num_chunks))
