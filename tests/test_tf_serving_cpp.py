@@ -17,7 +17,7 @@ import tensorflow_text
 
 from tfchat.text import chat_template
 from tfchat.inference.generation import generate, generate_text
-from tests.fixtures import tiny_export
+from tests.fixtures import MODERN, tiny_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "serving", "cpp", "run_saved_model.cc")
@@ -43,11 +43,12 @@ def binary(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["gpt2", "modern"])
+def exported(tmp_path_factory, request):
+    """GPT-2's architecture, and every option of GPTConfig at once (RoPE, RMSNorm, QK-norm, ReLU², untied, softcap)."""
     root = tmp_path_factory.mktemp("cpp_export")
     texts = ["Hello world. How are you today? I am fine.", "The quick brown fox jumps.", "你好，世界。"] * 30
-    return tiny_export(root, texts, vocab_size=430)
+    return tiny_export(root, texts, vocab_size=430, **(MODERN if request.param == "modern" else {}))
 
 
 def parse(stdout):
