@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from tfchat import cli
-from training.cli import add_training_flags, run_job, train_config
+from training.cli import add_content_filter_flags, add_training_flags, check_content_filter_flags, run_job, train_config
 
 DEFAULTS = dict(steps=300, batch_size=16, lr=5e-4, warmup_steps=30, eval_every=100, save_every=100, out="runs/chat")
 
@@ -23,12 +23,15 @@ def parser():
                    help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), or messages-JSONL files "
                         "(see python -m training.convert_dialogues)")
     g.add_argument("--pack", action="store_true", help="pack several conversations per sequence instead of padding")
+    add_content_filter_flags(p, "conversations (any message flagged)")
     add_training_flags(p, DEFAULTS)
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    check_content_filter_flags(p, args)
 
     def job() -> dict:
         from tfchat.checkpoint.model_dir import load_config
@@ -38,6 +41,7 @@ def main(argv=None) -> int:
         return finetune(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
             resume=args.resume, progress=args.progress, init_from=args.init_from, dropout=args.dropout, pack=args.pack,
+            content_filter=args.content_filter, filter_threshold=args.filter_threshold,
         ))
 
     return run_job(job, args, lambda out: [f"python -m serving.export --model {out} --out exports/tfchat",

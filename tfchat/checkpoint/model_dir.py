@@ -79,7 +79,7 @@ def save_model(
         # Written last: a directory with the marker is complete.
         with open(os.path.join(tmp, MARKER_FILE), "w") as f:
             json.dump({"format": FORMAT, "version": VERSION, **(metadata or {})}, f, indent=2)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -134,7 +134,8 @@ def legacy_layout(model: keras.Model) -> keras.Model:
     return keras.Model(token_ids, backbone.embeddings(backbone.final_norm(x), reverse=True))
 
 
-def _replace_dir(src: str, dst: str) -> None:
+def replace_dir(src: str, dst: str) -> None:
+    """Moves the finished folder `src` to `dst`, replacing a previous model directory there (never anything else)."""
     if os.path.exists(dst) and os.listdir(dst) and not is_model_dir(dst):
         raise FileExistsError(f"{dst} exists and is not a tfchat model directory; refusing to replace it")
     if not os.path.exists(dst) or not os.listdir(dst):
@@ -191,6 +192,8 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
         raise FileNotFoundError(f"{path} is not a tfchat model directory: {marker} missing") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{marker}: corrupt JSON ({e})") from e
+    if isinstance(metadata, dict) and metadata.get("format") == "tfchat-classifier":
+        raise ValueError(f"{path} is a classifier directory (python -m training.classify), not a language model")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ValueError(f"{marker}: not a tfchat model marker")
     if metadata.get("version", 0) > VERSION:
