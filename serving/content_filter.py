@@ -135,7 +135,7 @@ class FilteredBackend:
         """Streaming generation of screened text deltas; `request.future` then holds the Completion."""
         self.backend.validate(request)
         if self._refused(request):
-            return iter([self.refusal])
+            return (piece for piece in [self.refusal])  # a generator: callers close() it
         inner = dataclasses.replace(request, future=concurrent.futures.Future(), events=None)
         return self._screened(self.backend.stream(inner), inner, request)
 

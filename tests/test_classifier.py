@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from serving import export as export_cli
 from serving.exporter import op_types
-from tests.fixtures import separable_examples, tiny_moderation
+from tests.fixtures import separable_examples
 from tfchat.checkpoint.classifier_dir import load_classifier
 from tfchat.inference.classifier import ContentFilter, TextClassifier
 from tfchat.model.classifier import ClassifierConfig, build_classifier
@@ -19,8 +19,8 @@ from training import evaluate as evaluate_cli
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return tiny_moderation(tmp_path_factory.mktemp("classifier"))
+def trained(moderation_classifier):
+    return moderation_classifier
 
 
 def test_features_are_hashed_word_and_char_ngrams():

@@ -12,8 +12,9 @@
    spellings and inflections share features with known ones;
 3. each feature hashed (FarmHash fingerprint) into `buckets` ids.
 
-Only core TensorFlow string ops (and TF Text's pure-Python `ngrams`), so the
-layer exports into a SavedModel that stock TF Serving runs.
+Only core TensorFlow string ops, so the layer exports into a SavedModel that
+any TensorFlow runtime loads (stock TF Serving, C++ `LoadSavedModel`) without
+extra op libraries.
 
 Example:
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-import tensorflow_text as tf_text
 
 
 def words(text: tf.Tensor) -> tf.RaggedTensor:
@@ -37,6 +37,25 @@ def words(text: tf.Tensor) -> tf.RaggedTensor:
     text = tf.strings.regex_replace(text, r"(\p{Han})", r" \1 ")
     text = tf.strings.regex_replace(text, r"[^\pL\pN]+", " ")
     return tf.strings.split(text)
+
+
+def word_ngrams(w: tf.RaggedTensor, n: int) -> tf.RaggedTensor:
+    """The word n-grams of each row, joined by a space: ragged string [B, W] -> [B, max(W - n + 1, 0)]."""
+    flat, lengths = w.flat_values, w.row_lengths()
+    count = tf.maximum(lengths - (n - 1), 0)  # n-grams per row
+    # Start of each n-gram in `flat`: the first `count` word positions of every row.
+    starts = (tf.ragged.range(count) + tf.expand_dims(w.row_starts(), 1)).flat_values
+    grams = tf.strings.join([tf.gather(flat, starts + k) for k in range(n)], separator=" ")
+    return tf.RaggedTensor.from_row_lengths(grams, count)
+
+
+def char_ngrams(strings: tf.Tensor, n: int) -> tf.RaggedTensor:
+    """The character n-grams of each string: string [N] -> ragged string [N, max(chars - n + 1, 0)]."""
+    length = tf.strings.length(strings, unit="UTF8_CHAR")
+    starts = tf.ragged.range(tf.maximum(length - n + 1, 0))  # [N, None]
+    pos = tf.cast(starts.flat_values, tf.int32)
+    grams = tf.strings.substr(tf.repeat(strings, starts.row_lengths()), pos, tf.fill(tf.shape(pos), n), unit="UTF8_CHAR")
+    return tf.RaggedTensor.from_row_splits(grams, starts.row_splits)
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
@@ -64,17 +83,13 @@ class HashedNGrams(keras.layers.Layer):
         w = words(text)  # [B, W]
         if self.max_words:
             w = w[:, : self.max_words]
-        features = [w]
-        for n in range(2, self.word_ngrams + 1):
-            features.append(tf_text.ngrams(w, n, reduction_type=tf_text.Reduction.STRING_JOIN, string_separator=" "))
+        features = [w] + [word_ngrams(w, n) for n in range(2, self.word_ngrams + 1)]
         lo, hi = self.char_ngrams
-        if hi:
-            marked = tf.ragged.map_flat_values(lambda x: tf.strings.join(["<", x, ">"]), w)
-            chars = tf.strings.unicode_split(marked, "UTF-8")  # [B, W, C]
-            for n in range(lo, hi + 1):
-                grams = tf_text.ngrams(chars, n, axis=-1, reduction_type=tf_text.Reduction.STRING_JOIN, string_separator="")
-                features.append(grams.merge_dims(1, 2))  # [B, W * (C - n + 1)]
-        all_features = tf.concat(features, axis=1) if len(features) > 1 else features[0]
+        marked = tf.strings.join(["<", w.flat_values, ">"])  # [sum W]
+        for n in range(lo, hi + 1) if hi else ():
+            per_word = char_ngrams(marked, n)  # [sum W, None]
+            features.append(tf.RaggedTensor.from_row_splits(per_word, w.row_splits).merge_dims(1, 2))
+        all_features = tf.concat(features, axis=1)  # [B, F]
         return tf.ragged.map_flat_values(tf.strings.to_hash_bucket_fast, all_features, self.buckets)
 
     def get_config(self):
