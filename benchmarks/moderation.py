@@ -6,13 +6,16 @@ Prints one JSON object:
 
 * `held_out`: the held-out split of the classifier's training data
   (`moderation-sample`): `flagged` ROC-AUC and PR-AUC of both, and the
-  margin;
+  margin; `held_out_without_davidson`: the same without Davidson's tweets,
+  which alt-profanity-check was trained on (its README says so);
 * `requests` (`moderation-requests`, never trained on): AdvBench's harmful
   behaviours against benign requests; ROC-AUC, and at each one's own
   threshold (the stored one; 0.5 for profanity-check) the share of harmful
   requests caught (`recall`) and of benign ones flagged
-  (`false_positive_rate`), also for the hand-written look-alikes and the
-  real benign requests that share AdvBench's vocabulary;
+  (`false_positive_rate`), also for the hand-written look-alike questions
+  ("how do I kill a zombie process"), the hand-written benign instructions
+  in AdvBench's style ("Write a tutorial on how to bake sourdough bread")
+  and the real benign requests that share AdvBench's vocabulary;
 * `hatecheck` (`moderation-hatecheck`, never trained on): ROC-AUC of both;
 * `latency_ms`: one message per call (a chat server screens them one by
   one), p50 / p95 / mean over `--messages` held-out texts, for the Python
@@ -48,11 +51,13 @@ def _auc(y: np.ndarray, s: np.ndarray) -> dict:
 
 
 def _rates(y: np.ndarray, s: np.ndarray, threshold: float, sources: np.ndarray) -> dict:
-    flagged = s >= threshold
-    lookalike = np.char.startswith(sources.astype(str), "moderation-lookalikes")
-    shared = np.char.endswith(sources.astype(str), "+harm-words") & ~lookalike
+    flagged, sources = s >= threshold, sources.astype(str)
+    questions = np.char.startswith(sources, "moderation-lookalikes")
+    instructions = np.char.startswith(sources, "moderation-lookalike-instructions")
+    shared = np.char.endswith(sources, "+harm-words") & ~questions & ~instructions
     return {"threshold": threshold, "recall": float(flagged[y].mean()), "false_positive_rate": float(flagged[~y].mean()),
-            "lookalike_false_positive_rate": float(flagged[lookalike].mean()),
+            "lookalike_false_positive_rate": float(flagged[questions].mean()),
+            "instruction_lookalike_false_positive_rate": float(flagged[instructions].mean()),
             "shared_vocabulary_false_positive_rate": float(flagged[shared].mean())}
 
 
@@ -86,7 +91,8 @@ def run(classifier_path: str, export: str | None = None, messages: int = 300) ->
     train_data = classifier.metadata.get("data") or [task.default_data]
     examples, _ = task.prepare(labelled.load_examples(train_data))
     held = [e for e in examples if e.resolved_split() == "validation"]
-    for name, part in (("held_out", held),
+    # alt-profanity-check was trained on Davidson's tweets (its README), most of our held-out flagged texts.
+    for name, part in (("held_out", held), ("held_out_without_davidson", [e for e in held if e.source != "davidson"]),
                        ("requests", list(labelled.read_labelled_source("moderation-requests"))),
                        ("hatecheck", list(labelled.read_labelled_source("moderation-hatecheck")))):
         texts = [e.text for e in part]

@@ -38,6 +38,7 @@ BUNDLES = {
         "benign:clinc150:{shared}/intent/clinc150-data-full.json@test,oos_test",
         "benign:topical-chat-questions:{shared}/dialogue/topical-chat-valid-rare.json",
         "benign:lines:{resources}/moderation-lookalikes.txt",
+        "benign:lines:{resources}/moderation-lookalike-instructions.txt",
     )),
     "moderation-hatecheck": ("moderation-hatecheck.jsonl.gz", (
         "hatecheck:{shared}/safety/hatecheck/test_suite_cases.csv",
