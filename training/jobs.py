@@ -19,6 +19,7 @@ from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model,
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
 from tfchat.data.sources import documents_dataset
+from tfchat.data.tables import Columns
 from tfchat.text import chat_template
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.strategy import is_chief, make_strategy
@@ -26,6 +27,9 @@ from training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
+# A new tokenizer learns from at most this many documents: SentencePiece samples 2M sentences anyway, and a
+# streamed Wikipedia must not be read whole before the first step.
+TOKENIZER_DOCUMENTS = 200_000
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
 
@@ -40,6 +44,7 @@ class JobOptions:
     strategy: str = "auto"
     resume: bool = True
     progress: bool = True
+    columns: Columns = Columns()  # where table/JSONL rows hold the text or the conversation
     # pretrain only
     preset: str = "tiny"
     tokenizer: str | None = None
@@ -84,7 +89,8 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
     log.info("Training a %d-token SentencePiece tokenizer on %s", vocab_size, opts.data)
     start = time.perf_counter()
-    texts = (t.decode("utf-8") for t in documents_dataset(opts.data, "train").as_numpy_iterator())
+    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text).take(TOKENIZER_DOCUMENTS)
+    texts = (t.decode("utf-8") for t in docs.as_numpy_iterator())
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
     return tok
@@ -111,13 +117,14 @@ def write_filter_report(out: str, content_filter, unit: str, counts: dict | None
 
 
 def report_pretrain_filter(opts: JobOptions, content_filter) -> None:
-    """Filters a local source once (cached) and reports its counts; a TFDS source is filtered as it streams."""
+    """Filters a local source once (cached) and reports its counts; TFDS and table sources are filtered as
+    they stream."""
     import json
 
     from tfchat.data import sources
 
-    parsed = sources.parse_source(opts.data or sources.default_pretrain_source())
-    if parsed.tfds_name:
+    parsed = sources.parse_source(opts.data or sources.default_pretrain_source(), opts.columns.text)
+    if parsed.tfds_name or parsed.table:
         log.warning("content filter: %s is filtered as it streams; the counts are not known in advance", opts.data)
         write_filter_report(opts.out, content_filter, "documents", None)
         return
@@ -129,14 +136,15 @@ def report_pretrain_filter(opts: JobOptions, content_filter) -> None:
 def report_finetune_filter(opts: JobOptions, content_filter) -> None:
     """Flags every conversation of the data once (memoized for the pipelines) and reports the counts."""
     from tfchat.data import dialogues
+    from tfchat.inference.classifier import chunks
 
-    conversations = dialogues.load_conversations(opts.data or dialogues.default_dialogue_source())
-    flags = content_filter.flag_conversations(conversations)
     counts = {split: {"total": 0, "dropped": 0} for split in ("train", "validation")}
-    for conversation, flagged in zip(conversations, flags):
-        c = counts[dialogues.split_of(conversation)]
-        c["total"] += 1
-        c["dropped"] += int(flagged)
+    conversations = dialogues.iter_conversations(opts.data or dialogues.default_dialogue_source(), columns=opts.columns)
+    for part in chunks(conversations, 512):
+        for conversation, flagged in zip(part, content_filter.flag_conversations(part)):
+            c = counts[dialogues.split_of(conversation)]
+            c["total"] += 1
+            c["dropped"] += int(flagged)
     write_filter_report(opts.out, content_filter, "conversations", counts)
 
 
@@ -162,7 +170,8 @@ def pretrain(opts: JobOptions) -> dict:
     def data(split):
         def fn(ctx, batch):
             return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", content_filter=content_filter)
+                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
+                                    content_filter=content_filter)
         return fn
 
     trainer = Trainer(
@@ -206,7 +215,7 @@ def finetune(opts: JobOptions) -> dict:
         def fn(ctx, batch):
             return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
                                     input_context=ctx, repeat=split == "train", pack=opts.pack,
-                                    content_filter=content_filter)
+                                    columns=opts.columns, content_filter=content_filter)
         return fn
 
     prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]

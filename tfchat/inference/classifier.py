@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Sequence
+import itertools
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -195,6 +196,11 @@ class ContentFilter:
             i += len(ps)
         return out
 
+    def unflagged_conversations(self, conversations: Iterable[Sequence[dict]], chunk: int = 512) -> Iterator:
+        """The conversations no message of which is flagged, scored `chunk` at a time (streams)."""
+        for part in chunks(conversations, chunk):
+            yield from (c for c, flagged in zip(part, self.flag_conversations(part)) if not flagged)
+
     def flag_conversations(self, conversations: Sequence[Sequence[dict]]) -> np.ndarray:
         """bool [N]: is any message of each conversation (`{"role", "content"}` dicts) flagged?"""
         flags = self.flag_texts([m["content"] for c in conversations for m in c])
@@ -203,3 +209,10 @@ class ContentFilter:
             out[k] = flags[i:i + len(c)].any()
             i += len(c)
         return out
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to `size` consecutive items."""
+    it = iter(items)
+    while part := list(itertools.islice(it, size)):
+        yield part
