@@ -65,6 +65,8 @@ import os
 import re
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from tfchat.data import io
 from tfchat.data.io import SPLITS, ReadStats, open_text
 
@@ -521,10 +523,8 @@ TASKS = {
 }
 
 
-def targets(examples: Sequence[Example], labels: Sequence[str]) -> "np.ndarray":
+def targets(examples: Sequence[Example], labels: Sequence[str]) -> np.ndarray:
     """0/1 float32 targets [N, L] of examples over `labels` (labels outside the list are ignored)."""
-    import numpy as np
-
     index = {label: j for j, label in enumerate(labels)}
     out = np.zeros([len(examples), len(labels)], np.float32)
     for i, e in enumerate(examples):
