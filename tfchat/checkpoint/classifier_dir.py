@@ -31,7 +31,15 @@ import tempfile
 
 import keras
 
-from tfchat.checkpoint.model_dir import MARKER_FILE, WEIGHTS_FILE, assign_weights, read_weights, replace_dir, save_weights
+from tfchat.checkpoint.model_dir import (
+    MARKER_FILE,
+    WEIGHTS_FILE,
+    assign_weights,
+    read_marker,
+    read_weights,
+    replace_dir,
+    save_weights,
+)
 from tfchat.model.classifier import ClassifierConfig, build_classifier
 
 FORMAT = "tfchat-classifier"
@@ -89,19 +97,7 @@ def load_classifier(path: str) -> LoadedClassifier:
     path = resolve_classifier_dir(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"classifier directory not found: {path}; train one with python -m training.classify")
-    marker = os.path.join(path, MARKER_FILE)
-    try:
-        with open(marker) as f:
-            metadata = json.load(f)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path} is not a classifier directory: {marker} missing") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{marker}: corrupt JSON ({e})") from e
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a classifier directory (its {MARKER_FILE} says format "
-                         f"{metadata.get('format') if isinstance(metadata, dict) else None!r})")
-    if metadata.get("version", 0) > VERSION:
-        raise ValueError(f"{marker}: format version {metadata.get('version')} is newer than this tfchat ({VERSION})")
+    metadata = read_marker(path, FORMAT, VERSION, "classifier directory")
     config_path = os.path.join(path, CONFIG_FILE)
     try:
         with open(config_path) as f:

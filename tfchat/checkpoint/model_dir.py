@@ -161,6 +161,25 @@ def resolve_model_dir(path: str) -> str:
     return path
 
 
+def read_marker(path: str, fmt: str, version: int, what: str) -> dict:
+    """The metadata in directory `path`'s marker file, checked to be of format `fmt`, at most `version`;
+    errors name the file and, for a directory of another kind, what it is."""
+    marker = os.path.join(path, MARKER_FILE)
+    try:
+        with open(marker) as f:
+            metadata = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} is not a {what}: {marker} missing") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{marker}: corrupt JSON ({e})") from e
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != fmt:
+        raise ValueError(f"{path} is not a {what} (its {MARKER_FILE} says format {found!r})")
+    if metadata.get("version", 0) > version:
+        raise ValueError(f"{marker}: format version {metadata.get('version')} is newer than this tfchat ({version})")
+    return metadata
+
+
 def load_config(path: str) -> GPTConfig:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
@@ -184,20 +203,7 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
     path = resolve_model_dir(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
-    marker = os.path.join(path, MARKER_FILE)
-    try:
-        with open(marker) as f:
-            metadata = json.load(f)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path} is not a tfchat model directory: {marker} missing") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{marker}: corrupt JSON ({e})") from e
-    if isinstance(metadata, dict) and metadata.get("format") == "tfchat-classifier":
-        raise ValueError(f"{path} is a classifier directory (python -m training.classify), not a language model")
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{marker}: not a tfchat model marker")
-    if metadata.get("version", 0) > VERSION:
-        raise ValueError(f"{marker}: format version {metadata.get('version')} is newer than this tfchat ({VERSION})")
+    metadata = read_marker(path, FORMAT, VERSION, "tfchat model directory")
     config = load_config(path)
     tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
     if tokenizer.vocab_size > config.vocab_size:
