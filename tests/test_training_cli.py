@@ -61,6 +61,34 @@ def test_finetune_from_pretrained(pretrained, tmp_path):
     assert chat.tokenizer.special_ids == load_model(pretrained).tokenizer.special_ids
 
 
+def test_finetune_drops_conversations_the_content_filter_flags(pretrained, moderation_classifier, tmp_path):
+    import json
+
+    chats = tmp_path / "chats.jsonl"
+    rows = [[{"role": "user", "content": f"question number {i}"},
+             {"role": "assistant", "content": "you are a worthless idiot zed" if i % 4 == 0 else "thanks for the help zed"}]
+            for i in range(200)]
+    chats.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    out = str(tmp_path / "chat")
+    code = finetune.main(["--from", pretrained, "--data", str(chats), "--out", out, "--steps", "2", "--batch-size", "4",
+                          "--seq-len", "32", "--eval-every", "2", "--eval-batches", "1", "--no-progress",
+                          "--precision", "fp32", "--content-filter", moderation_classifier, "--filter-threshold", "0.9"])
+    assert code == 0
+    with open(os.path.join(out, "content_filter.json")) as f:
+        report = json.load(f)
+    assert report["unit"] == "conversations" and report["threshold"] == 0.9
+    assert sum(c["total"] for c in report["splits"].values()) == 200
+    assert sum(c["dropped"] for c in report["splits"].values()) == 50
+
+
+def test_content_filter_flags_need_a_classifier(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        finetune.main(["--filter-threshold", "0.5", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    code = pretrain.main([*SMALL, "--out", str(tmp_path / "r"), "--steps", "1", "--content-filter", str(tmp_path)])
+    assert code == 1 and "not a classifier directory" in capsys.readouterr().err
+
+
 def test_missing_data(tmp_path, capsys):
     assert pretrain.main([*SMALL, "--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope.txt")]) == 1
     assert "nope.txt" in capsys.readouterr().err

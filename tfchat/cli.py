@@ -73,6 +73,7 @@ positive_float = _typed(float, lambda v: v > 0 and v != float("inf"), "a number 
 non_negative_float = _typed(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 probability = _typed(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 fraction = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+unit_interval = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def port(text: str) -> int:

@@ -30,15 +30,18 @@ def _profile_steps(text: str) -> tuple[int, int]:
     return a, b
 
 
-def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
-    """Optimisation, distribution and bookkeeping flags; `defaults` sets per-job values."""
+def add_training_flags(p: argparse.ArgumentParser, defaults: dict, sequences: bool = True) -> None:
+    """Optimisation, distribution and bookkeeping flags; `defaults` sets per-job values.
+    `sequences=False` leaves out --seq-len (models that do not read token sequences)."""
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=cli.positive_int, default=defaults["steps"], help="optimizer steps in total")
     g.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
                    help="global batch in sequences per optimizer step")
     g.add_argument("--micro-batch-size", type=cli.positive_int, default=None,
                    help="sequences per replica per forward pass; smaller than batch-size/replicas means gradient accumulation")
-    g.add_argument("--seq-len", type=cli.positive_int, default=None, help="tokens per sequence (default: the model's context)")
+    if sequences:
+        g.add_argument("--seq-len", type=cli.positive_int, default=None,
+                       help="tokens per sequence (default: the model's context)")
     g.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="peak learning rate")
     g.add_argument("--min-lr-ratio", type=cli.non_negative_float, default=0.1, help="final lr as a fraction of --lr")
     g.add_argument("--warmup-steps", type=cli.non_negative_int, default=defaults["warmup_steps"], help="linear warmup steps")
@@ -74,6 +77,21 @@ def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
     g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A,B",
                    help="write a TF profiler trace for steps A..B into logs/")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def add_content_filter_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--content-filter DIR and --filter-threshold T: drop the training `what` a moderation classifier flags."""
+    g = p.add_argument_group("content filter")
+    g.add_argument("--content-filter", default=None, metavar="DIR",
+                   help=f"drop the {what} this moderation classifier flags (a python -m training.classify run "
+                        "directory or its export); counts go to the log and RUN/content_filter.json")
+    g.add_argument("--filter-threshold", type=cli.probability, default=None,
+                   help="flag at or above this 'flagged' score (default: the classifier's stored threshold)")
+
+
+def check_content_filter_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.filter_threshold is not None and args.content_filter is None:
+        p.error("--filter-threshold needs --content-filter")
 
 
 def train_config(args: argparse.Namespace, seq_len: int):

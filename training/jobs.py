@@ -56,6 +56,9 @@ class JobOptions:
     dropout: float | None = None
     init_from: str | None = None
     pack: bool = False
+    # both: drop what this moderation classifier flags
+    content_filter: str | None = None
+    filter_threshold: float | None = None
 
 
 def check_writable(out: str) -> None:
@@ -107,11 +110,66 @@ def _first_chars(documents, limit: int):
         yield text
 
 
+def load_content_filter(opts: JobOptions):
+    """The job's `ContentFilter`, or None without --content-filter."""
+    if not opts.content_filter:
+        return None
+    from tfchat.inference.classifier import ContentFilter
+
+    return ContentFilter.load(opts.content_filter, opts.filter_threshold)
+
+
+def write_filter_report(out: str, content_filter, unit: str, counts: dict | None) -> None:
+    """Logs what the filter dropped ({split: {"total", "dropped"}}; None: unknown) and writes RUN/content_filter.json."""
+    from training.run_dir import write_json_atomic
+
+    for split, c in (counts or {}).items():
+        log.info("content filter: dropped %d of %d %s in the %s split (%.2f%%)", c["dropped"], c["total"], unit, split,
+                 100 * c["dropped"] / max(c["total"], 1))
+    write_json_atomic(os.path.join(out, "content_filter.json"),
+                      {**content_filter.describe(), "unit": unit, "splits": counts})
+
+
+def report_pretrain_filter(opts: JobOptions, content_filter) -> None:
+    """Filters a local source once (cached) and reports its counts; TFDS and table sources are filtered as
+    they stream."""
+    import json
+
+    from tfchat.data import sources
+
+    parsed = sources.parse_source(opts.data or sources.default_pretrain_source(), opts.columns.text)
+    if parsed.tfds_name or parsed.table:
+        log.warning("content filter: %s is filtered as it streams; the counts are not known in advance", opts.data)
+        write_filter_report(opts.out, content_filter, "documents", None)
+        return
+    with open(os.path.join(sources.filter_documents(parsed, content_filter), "meta.json"), encoding="utf-8") as f:
+        counts = json.load(f)["content_filter"]["splits"]
+    write_filter_report(opts.out, content_filter, "documents", counts)
+
+
+def report_finetune_filter(opts: JobOptions, content_filter) -> None:
+    """Flags every conversation of the data once (memoized for the pipelines) and reports the counts."""
+    from tfchat.data import dialogues
+    from tfchat.inference.classifier import chunks
+
+    counts = {split: {"total": 0, "dropped": 0} for split in ("train", "validation")}
+    conversations = dialogues.iter_conversations(opts.data or dialogues.default_dialogue_source(), columns=opts.columns)
+    for part in chunks(conversations, 512):
+        for conversation, flagged in zip(part, content_filter.flag_conversations(part)):
+            c = counts[dialogues.split_of(conversation)]
+            c["total"] += 1
+            c["dropped"] += int(flagged)
+    write_filter_report(opts.out, content_filter, "conversations", counts)
+
+
 def pretrain(opts: JobOptions) -> dict:
     """Pretrains a GPT on a text source; returns the final metrics."""
     strategy = make_strategy(opts.strategy)
     if is_chief(strategy):
         check_writable(opts.out)
+    content_filter = load_content_filter(opts)
+    if content_filter is not None and is_chief(strategy):
+        report_pretrain_filter(opts, content_filter)
     run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
     tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
     if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
@@ -123,7 +181,8 @@ def pretrain(opts: JobOptions) -> dict:
     def data(split):
         def fn(ctx, batch):
             return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text)
+                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
+                                    content_filter=content_filter)
         return fn
 
     trainer = Trainer(
@@ -150,6 +209,9 @@ def finetune(opts: JobOptions) -> dict:
     strategy = make_strategy(opts.strategy)
     if is_chief(strategy):
         check_writable(opts.out)
+    content_filter = load_content_filter(opts)
+    if content_filter is not None and is_chief(strategy):
+        report_finetune_filter(opts, content_filter)
     source_dir = find_model_dir(opts.init_from)
     start = load_model(source_dir)
     config = start.config
@@ -164,7 +226,7 @@ def finetune(opts: JobOptions) -> dict:
         def fn(ctx, batch):
             return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
                                     input_context=ctx, repeat=split == "train", pack=opts.pack,
-                                    columns=opts.columns)
+                                    columns=opts.columns, content_filter=content_filter)
         return fn
 
     prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]
@@ -174,3 +236,82 @@ def finetune(opts: JobOptions) -> dict:
         metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
     )
     return trainer.train(resume=opts.resume, progress=opts.progress)
+
+
+@dataclasses.dataclass
+class ClassifyOptions:
+    """What `classify` needs (see `training.classify` for the flags)."""
+
+    out: str
+    task: str
+    data: list[str]
+    train: TrainConfig
+    model: dict = dataclasses.field(default_factory=dict)  # ClassifierConfig fields besides the labels
+    balance: float = 0.0  # source balancing of training batches (`labelled_batches`)
+    strategy: str = "auto"
+    resume: bool = True
+    progress: bool = True
+
+
+def classify(opts: ClassifyOptions) -> dict:
+    """Trains a text classifier on labelled data; stores per-label thresholds chosen on the held-out split.
+
+    Returns the final training metrics plus `held_out`: `tfchat.eval.classification` metrics of the
+    held-out split at the stored thresholds.
+    """
+    from tfchat.data import labelled
+    from tfchat.data.batches import labelled_batches
+    from tfchat.eval.classification import best_thresholds, classification_metrics
+    from tfchat.inference.classifier import batched_scores, keras_score_fn
+    from tfchat.model.classifier import ClassifierConfig
+    from training.objectives import Classification
+
+    task = labelled.TASKS[opts.task]
+    data = opts.data or [task.default_data]
+    strategy = make_strategy(opts.strategy)
+    if is_chief(strategy):
+        check_writable(opts.out)
+    examples, labels = task.prepare(labelled.load_examples(data))
+    split = {s: [e for e in examples if e.resolved_split() == s] for s in ("train", "validation")}
+    for s, part in split.items():
+        if not part:
+            raise ValueError(f"{', '.join(data)}: no examples in the {s!r} split ({len(examples)} in all; the held-out "
+                             "split is 5% of texts by hash, so a tiny set may have none: give some \"split\": "
+                             "\"validation\")")
+    config = ClassifierConfig(labels=tuple(labels), multi_label=task.multi_label, **opts.model)
+    cfg = opts.train
+    counts = {s: len(part) for s, part in split.items()}
+    log.info("classify %s on %s: %d labels (%s); %d train / %d held-out examples", task.name, ", ".join(data),
+             len(labels), ", ".join(labels), counts["train"], counts["validation"])
+
+    def batches(part):
+        texts, targets = [e.text for e in split[part]], labelled.targets(split[part], labels)
+        sources = [e.source for e in split[part]]
+
+        def fn(ctx, batch):
+            return labelled_batches(texts, targets, batch, sources=sources, balance=opts.balance, seed=cfg.seed,
+                                    input_context=ctx, repeat=part == "train")
+        return fn
+
+    metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
+                "label_counts": {label: int(n) for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
+    trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
+                      metadata=metadata, objective=Classification(task.multi_label))
+    metrics = trainer.train(resume=opts.resume, progress=opts.progress)
+    # Thresholds and held-out metrics of the final weights.
+    held_out = split["validation"]
+    scores = batched_scores(keras_score_fn(trainer.model, task.multi_label), [e.text for e in held_out], len(labels))
+    targets = labelled.targets(held_out, labels)
+    thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
+    result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
+                                    sources=[e.source for e in held_out], primary=labelled.FLAGGED)
+    trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result),
+                            **{k: v for k, v in metrics.items() if k == "loss" or k.startswith("val_")}})
+    return {**metrics, "held_out": result}
+
+
+def _summary(result: dict) -> dict:
+    """The headline numbers of `classification_metrics` (stored with the model)."""
+    keep = ("precision", "recall", "f1", "roc_auc", "pr_auc", "threshold", "support")
+    return {"examples": result["examples"], "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+            "labels": {label: {k: m[k] for k in keep} for label, m in result["labels"].items()}}

@@ -79,7 +79,7 @@ def save_model(
         # Written last: a directory with the marker is complete.
         with open(os.path.join(tmp, MARKER_FILE), "w") as f:
             json.dump({"format": FORMAT, "version": VERSION, **(metadata or {})}, f, indent=2)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -134,7 +134,8 @@ def legacy_layout(model: keras.Model) -> keras.Model:
     return keras.Model(token_ids, backbone.embeddings(backbone.final_norm(x), reverse=True))
 
 
-def _replace_dir(src: str, dst: str) -> None:
+def replace_dir(src: str, dst: str) -> None:
+    """Moves the finished folder `src` to `dst`, replacing a previous model directory there (never anything else)."""
     if os.path.exists(dst) and os.listdir(dst) and not is_model_dir(dst):
         raise FileExistsError(f"{dst} exists and is not a tfchat model directory; refusing to replace it")
     if not os.path.exists(dst) or not os.listdir(dst):
@@ -160,6 +161,25 @@ def resolve_model_dir(path: str) -> str:
     return path
 
 
+def read_marker(path: str, fmt: str, version: int, what: str) -> dict:
+    """The metadata in directory `path`'s marker file, checked to be of format `fmt`, at most `version`;
+    errors name the file and, for a directory of another kind, what it is."""
+    marker = os.path.join(path, MARKER_FILE)
+    try:
+        with open(marker) as f:
+            metadata = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} is not a {what}: {marker} missing") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{marker}: corrupt JSON ({e})") from e
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != fmt:
+        raise ValueError(f"{path} is not a {what} (its {MARKER_FILE} says format {found!r})")
+    if metadata.get("version", 0) > version:
+        raise ValueError(f"{marker}: format version {metadata.get('version')} is newer than this tfchat ({version})")
+    return metadata
+
+
 def load_config(path: str) -> GPTConfig:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
@@ -183,18 +203,7 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
     path = resolve_model_dir(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
-    marker = os.path.join(path, MARKER_FILE)
-    try:
-        with open(marker) as f:
-            metadata = json.load(f)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path} is not a tfchat model directory: {marker} missing") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{marker}: corrupt JSON ({e})") from e
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{marker}: not a tfchat model marker")
-    if metadata.get("version", 0) > VERSION:
-        raise ValueError(f"{marker}: format version {metadata.get('version')} is newer than this tfchat ({VERSION})")
+    metadata = read_marker(path, FORMAT, VERSION, "tfchat model directory")
     config = load_config(path)
     tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
     if tokenizer.vocab_size > config.vocab_size:
