@@ -4,7 +4,8 @@
 
 Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
 
-    curl -s localhost:8501/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
+    curl -s localhost:8501/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
     python -m serving.chat --server http://127.0.0.1:8501
 
 Routes: `serving/routes/tf_serving.py` (TF Serving REST), `serving/routes/openai.py`
@@ -32,6 +33,8 @@ def parser():
     p.add_argument("--max-batch", type=cli.positive_int, default=8, help="most generation requests decoded together")
     p.add_argument("--batch-wait-ms", type=cli.non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others to join")
+    p.add_argument("--max-request-bytes", type=cli.positive_int, default=1 << 20,
+                   help="largest request body; larger ones get HTTP 413 before they are read")
     return p
 
 
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)
         try:
-            uvicorn.run(create_app(backend), host=args.host, port=args.port, log_level="info")
+            uvicorn.run(create_app(backend, max_request_bytes=args.max_request_bytes), host=args.host, port=args.port,
+                        log_level="info")
         finally:
             if grpc_server:
                 grpc_server.stop(grace=1)

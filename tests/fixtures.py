@@ -1,6 +1,7 @@
 """Small shared fixtures: a tiny tokenizer and model shape, and a learnable synthetic dataset."""
 
 import functools
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -57,3 +58,14 @@ def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400, **architecture):
     save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
     loaded = load_model(str(root / "model"))
     return loaded, export(loaded, str(root / "tfchat"))
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` loopback ports free right now (for TF_CONFIG clusters and servers in tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
