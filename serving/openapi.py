@@ -32,8 +32,6 @@ _SAMPLING = {
     "seed": {"type": ["integer", "null"], "minimum": -(2**31), "maximum": 2**31 - 1},
     "n": {"type": "integer", "enum": [1]},
     "stream": {"type": "boolean", "description": "server-sent events ending with data: [DONE]"},
-    "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}},
-                       "description": "include_usage: a last chunk with the token counts"},
 }
 
 CHAT_REQUEST = {

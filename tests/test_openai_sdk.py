@@ -110,12 +110,3 @@ def test_sdk_errors_are_openai_errors(served):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=HI)
 
-
-def test_stream_options_include_usage(served):
-    _, _, client = served
-    plain = client.chat.completions.create(model="tfchat", messages=HI, max_tokens=5, temperature=0.0)
-    chunks = list(client.chat.completions.create(model="tfchat", messages=HI, max_tokens=5, temperature=0.0,
-                                                 stream=True, stream_options={"include_usage": True}))
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
-    assert all(c.usage is None for c in chunks[:-1])
-    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == plain.choices[0].message.content

@@ -6,8 +6,7 @@
     POST /v1/completions        {"prompt": str | [str], ...same, "logprobs": 0..5}
 
 `stream: true` gives server-sent events in OpenAI's chunk format, ending
-with `data: [DONE]` (with `stream_options: {"include_usage": true}`, a last
-chunk before it carries the token counts). Sampling settings a request leaves out come from the
+with `data: [DONE]`. Sampling settings a request leaves out come from the
 model's `SamplingParams`. Log-probabilities come in OpenAI's shapes (chat:
 `choices[].logprobs.content[]` with token, logprob, bytes, top_logprobs;
 completions: `logprobs.tokens`, `token_logprobs`, `top_logprobs`,
@@ -157,9 +156,6 @@ def router(backend: Backend) -> APIRouter:
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
                 raise BadRequest("stream must be a boolean")
-            options = body.get("stream_options") or {}
-            if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-                raise BadRequest("stream_options must be an object like {\"include_usage\": true}")
             sampling = sampling_of(body, backend)
             logprobs = logprobs_of(body, chat)
             if chat:
@@ -180,9 +176,8 @@ def router(backend: Backend) -> APIRouter:
             base = {"id": rid, "created": int(time.time()), "model": backend.name}
             if stream:
                 pieces = backend.stream_with_logprobs(requests[0])
-                return StreamingResponse(
-                    _sse_until_disconnect(pieces, requests[0], base, chat, options.get("include_usage", False)),
-                    media_type="text/event-stream")
+                return StreamingResponse(_sse_until_disconnect(pieces, requests[0], base, chat),
+                                         media_type="text/event-stream")
             for r in requests:
                 backend.submit(r)
             results = await results_unless_gone(request, requests)
@@ -211,20 +206,20 @@ def router(backend: Backend) -> APIRouter:
     return api
 
 
-async def _sse_until_disconnect(pieces, request: GenRequest, base: dict, chat: bool, include_usage: bool):
+async def _sse_until_disconnect(pieces, request: GenRequest, base: dict, chat: bool):
     """`_sse`, iterated off the event loop. Starlette cancels this generator when
     the client disconnects; the blocking iterator in its thread would not notice,
     so the row is cancelled here and the backend stops decoding it."""
     from starlette.concurrency import iterate_in_threadpool
 
     try:
-        async for chunk in iterate_in_threadpool(_sse(pieces, request, base, chat, include_usage)):
+        async for chunk in iterate_in_threadpool(_sse(pieces, request, base, chat)):
             yield chunk
     finally:
         request.cancelled = True
 
 
-def _sse(pieces, request: GenRequest, base: dict, chat: bool, include_usage: bool = False):
+def _sse(pieces, request: GenRequest, base: dict, chat: bool):
     """Server-sent events in OpenAI's chunk format; ends with `data: [DONE]`."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     sent = b""  # the reply's bytes so far (completions' text_offset)
@@ -239,17 +234,14 @@ def _sse(pieces, request: GenRequest, base: dict, chat: bool, include_usage: boo
             lp = completion_logprobs(tokens, sent) if tokens else None
             choice = {"index": 0, "text": delta_text or "", "logprobs": lp, "finish_reason": finish}
         sent += (delta_text or "").encode("utf-8")
-        return _data({**base, "object": kind, "choices": [choice], **({"usage": None} if include_usage else {})})
+        return _data({**base, "object": kind, "choices": [choice]})
 
     try:
         if chat:
             yield event(None, None, first=True)
         for piece, tokens in pieces:
             yield event(piece, None, tokens if request.logprobs is not None else None)
-        completion = request.future.result()
-        yield event(None, completion.finish_reason)
-        if include_usage:  # OpenAI's last chunk: no choices, the token counts
-            yield _data({**base, "object": kind, "choices": [], "usage": usage_of([completion])})
+        yield event(None, request.future.result().finish_reason)
     except Exception as e:  # noqa: BLE001  (headers are sent: report in-band)
         yield _data({"error": {"message": str(e), "type": "server_error"}})
     finally:
