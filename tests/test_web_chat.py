@@ -191,7 +191,7 @@ def scripted(monkeypatch, backend, *replies, finish="stop", delay=0.0):
     across chunks) through the real route and SSE encoder; each request is still validated as usual."""
     queue = list(replies)
 
-    def stream(request):
+    def stream_with_logprobs(request):
         backend.validate(request)
         text = queue.pop(0)
         pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
@@ -200,11 +200,11 @@ def scripted(monkeypatch, backend, *replies, finish="stop", delay=0.0):
         def emit():
             for piece in pieces:
                 time.sleep(delay)
-                yield piece
+                yield piece, []
 
         return emit()
 
-    monkeypatch.setattr(backend, "stream", stream)
+    monkeypatch.setattr(backend, "stream_with_logprobs", stream_with_logprobs)
 
 
 # ---------------------------------------------------------------------------------------------- chatting
