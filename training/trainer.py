@@ -38,9 +38,7 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from tfchat.checkpoint.model_dir import save_model
 from tfchat.config import GPTConfig
-from tfchat.model import flops_per_token
 from tfchat.text.tokenizer import Tokenizer
 from training.hardware import measure_peak_flops
 from training.objectives import LanguageModeling, Objective
@@ -113,8 +111,8 @@ class Trainer:
     """Trains a model under a tf.distribute strategy, with checkpoints, summaries and resume.
 
     Args:
-        config: the model shape.
-        tokenizer: saved with the model directory.
+        config: the model shape (`GPTConfig`, or what the objective builds from, e.g. `ClassifierConfig`).
+        tokenizer: saved with the model directory (None for models that tokenize in the graph).
         train_cfg: optimisation settings.
         strategy: from `training.strategy.make_strategy`.
         out_dir: run directory: `model/`, `checkpoints/`, `logs/`, `run.json`.
@@ -132,7 +130,7 @@ class Trainer:
     def __init__(
         self,
         config: GPTConfig,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | None,
         train_cfg: TrainConfig,
         strategy: tf.distribute.Strategy,
         out_dir: str,
@@ -278,11 +276,13 @@ class Trainer:
             for k, v in self._eval_step(batch).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         weight = totals.pop("weight", 0.0)
+        unit = self.objective.unit
         if weight == 0:
-            raise TrainingError("the validation data yielded no tokens")
+            raise TrainingError(f"the validation data yielded no {unit}")
         results = {k: v / weight for k, v in totals.items()}
-        results["perplexity"] = math.exp(min(results["loss"], 50.0))
-        results["tokens"] = weight
+        if self.objective.perplexity:
+            results["perplexity"] = math.exp(min(results["loss"], 50.0))
+        results[unit] = weight
         return results
 
     # -- checkpoints ----------------------------------------------------------
@@ -314,8 +314,8 @@ class Trainer:
 
     def save_model_dir(self, extra: dict | None = None) -> None:
         if self.chief:
-            save_model(self.run.model_dir, self.model, self.tokenizer, self.config,
-                       metadata={**self.metadata, "step": int(self.step.numpy()), **(extra or {})})
+            self.objective.save(self.run.model_dir, self.model, self.config, self.tokenizer,
+                                {**self.metadata, "step": int(self.step.numpy()), **(extra or {})})
 
     # -- the loop ---------------------------------------------------------
 
@@ -343,7 +343,7 @@ class Trainer:
         with writer.as_default(step=start):
             tf.summary.text("config", "```\n" + json.dumps(
                 {"model": self.config.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n```")
-        self._meter = _Throughput(self.config, cfg)
+        self._meter = _Throughput(*self.objective.throughput(self.config, cfg), cfg.precision)
 
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         metrics: dict = {"step": start}
@@ -386,7 +386,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(_postfix(metrics), refresh=False)
             self.save_checkpoint()
-            self.save_model_dir({k: metrics[k] for k in ("loss", "val_loss", "val_perplexity") if k in metrics})
+            self.save_model_dir({k: v for k, v in metrics.items() if k == "loss" or k.startswith("val_")})
         finally:
             if bar is not None:
                 bar.close()
@@ -396,33 +396,31 @@ class Trainer:
         return metrics
 
     def _log(self, writer, step: int, means: dict, norm: float, console: bool) -> dict:
-        tps, mfu = self._meter.window()
+        rate, mfu = self._meter.window()
         lr = float(self.optimizer.learning_rate)
+        speed = {f"{self.objective.unit}_per_sec": rate, **({"mfu": mfu} if mfu is not None else {})}
         with writer.as_default(step=step):
-            for name, value in means.items():
+            for name, value in {**means, "lr": lr, "grad_norm": norm, **speed}.items():
                 tf.summary.scalar(f"train/{name}", value)
-            tf.summary.scalar("train/lr", lr)
-            tf.summary.scalar("train/grad_norm", norm)
-            tf.summary.scalar("train/tokens_per_sec", tps)
-            tf.summary.scalar("train/mfu", mfu)
         if console and self.chief:
-            log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f tokens/s, MFU %.1f%%",
-                     step, self.cfg.steps, means["loss"], lr, norm, tps, 100 * mfu)
-        return {"tokens_per_sec": tps, "mfu": mfu, "lr": lr}
+            log.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.3f, %.0f %s/s%s", step, self.cfg.steps, means["loss"],
+                     lr, norm, rate, self.objective.unit, f", MFU {100 * mfu:.1f}%" if mfu is not None else "")
+        return {**speed, "lr": lr}
 
     def _evaluate_and_log(self, writer, step: int) -> dict:
         results = self.evaluate()
         out = {}
         with writer.as_default(step=step):
             for name, value in results.items():
-                if name != "tokens":
+                if name != self.objective.unit:
                     tf.summary.scalar(f"val/{name}", value)
                     out[f"val_{name}"] = value
             if self.sample_prompts and self.chief:
                 for i, text in enumerate(self.samples()):
                     tf.summary.text(f"samples/{i}", text)
         if results and self.chief:
-            log.info("step %d: held-out loss %.4f (perplexity %.1f)", step, results["loss"], results["perplexity"])
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if k not in ("loss", self.objective.unit))
+            log.info("step %d: held-out loss %.4f (%s)", step, results["loss"], shown)
         return out
 
     def samples(self, max_new_tokens: int = 48) -> list[str]:
@@ -442,32 +440,32 @@ class Trainer:
 
 
 class _Throughput:
-    """Tokens per second and MFU over the steps since the last `window()`."""
+    """Units (tokens, examples) per second and MFU (None without a FLOP count) over the steps since `window()`."""
 
-    def __init__(self, config: GPTConfig, cfg: TrainConfig):
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len
-        self.step_flops = flops_per_token(config, cfg.seq_len) * self.tokens_per_step
-        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.precision, "float32")
-        self.peak = measure_peak_flops(dtype, seconds=0.5)
+    def __init__(self, units_per_step: int, step_flops: float | None, precision: str):
+        self.units_per_step, self.step_flops = units_per_step, step_flops
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+        self.peak = measure_peak_flops(dtype, seconds=0.5) if step_flops else None
         self.start, self.steps = time.perf_counter(), 0
 
     def tick(self) -> None:
         self.steps += 1
 
-    def window(self) -> tuple[float, float]:
+    def window(self) -> tuple[float, float | None]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        tps = self.steps * self.tokens_per_step / elapsed
-        mfu = self.steps * self.step_flops / elapsed / self.peak
+        rate = self.steps * self.units_per_step / elapsed
+        mfu = self.steps * self.step_flops / elapsed / self.peak if self.step_flops else None
         self.start, self.steps = time.perf_counter(), 0
-        return tps, mfu
+        return rate, mfu
 
 
 def _postfix(metrics: dict) -> dict:
     shown = {"loss": f"{metrics['loss']:.3f}"}
     if "val_loss" in metrics:
         shown["val"] = f"{metrics['val_loss']:.3f}"
-    if "tokens_per_sec" in metrics:
-        shown["tok_s"] = f"{metrics['tokens_per_sec']:,.0f}"
+    for key, short in (("tokens_per_sec", "tok_s"), ("examples_per_sec", "ex_s")):
+        if key in metrics:
+            shown[short] = f"{metrics[key]:,.0f}"
     return shown
 
 

@@ -122,6 +122,17 @@ def pretrain_dataset(
     return _with_options(batches.prefetch(tf.data.AUTOTUNE))
 
 
+def encode_texts(texts: list[str], tokenizer, desc: str, chunk: int = 512) -> list[list[int]]:
+    """Token ids of each text, tokenized in batches (in-graph), with a progress bar."""
+    encoded: list[list[int]] = []
+    with tqdm(total=len(texts), desc=desc, unit="msg", disable=None, leave=False) as bar:
+        for start in range(0, len(texts), chunk):
+            part = tokenizer.tf_encode_batch(tf.constant(texts[start:start + chunk], tf.string))
+            encoded.extend(part.to_list())
+            bar.update(len(texts[start:start + chunk]))
+    return encoded
+
+
 def render_conversations(
     conversations: list, tokenizer, max_len: int, chunk: int = 512
 ) -> tuple[list[list[int]], list[list[int]], int]:
@@ -131,12 +142,7 @@ def render_conversations(
     after truncation are skipped (and counted), not returned.
     """
     contents = [m["content"] for conv in conversations for m in conv]
-    encoded: list[list[int]] = []
-    with tqdm(total=len(contents), desc="tokenizing conversations", unit="msg", disable=None, leave=False) as bar:
-        for start in range(0, len(contents), chunk):
-            part = tokenizer.tf_encode_batch(tf.constant(contents[start:start + chunk], tf.string))
-            encoded.extend(part.to_list())
-            bar.update(len(contents[start:start + chunk]))
+    encoded = encode_texts(contents, tokenizer, "tokenizing conversations", chunk)
     all_ids, all_masks, skipped, pos = [], [], 0, 0
     for conv in conversations:
         roles = [m["role"] for m in conv]
