@@ -27,6 +27,9 @@ always given, per row):
   Feed `next_token`/`position`/`cache_index` of the previous call, then add 1
   to position and cache_index. Greedy or seeded streams equal `generate`.
 
+A reward model directory (`tfchat.json` "head": "reward") exports its own
+module instead: one `reward` signature (`serving.reward_export`).
+
 No signature contains XLA ops: tensorflow_model_server runs them as they are.
 
 Example:
@@ -224,6 +227,15 @@ class ServingModule(tf.Module):
         return sigs
 
 
+def serving_module(loaded: LoadedModel, max_len: int | None = None) -> tf.Module:
+    """The exported object for the directory's head: `ServingModule`, or a reward model's module."""
+    if loaded.head == "reward":
+        from serving.reward_export import RewardServingModule
+
+        return RewardServingModule(loaded, max_len)
+    return ServingModule(loaded, max_len)
+
+
 def _tail_indices(row_starts, lengths, keep):
     """Flat indices of the last `keep[b]` ids of each row."""
     row_starts = tf.cast(row_starts, tf.int32)
@@ -274,7 +286,7 @@ def export(
     final = os.path.join(base, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"version {version} already exists: {final}")
-    module = ServingModule(loaded, max_len)
+    module = serving_module(loaded, max_len)
     # A dot-prefixed sibling: TF Serving only loads integer-named dirs, so a half-written export is never served.
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
     try:
@@ -285,6 +297,8 @@ def export(
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         meta = {
             "format": "tfchat-saved-model",
+            "head": loaded.head,
+            "signatures": sorted(module.signatures()),
             "name": name,
             "version": version,
             "max_len": module.max_len,

@@ -1,6 +1,7 @@
 """Serve an exported tfchat model: TF Serving's REST (and gRPC) API, OpenAI's API, and a web chat.
 
     python -m serving.server --model exports/tfchat [--port 8501] [--grpc-port 8500] [--max-batch 8]
+    python -m serving.server --model exports/tfchat --reward-model exports/reward --best-of 4
 
 Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
 
@@ -9,7 +10,9 @@ Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
 
 Routes: `serving/routes/tf_serving.py` (TF Serving REST), `serving/routes/openai.py`
 (OpenAI), `serving/grpc_service.py` (TF Serving gRPC); the web chat is
-`serving/static/index.html`.
+`serving/static/index.html`. With `--reward-model`, every chat reply is
+the best of `--best-of` sampled candidates by the reward model's score
+(`serving/best_of.py`).
 """
 
 from __future__ import annotations
@@ -32,13 +35,42 @@ def parser():
     p.add_argument("--max-batch", type=cli.positive_int, default=8, help="most generation requests decoded together")
     p.add_argument("--batch-wait-ms", type=cli.non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others to join")
+    add_best_of_flags(p)
     return p
+
+
+def add_best_of_flags(p) -> None:
+    """--reward-model and --best-of (serving.best_of), shared with serving.chat."""
+    g = p.add_argument_group("best-of-n")
+    g.add_argument("--reward-model", default=None, metavar="EXPORT",
+                   help="a reward model export (serving.export of a training.reward run): answer each chat request "
+                        "with the best of --best-of sampled replies by its score")
+    g.add_argument("--best-of", type=cli.positive_int, default=None, metavar="N",
+                   help="candidates per chat request, up to 64 (default 4 with --reward-model)")
+
+
+def check_best_of_flags(args) -> None:
+    """`cli.UsageError` for a bad --reward-model / --best-of combination (before anything is loaded)."""
+    if args.best_of is not None and args.reward_model is None:
+        raise cli.UsageError("--best-of needs --reward-model EXPORT (the reward model that picks the best reply)")
+    if args.best_of is not None and args.best_of > 64:
+        raise cli.UsageError(f"--best-of must be at most 64, got {args.best_of}")
+
+
+def best_of(args):
+    """The `BestOfN` of parsed (checked) flags, or None."""
+    if args.reward_model is None:
+        return None
+    from serving.best_of import BestOfN, RewardScorer
+
+    return BestOfN(RewardScorer(args.reward_model), 4 if args.best_of is None else args.best_of)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def run() -> int:
+        check_best_of_flags(args)
         cli.setup(args.verbose)
         import uvicorn
 
@@ -46,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         from serving.backend import Backend
         from serving.grpc_service import create_grpc_server
 
+        reranker = best_of(args)  # best-of-n hook (serving.best_of)
         backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+        backend.best_of = reranker
         grpc_server = create_grpc_server(backend, args.grpc_port) if args.grpc_port is not None else None
         if grpc_server:
             log.info("gRPC on port %d", grpc_server.bound_port)
@@ -57,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             if grpc_server:
                 grpc_server.stop(grace=1)
             backend.close()
+            if reranker:
+                reranker.close()
         return 0
 
     return cli.run(run)

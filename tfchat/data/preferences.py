@@ -9,7 +9,7 @@ The canonical format is preference JSONL, one pair per line:
 `messages` is the conversation so far (earlier assistant turns are context,
 never trained on); it ends with the user turn both replies answer. `chosen`
 and `rejected` may also be plain strings. Readers convert public datasets to
-it (`python -m training.convert_dialogues --format hh-rlhf|oasst-pairs`):
+it (`python -m training.convert_dialogues --format hh-rlhf|oasst-pairs|preferences`):
 
 - `hh-rlhf`: Anthropic HH-RLHF JSONL (`{"chosen": "\\n\\nHuman: ...\\n\\nAssistant:
   ...", "rejected": ...}`). Both transcripts are split into turns at the
@@ -19,13 +19,13 @@ it (`python -m training.convert_dialogues --format hh-rlhf|oasst-pairs`):
   assistant reply. A pair whose transcripts differ before the final assistant
   reply (5 of the 2,312 harmless-base pairs), or with an empty reply, is
   skipped and counted.
-- `oasst`: OpenAssistant message trees (one tree per line). Under every
+- `oasst` (alias `oasst-pairs`): OpenAssistant message trees (one tree per line). Under every
   user message, each two assistant replies with different `rank` give a pair
   (the lower rank is chosen); replies with equal rank are ties, skipped and
   counted, and unranked, deleted or review-failed replies take part in no
   pair. The context is the path from the root to that user message, so
   follow-up turns deep in a tree give pairs too.
-- `messages`: preference JSONL itself.
+- `messages` (alias `preferences`): preference JSONL itself.
 
 Structural problems are errors, because a file that breaks its own format
 should be fixed rather than silently thinned: a line that is not JSON, or
@@ -69,6 +69,8 @@ from tfchat.text.special_tokens import ROLES
 log = logging.getLogger(__name__)
 
 FORMATS = ("hh-rlhf", "oasst", "messages")
+# The names `training.convert_dialogues` uses, beside its conversation formats.
+ALIASES = {"oasst-pairs": "oasst", "preferences": "messages"}
 VALIDATION_PERCENT = 20
 SAMPLES = {
     "hh-rlhf-sample": (("hh-rlhf", "hh-rlhf-harmless-base-test.jsonl.gz"),),
@@ -256,6 +258,7 @@ def read_pairs(format: str, path: str, stats: ReadStats | None = None) -> Iterat
             or a file with no usable pair.
         FileNotFoundError: no such file.
     """
+    format = ALIASES.get(format, format)
     if format not in READERS:
         raise ValueError(f"unknown preference format {format!r}; expected one of {', '.join(FORMATS)}")
     if not os.path.isfile(path):
@@ -295,6 +298,7 @@ def parse_source(source: str) -> list[tuple[str, str]]:
     if source in SAMPLES:
         return [(fmt, io.resource_path(name)) for fmt, name in SAMPLES[source]]
     fmt, sep, path = source.partition(":")
+    fmt = ALIASES.get(fmt, fmt)
     if sep and fmt in READERS:
         return [(fmt, path)]
     if not os.path.isfile(source):
