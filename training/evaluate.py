@@ -86,10 +86,10 @@ def _print_table(result: dict, samples: list) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.data is None and not args.blimp and args.preferences is None:
-        p.error("give --data, --blimp, --preferences or several")
     if (args.reference or args.reward_model) and args.preferences is None:
         p.error("--reference and --reward-model need --preferences")
+    if args.data is None and not args.blimp and args.preferences is None:
+        p.error("give --data, --blimp, --preferences or several")
 
     def run() -> int:
         cli.setup(args.verbose)

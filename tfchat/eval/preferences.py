@@ -66,16 +66,20 @@ def _score(fn: Callable, rendered: RenderedPairs, batch_size: int, desc: str) ->
     return scores.reshape(-1, 2)
 
 
+# One trace for every batch shape.
+_SPECS = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+
+
 def pair_log_probs(model, rendered: RenderedPairs, batch_size: int = 16) -> np.ndarray:
     """log p(reply + `<|end|>` | prompt) of each pair's chosen and rejected reply under a language model: [N, 2]."""
-    fn = tf.function(lambda ids, mask, lengths: masked_log_prob(model, ids, mask), reduce_retracing=True)
+    fn = tf.function(lambda ids, mask, lengths: masked_log_prob(model, ids, mask), input_signature=_SPECS)
     return _score(fn, rendered, batch_size, "log-probs")
 
 
 def pair_rewards(reward_model, rendered: RenderedPairs, batch_size: int = 16) -> np.ndarray:
     """A reward model's score of each pair's chosen and rejected reply: [N, 2]."""
     fn = tf.function(lambda ids, mask, lengths: reward_model({"token_ids": ids, "lengths": lengths}, training=False),
-                     reduce_retracing=True)
+                     input_signature=_SPECS)
     return _score(fn, rendered, batch_size, "rewards")
 
 
