@@ -23,12 +23,15 @@ def test_train_benchmark_cli_prints_json(capsys):
 
 def test_data_benchmark_cli_prints_json(capsys, tmp_path):
     data_bench.main(["--seq-len", "32", "--batch-size", "4", "--vocab-size", "600", "--seconds", "0.5",
-                     "--cache-dir", str(tmp_path)])
+                     "--cache-dir", str(tmp_path), "--train-preset", "tiny"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     by_name = {r.get("measurement", r.get("name")): r for r in records}
     assert len(records) >= 2, records
     assert all("machine" in r for r in records)
     assert any(r.get("tokens_per_s", r.get("tokens_per_sec", 0)) > 0 for r in records), by_name
+    parquet = by_name["parquet_pipeline"]
+    assert parquet["tokens_per_s"] > 0 and parquet["ratio_to_pretrain_pipeline"] > 0
+    assert by_name["training_consumes"]["tokens_per_s"] > 0 and parquet["headroom_vs_training"] > 0
 
 
 def test_generate_benchmark_cli_prints_json(capsys):

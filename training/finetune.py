@@ -2,6 +2,7 @@
 
     python -m training.finetune                                   # runs/pretrain -> runs/chat on the bundled dialogues
     python -m training.finetune --from runs/gpt2 --data my_chats.jsonl --out runs/gpt2-chat
+    python -m training.finetune --data hf:HuggingFaceH4/ultrachat_200k@train_sft --seq-len 256
 """
 
 from __future__ import annotations
@@ -20,15 +21,30 @@ def parser():
     g.add_argument("--from", dest="init_from", default="runs/pretrain",
                    help="model directory (or run directory) to start from, e.g. a pretraining run or an imported GPT-2")
     g.add_argument("--data", default="dialogues-sample",
-                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), or messages-JSONL files "
-                        "(see python -m training.convert_dialogues)")
+                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), messages-JSONL files "
+                        "(see python -m training.convert_dialogues), or a table: hf:NAME[:CONFIG][@SPLIT] "
+                        "(pip install 'tfchat[hf]') or .parquet files, one conversation per row")
+    g.add_argument("--messages-column", default=None,
+                   help="column of messages, OpenAI {role, content} or ShareGPT {from, value} "
+                        "(default: messages, conversations or conversation)")
+    g.add_argument("--prompt-column", default=None,
+                   help="column of the user's turn, for one exchange per row (with --response-column; default: "
+                        "recognised, e.g. Alpaca's instruction + input -> output)")
+    g.add_argument("--response-column", default=None, help="column of the assistant's reply (with --prompt-column)")
     g.add_argument("--pack", action="store_true", help="pack several conversations per sequence instead of padding")
     add_training_flags(p, DEFAULTS)
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    from tfchat.data.tables import Columns
+
+    try:
+        columns = Columns(messages=args.messages_column, prompt=args.prompt_column, response=args.response_column)
+    except ValueError as e:
+        p.error(str(e))
 
     def job() -> dict:
         from tfchat.checkpoint.model_dir import load_config
@@ -38,6 +54,7 @@ def main(argv=None) -> int:
         return finetune(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
             resume=args.resume, progress=args.progress, init_from=args.init_from, dropout=args.dropout, pack=args.pack,
+            columns=columns,
         ))
 
     return run_job(job, args, lambda out: [f"python -m serving.export --model {out} --out exports/tfchat",

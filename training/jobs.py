@@ -22,6 +22,7 @@ from tfchat.checkpoint.model_dir import TOKENIZER_DIR, assign_weights, is_model_
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
 from tfchat.data.sources import documents_dataset
+from tfchat.data.tables import Columns
 from tfchat.text import chat_template
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.strategy import is_chief, make_strategy
@@ -29,6 +30,9 @@ from training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
+# A new tokenizer learns from at most this many documents: SentencePiece samples 2M sentences anyway, and a
+# streamed Wikipedia must not be read whole before the first step.
+TOKENIZER_DOCUMENTS = 200_000
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
 
@@ -43,6 +47,7 @@ class JobOptions:
     strategy: str = "auto"
     resume: bool = True
     progress: bool = True
+    columns: Columns = Columns()  # where table/JSONL rows hold the text or the conversation
     # pretrain only
     preset: str = "tiny"
     tokenizer: str | None = None
@@ -87,7 +92,8 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
     log.info("Training a %d-token SentencePiece tokenizer on %s", vocab_size, opts.data)
     start = time.perf_counter()
-    texts = (t.decode("utf-8") for t in documents_dataset(opts.data, "train").as_numpy_iterator())
+    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text).take(TOKENIZER_DOCUMENTS)
+    texts = (t.decode("utf-8") for t in docs.as_numpy_iterator())
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
     return tok
@@ -112,7 +118,7 @@ def pretrain(opts: JobOptions) -> dict:
     def data(split):
         def fn(ctx, batch):
             return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train")
+                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text)
         return fn
 
     trainer = Trainer(
@@ -152,7 +158,8 @@ def finetune(opts: JobOptions) -> dict:
     def data(split):
         def fn(ctx, batch):
             return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", pack=opts.pack)
+                                    input_context=ctx, repeat=split == "train", pack=opts.pack,
+                                    columns=opts.columns)
         return fn
 
     prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]

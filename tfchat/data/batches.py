@@ -16,14 +16,17 @@ fixed windows of `seq_len + 1` tokens (no padding; window k holds stream
 tokens [k(T+1), (k+1)(T+1)) so no token is lost or repeated) -> shuffle ->
 batch. The mask is all ones.
 
-Fine-tuning: conversations -> `chat_template.render` -> one example per
+Fine-tuning: conversations (streamed from the source, rendered a chunk at a
+time, so only their token ids are held) -> `chat_template.render` -> one example per
 conversation padded to `seq_len` (padding has mask 0), or with `pack=True`
 concatenated and cut into `seq_len + 1` windows like pretraining (each
 conversation starts with `eot_id`; only the final window is padded).
 
-Everything is deterministic for a given `seed`, built from native tf.data
-ops (checkpointable with `tf.train.Checkpoint(iterator=iter(ds))`), and each
-input pipeline of an `input_context` reads a disjoint part of the data.
+Everything is deterministic for a given `seed`, so a resumed run replays the
+pipeline to where it stopped; pipelines are built from native tf.data ops
+(checkpointable with `tf.train.Checkpoint(iterator=iter(ds))`), except that
+table sources (Parquet, `hf:`) read their chunks with a Python generator; and
+each input pipeline of an `input_context` reads a disjoint part of the data.
 
 Example:
 
@@ -35,7 +38,9 @@ TensorShape([16, 256])
 
 from __future__ import annotations
 
+import itertools
 import logging
+from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +48,7 @@ from tqdm.auto import tqdm
 
 from tfchat.data import dialogues, sources
 from tfchat.data.io import ReadStats, check_split, shard_of
+from tfchat.data.tables import Columns
 from tfchat.text import chat_template
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,7 @@ def pretrain_dataset(
     repeat: bool = True,
     shuffle_buffer: int = 1024,
     cache_dir: str | None = None,
+    text_column: str = Columns.text,
 ) -> tf.data.Dataset:
     """Packed next-token batches from a text source (see the module docstring).
 
@@ -96,13 +103,15 @@ def pretrain_dataset(
         shuffle_buffer: windows in the shuffle buffer; 0 = no shuffling at all
             (documents and windows in source order).
         cache_dir: where local sources' extracted text is cached.
+        text_column: the text field of JSONL, Parquet, `hf:` and TFDS sources.
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
     source = source or sources.default_pretrain_source()
     shuffle = shuffle_buffer > 0
     docs = sources.documents_dataset(
-        source, split, cache_dir=cache_dir, input_context=input_context, seed=seed if shuffle else None
+        source, split, cache_dir=cache_dir, input_context=input_context, seed=seed if shuffle else None,
+        text_column=text_column,
     )
     if shuffle:
         docs = docs.shuffle(DOC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
@@ -122,37 +131,33 @@ def pretrain_dataset(
     return _with_options(batches.prefetch(tf.data.AUTOTUNE))
 
 
-def encode_texts(texts: list[str], tokenizer, desc: str, chunk: int = 512) -> list[list[int]]:
-    """Token ids of each text, tokenized in batches (in-graph), with a progress bar."""
-    encoded: list[list[int]] = []
-    with tqdm(total=len(texts), desc=desc, unit="msg", disable=None, leave=False) as bar:
-        for start in range(0, len(texts), chunk):
-            part = tokenizer.tf_encode_batch(tf.constant(texts[start:start + chunk], tf.string))
-            encoded.extend(part.to_list())
-            bar.update(len(texts[start:start + chunk]))
-    return encoded
-
-
 def render_conversations(
-    conversations: list, tokenizer, max_len: int, chunk: int = 512
-) -> tuple[list[list[int]], list[list[int]], int]:
-    """Renders conversations with the chat template, tokenizing in batches.
+    conversations: Iterable, tokenizer, max_len: int, chunk: int = 256
+) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Renders conversations (a list or a stream) with the chat template, tokenizing `chunk` at a time.
 
-    Returns (ids, masks, skipped): conversations left with no assistant token
-    after truncation are skipped (and counted), not returned.
+    Returns (ids, masks, skipped): int32 ids and int8 masks per conversation;
+    conversations left with no assistant token after truncation are skipped
+    (and counted), not returned.
     """
-    contents = [m["content"] for conv in conversations for m in conv]
-    encoded = encode_texts(contents, tokenizer, "tokenizing conversations", chunk)
-    all_ids, all_masks, skipped, pos = [], [], 0, 0
-    for conv in conversations:
-        roles = [m["role"] for m in conv]
-        ids, mask = chat_template.render_encoded(roles, encoded[pos:pos + len(conv)], tokenizer, max_len)
-        pos += len(conv)
-        if not any(mask):
-            skipped += 1
-            continue
-        all_ids.append(ids)
-        all_masks.append(mask)
+    all_ids, all_masks, skipped = [], [], 0
+    stream = iter(conversations)
+    total = len(conversations) if hasattr(conversations, "__len__") else None
+    with tqdm(total=total, desc="tokenizing conversations", unit="conv", disable=None, leave=False) as bar:
+        while part := list(itertools.islice(stream, chunk)):
+            contents = [m["content"] for conv in part for m in conv]
+            encoded = tokenizer.tf_encode_batch(tf.constant(contents, tf.string)).to_list()
+            pos = 0
+            for conv in part:
+                ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
+                                                         tokenizer, max_len)
+                pos += len(conv)
+                if not any(mask):
+                    skipped += 1
+                    continue
+                all_ids.append(np.asarray(ids, np.int32))
+                all_masks.append(np.asarray(mask, np.int8))
+            bar.update(len(part))
     return all_ids, all_masks, skipped
 
 
@@ -168,6 +173,7 @@ def finetune_dataset(
     repeat: bool = True,
     pack: bool = False,
     shuffle_buffer: int = 10_000,
+    columns: Columns | None = None,
 ) -> tf.data.Dataset:
     """Chat fine-tuning batches (see the module docstring).
 
@@ -185,6 +191,7 @@ def finetune_dataset(
         pack: concatenate conversations into full windows instead of padding
             each one.
         shuffle_buffer: conversations in the shuffle buffer; 0 = no shuffling.
+        columns: where rows of JSONL and table sources hold their conversation.
 
     Raises:
         ValueError: when the split has no usable conversation.
@@ -192,14 +199,13 @@ def finetune_dataset(
     check_split(split)
     source = source or dialogues.default_dialogue_source()
     stats = ReadStats()
-    conversations = dialogues.load_conversations(source, stats)
-    chosen = [c for c in conversations if dialogues.split_of(c) == split]
     num, index = shard_of(input_context)
-    chosen = chosen[index::num]  # disjoint conversations per input pipeline
-    if not chosen:
+    in_split = (c for c in dialogues.iter_conversations(source, stats, columns) if dialogues.split_of(c) == split)
+    chosen = itertools.islice(in_split, index, None, num)  # disjoint conversations per input pipeline
+    ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1)
+    if not ids and not skipped:
         raise ValueError(f"{source}: no conversations in the {split!r} split for input pipeline {index} of {num} "
                          f"({stats.summary()})")
-    ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1)
     log.info(
         "finetune %s [%s]: %d conversations, %d skipped (no reply left after truncation to %d tokens); %s",
         source, split, len(ids), skipped, seq_len + 1, stats.summary(),

@@ -20,7 +20,23 @@ The canonical format is messages-JSONL: one conversation per line,
   consecutive lines of one speaker are joined.
 - `dolly`: databricks-dolly-15k, from TFDS (`tfds:databricks_dolly`) or its
   JSONL file: user = instruction (+ blank line + context), assistant = response.
-- `messages`: messages-JSONL itself.
+- `messages`: messages-JSONL itself; records in the other row shapes below
+  are read too.
+- `table`: Parquet files or a Hugging Face dataset (`hf:NAME[:CONFIG][@SPLIT]`,
+  see `tfchat.data.tables`), one conversation per row.
+
+Rows (JSONL records, table rows) hold a conversation in one of these shapes,
+recognised by their column names unless `Columns` names them:
+
+- a messages column (`messages`, `conversations` or `conversation`): a list
+  of OpenAI-style `{"role", "content"}` or ShareGPT-style `{"from", "value"}`
+  messages; ShareGPT's `human`/`gpt` (and `prompter`, `model`, `chatgpt`,
+  `bard`, `bing`) map to user/assistant, content given as a list of
+  `{"type": "text", "text"}` parts is joined;
+- one exchange per row: Alpaca's `instruction` (+ `input`) -> `output`,
+  Dolly's `instruction` (+ `context`) -> `response`, `prompt` -> `response`,
+  `prompt` -> `completion`, `question` -> `answer` (a non-empty `input` or
+  `context` follows the instruction after a blank line).
 
 The oasst, topical-chat and cornell readers cut a thread that ends on a user
 turn after its last assistant reply (nothing to learn from that turn).
@@ -31,8 +47,9 @@ or no assistant turn is skipped with a counted warning naming the file and
 line; if nothing usable is left, a `ValueError` names the file.
 
 A source is named `FORMAT:PATH` (e.g. `oasst:trees.jsonl.gz`), a bare path
-(messages-JSONL), `tfds:databricks_dolly`, or `dialogues-sample` (the bundled
-OASST and Topical-Chat samples, the default fine-tuning data).
+(messages-JSONL), a table (`hf:...`, `*.parquet`), `tfds:databricks_dolly`, or
+`dialogues-sample` (the bundled OASST and Topical-Chat samples, the default
+fine-tuning data).
 
 Example:
 
@@ -45,13 +62,16 @@ Example:
 from __future__ import annotations
 
 import ast
+import dataclasses
+import functools
 import json
 import logging
 import os
 from typing import Iterable, Iterator, Sequence
 
-from tfchat.data import io
+from tfchat.data import io, tables
 from tfchat.data.io import ReadStats, open_text
+from tfchat.data.tables import Columns
 from tfchat.text.special_tokens import ROLES
 
 log = logging.getLogger(__name__)
@@ -59,7 +79,7 @@ log = logging.getLogger(__name__)
 Message = dict  # {"role": str, "content": str}
 Conversation = list  # list[Message]
 
-FORMATS = ("oasst", "topical-chat", "cornell", "dolly", "messages")
+FORMATS = ("oasst", "topical-chat", "cornell", "dolly", "messages", "table")
 SAMPLE_NAME = "dialogues-sample"
 SAMPLE_FILES = (
     ("oasst", "oasst1-en-100-trees.jsonl.gz"),
@@ -93,6 +113,102 @@ def validate(messages) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------ row shapes
+
+ROLE_ALIASES = {"human": "user", "prompter": "user", "gpt": "assistant", "model": "assistant",
+                "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+MESSAGES_COLUMNS = ("messages", "conversations", "conversation")
+# (prompt, response, context appended to the prompt), in the order they are tried.
+EXCHANGE_COLUMNS = (("instruction", "output", "input"), ("instruction", "response", "context"),
+                    ("prompt", "response", None), ("prompt", "completion", None), ("question", "answer", None))
+
+
+@dataclasses.dataclass(frozen=True)
+class RowShape:
+    """Where a row holds its conversation: a `messages` column, or `prompt` (+ `context`) -> `response`."""
+
+    messages: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    context: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.messages, self.prompt, self.context, self.response) if c]
+
+
+def row_shape(names, columns: Columns | None = None) -> RowShape | None:
+    """The shape of rows with these column names (`columns` names them; else recognised); None if none fits."""
+    names, columns = set(names), columns or Columns()
+    if columns.prompt:
+        return RowShape(prompt=columns.prompt, response=columns.response) \
+            if {columns.prompt, columns.response} <= names else None
+    if columns.messages:
+        return RowShape(messages=columns.messages) if columns.messages in names else None
+    for name in MESSAGES_COLUMNS:
+        if name in names:
+            return RowShape(messages=name)
+    for prompt, response, context in EXCHANGE_COLUMNS:
+        if prompt in names and response in names:
+            return RowShape(prompt=prompt, response=response, context=context if context in names else None)
+    return None
+
+
+def _shape_error(where: str, names, columns: Columns | None) -> ValueError:
+    columns = columns or Columns()
+    listing = ", ".join(names)
+    if columns.prompt or columns.messages:
+        missing = [c for c in (columns.messages, columns.prompt, columns.response) if c and c not in names]
+        return ValueError(f"{where}: no column {missing[0]!r} (columns: {listing})")
+    return ValueError(
+        f"{where}: no conversation columns (columns: {listing}); expected a messages column "
+        f"({', '.join(MESSAGES_COLUMNS)}) or an exchange ({', '.join(f'{p}/{r}' for p, r, _ in EXCHANGE_COLUMNS)}); "
+        "name them with --messages-column or --prompt-column/--response-column")
+
+
+def _content(value):
+    if isinstance(value, list):  # [{"type": "text", "text": ...}, ...] parts
+        parts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if parts and all(isinstance(p, str) for p in parts):
+            return "".join(parts)
+    return value
+
+
+def messages_from_row(row: dict, shape: RowShape) -> list:
+    """A row -> messages (not yet validated: `validate` judges them)."""
+    if shape.messages is None:
+        prompt, response = _content(row.get(shape.prompt)), _content(row.get(shape.response))
+        context = row.get(shape.context) if shape.context else None
+        if isinstance(prompt, str):
+            prompt = prompt.strip()
+            if isinstance(context, str) and context.strip():
+                prompt += "\n\n" + context.strip()
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    raw = row.get(shape.messages)
+    if isinstance(raw, str):  # some sets store the list as a JSON string
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(raw, list):
+        return []
+    messages = []
+    for m in raw:
+        if not isinstance(m, dict):
+            messages.append(m)
+            continue
+        message = {}  # a missing role or content stays missing, for `validate` to name
+        for key, alias in (("role", "from"), ("content", "value")):
+            if key in m or alias in m:
+                message[key] = m.get(key, m.get(alias))
+        if isinstance(message.get("role"), str):
+            message["role"] = ROLE_ALIASES.get(message["role"].lower(), message["role"].lower())
+        if "content" in message:
+            message["content"] = _content(message["content"])
+        messages.append(message)
+    return _trim_trailing_user(messages)
+
+
 # --------------------------------------------------------------------- files
 
 
@@ -117,13 +233,32 @@ def _trim_trailing_user(messages: list) -> list:
     return messages[:end] if end > 0 else messages
 
 
-def read_messages_jsonl(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+def read_messages_jsonl(path: str, stats: ReadStats, columns: Columns | None = None
+                        ) -> Iterator[tuple[str, str, object]]:
+    """messages-JSONL, or JSONL records in another row shape (see the module docstring)."""
     for where, obj in _jsonl(path, stats):
-        messages = obj.get("messages") if isinstance(obj, dict) else None
-        if messages is None:
-            stats.skip(path, where, 'no "messages" list')
+        shape = row_shape(obj, columns) if isinstance(obj, dict) else None
+        if shape is None:
+            fields = "/".join(f'"{c}"' for c in (columns.messages, columns.prompt, columns.response) if c) \
+                if columns and (columns.messages or columns.prompt) else None
+            stats.skip(path, where, f"no {fields} fields" if fields else 'no "messages" list')
             continue
-        yield where, path, messages
+        yield where, path, messages_from_row(obj, shape)
+
+
+def read_table(spec: str, stats: ReadStats, columns: Columns | None = None) -> Iterator[tuple[str, str, object]]:
+    """One conversation per row of a table (`hf:...`, Parquet); the shape is judged once, from the columns."""
+    table = tables.open_table(tables.parse_table(spec), streaming=False)  # read whole at every evaluation
+    shape = row_shape(table.column_names, columns)
+    if shape is None:
+        raise _shape_error(spec, table.column_names, columns)
+    for column in (shape.messages, shape.prompt, shape.response):  # in every Parquet file, not only the first
+        if column:
+            table.require(column, "--messages-column or --prompt-column/--response-column")
+    log.debug("%s: %s; conversations from %s", spec, table.description, ", ".join(shape.columns))
+    for i, row in enumerate(table.iter_rows(shape.columns)):
+        stats.read += 1
+        yield f"{spec}[{i}]", spec, messages_from_row(row, shape)
 
 
 def read_oasst(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
@@ -228,11 +363,7 @@ def read_cornell(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object
             yield where, convs_path, _trim_trailing_user(messages)
 
 
-def _dolly_messages(instruction: str, context: str, response: str) -> list[dict]:
-    user = instruction.strip()
-    if context and context.strip():
-        user += "\n\n" + context.strip()
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+_DOLLY = RowShape(prompt="instruction", response="response", context="context")
 
 
 def read_dolly(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
@@ -245,13 +376,13 @@ def read_dolly(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]
         for i, ex in enumerate(tfds.as_numpy(dataset)):
             stats.read += 1
             text = {k: ex[k].decode("utf-8") for k in ("instruction", "context", "response")}
-            yield f"{path}[{i}]", path, _dolly_messages(**text)
+            yield f"{path}[{i}]", path, messages_from_row(text, _DOLLY)
         return
     for where, obj in _jsonl(path, stats):
         if not isinstance(obj, dict) or not all(isinstance(obj.get(k, ""), str) for k in ("instruction", "context", "response")):
             stats.skip(path, where, "not a dolly record (instruction/context/response)")
             continue
-        yield where, path, _dolly_messages(obj.get("instruction", ""), obj.get("context", ""), obj.get("response", ""))
+        yield where, path, messages_from_row({"instruction": "", "response": "", **obj}, _DOLLY)
 
 
 READERS = {
@@ -260,22 +391,27 @@ READERS = {
     "cornell": read_cornell,
     "dolly": read_dolly,
     "messages": read_messages_jsonl,
+    "table": read_table,
 }
+# Readers that take a `columns` mapping.
+_COLUMN_READERS = ("messages", "table")
 
 
-def read_conversations(format: str, path: str, stats: ReadStats | None = None) -> Iterator[Conversation]:
-    """Yields the valid conversations of one file in canonical form.
+def read_conversations(format: str, path: str, stats: ReadStats | None = None, columns: Columns | None = None
+                       ) -> Iterator[Conversation]:
+    """Yields the valid conversations of one file (or table) in canonical form.
 
     Raises:
         ValueError: naming `path` when no usable conversation is left.
     """
     if format not in READERS:
         raise ValueError(f"unknown dialogue format {format!r}; expected one of {FORMATS}")
-    if not path.startswith("tfds:") and not os.path.exists(path):
+    if format != "table" and not path.startswith("tfds:") and not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     stats = stats if stats is not None else ReadStats()
     kept_before = stats.total_kept
-    for where, file, messages in READERS[format](path, stats):
+    reader = functools.partial(READERS[format], columns=columns) if format in _COLUMN_READERS else READERS[format]
+    for where, file, messages in reader(path, stats):
         reason = validate(messages)
         if reason:
             stats.skip(file, where, reason)
@@ -288,9 +424,11 @@ def read_conversations(format: str, path: str, stats: ReadStats | None = None) -
 
 
 def parse_dialogue_source(source: str) -> list[tuple[str, str]]:
-    """`FORMAT:PATH`, a path, `tfds:databricks_dolly` or `dialogues-sample` -> [(format, path)]."""
+    """`FORMAT:PATH`, a path, a table, `tfds:databricks_dolly` or `dialogues-sample` -> [(format, path)]."""
     if source == SAMPLE_NAME:
         return [(fmt, io.resource_path(name)) for fmt, name in SAMPLE_FILES]
+    if tables.is_table_source(source):
+        return [("table", source)]
     if source.startswith("tfds:"):
         name = source[len("tfds:"):].split(":")[0].split("/")[0]
         if name != "databricks_dolly":
@@ -302,35 +440,43 @@ def parse_dialogue_source(source: str) -> list[tuple[str, str]]:
     return [("messages", source)]
 
 
-def load_conversations(
-    source: str | Sequence[str], stats: ReadStats | None = None
-) -> list[Conversation]:
-    """Reads one or several dialogue sources (see the module docstring)."""
+def iter_conversations(
+    source: str | Sequence[str], stats: ReadStats | None = None, columns: Columns | None = None
+) -> Iterator[Conversation]:
+    """The valid conversations of one or several dialogue sources (see the module docstring), in order."""
     stats = stats if stats is not None else ReadStats()
-    names = [source] if isinstance(source, str) else list(source)
-    conversations: list[Conversation] = []
-    for name in names:
+    for name in [source] if isinstance(source, str) else list(source):
         for fmt, path in parse_dialogue_source(name):
-            conversations.extend(read_conversations(fmt, path, stats))
-    log.info("dialogues %s: %s", ", ".join(names), stats.summary())
+            yield from read_conversations(fmt, path, stats, columns)
+
+
+def load_conversations(
+    source: str | Sequence[str], stats: ReadStats | None = None, columns: Columns | None = None
+) -> list[Conversation]:
+    """Reads one or several dialogue sources (see the module docstring) into a list."""
+    stats = stats if stats is not None else ReadStats()
+    conversations = list(iter_conversations(source, stats, columns))
+    log.info("dialogues %s: %s", source if isinstance(source, str) else ", ".join(source), stats.summary())
     return conversations
 
 
-def is_dialogue_source(source: str) -> bool:
+def is_dialogue_source(source: str, columns: Columns | None = None) -> bool:
     """True for `dialogues-sample`, `tfds:databricks_dolly`, `FORMAT:PATH` with a dialogue FORMAT, or a
-    file whose first non-blank line is a JSON object with a "messages" key (messages-JSONL)."""
+    file whose first non-blank line is a JSON object (or a table whose columns are) in a conversation shape."""
     if source == SAMPLE_NAME or source.startswith("tfds:databricks_dolly"):
         return True
     fmt, sep, _ = source.partition(":")
     if sep and fmt in READERS:
         return True
+    if tables.is_table_source(source):
+        return row_shape(tables.open_table(tables.parse_table(source)).column_names, columns) is not None
     if os.path.isfile(source):
         try:
             with open_text(source) as f:
                 record = json.loads(next((line for line in f if line.strip()), ""))
         except (OSError, EOFError, UnicodeDecodeError, ValueError):
             return False  # not JSONL at all: the text reader judges it
-        return isinstance(record, dict) and "messages" in record
+        return isinstance(record, dict) and row_shape(record, columns) is not None
     return False
 
 

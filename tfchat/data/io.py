@@ -12,6 +12,7 @@
   conversations and pairs.
 * `shard_of(input_context)`: (number of input pipelines, this one's index).
 * `write_jsonl(records, path)`: atomic JSONL writer (temp file, then rename).
+* `expand_paths(spec)`: the files a path or glob names.
 
 Example:
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import bz2
 import collections
 import dataclasses
+import glob as globlib
 import gzip
 import hashlib
 import importlib.resources
@@ -140,6 +142,14 @@ def shard_of(input_context) -> tuple[int, int]:
     if input_context is None:
         return 1, 0
     return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def expand_paths(spec: str) -> list[str]:
+    """The files a path or a glob (`**` recursive, `~` expanded) names, sorted; [] when none."""
+    path = os.path.expanduser(spec)
+    if any(ch in spec for ch in "*?["):
+        return sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
+    return [path] if os.path.isfile(path) else []
 
 
 def write_jsonl(records: Iterable[dict], path: str) -> int:

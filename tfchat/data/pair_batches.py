@@ -33,9 +33,10 @@ import logging
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from tfchat.data import preferences
-from tfchat.data.batches import _with_options, encode_texts
+from tfchat.data.batches import _with_options
 from tfchat.data.io import ReadStats, shard_of
 from tfchat.data.preferences import Pair
 from tfchat.text import chat_template
@@ -80,10 +81,20 @@ class RenderedPairs:
         return digest.hexdigest()
 
 
+def _encode(texts: list[str], tokenizer, chunk: int = 512) -> list[list[int]]:
+    """Token ids of each text, tokenized in-graph `chunk` at a time."""
+    encoded: list[list[int]] = []
+    with tqdm(total=len(texts), desc="tokenizing pairs", unit="msg", disable=None, leave=False) as bar:
+        for start in range(0, len(texts), chunk):
+            encoded.extend(tokenizer.tf_encode_batch(tf.constant(texts[start:start + chunk], tf.string)).to_list())
+            bar.update(len(texts[start:start + chunk]))
+    return encoded
+
+
 def render_pairs(pairs: list[Pair], tokenizer, max_len: int) -> RenderedPairs:
     """Renders every pair with the chat template in at most `max_len` ids per row (see the module docstring)."""
     texts = [text for p in pairs for text in (*(m["content"] for m in p.messages), p.chosen, p.rejected)]
-    encoded = encode_texts(texts, tokenizer, "tokenizing pairs")
+    encoded = _encode(texts, tokenizer)
     out = RenderedPairs([], [], [], [])
     pos = 0
     for pair in pairs:

@@ -12,12 +12,19 @@ A source is a string (the `--data` flag):
 - `.txt` files, one document per file: `path/doc.txt` or a glob `path/*.txt`.
 - `.jsonl` files with a `text` field per line (`id` or `title` name the doc).
   Globs may mix these kinds; `.gz`/`.bz2` compression is read transparently.
+- Parquet files (`path/*.parquet`) and Hugging Face datasets
+  (`hf:wikimedia/wikipedia:20231101.en`, a `save_to_disk` directory...):
+  tables, see `tfchat.data.tables`. They are not cached: read a row group
+  (or a shard) at a time, straight into the pipeline.
+
+`text_column` names the text field of JSONL records, table columns and TFDS
+features (default `text`).
 
 Every document belongs to `train` or `validation`, a deterministic function
 of its id (the article title for Wikipedia): `VALIDATION_PERCENT`% of articles
 are held out. TFDS datasets that ship a `validation` split (wiki40b) use it.
 
-Local files are parsed once (wiki markup is slow to parse) into TFRecord
+Local files (not tables) are parsed once (wiki markup is slow to parse) into TFRecord
 shards under the cache directory (`$TFCHAT_CACHE_DIR`, default
 `~/.cache/tfchat`), keyed by the files' paths, sizes and mtimes and written
 atomically (temp dir, then rename). `documents_dataset` then reads them with
@@ -35,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import glob as globlib
+import functools
 import hashlib
 import json
 import logging
@@ -49,12 +56,13 @@ from typing import Iterator
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfchat.data import wikipedia
+from tfchat.data import tables, wikipedia
 from tfchat.data.io import (
     SPLITS,
     VALIDATION_PERCENT,
     ReadStats,
     check_split,
+    expand_paths,
     iter_jsonl,
     open_text,
     resource_path,
@@ -87,11 +95,13 @@ def default_cache_dir() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A parsed source: either a TFDS name or local files with their kinds."""
+    """A parsed source: a TFDS name, a table (Parquet, `hf:`), or local files with their kinds."""
 
     spec: str
     tfds_name: str | None = None
     files: tuple[tuple[str, str], ...] = ()  # (path, kind): kind in dump/text/jsonl
+    table: tables.TableSpec | None = None
+    text_column: str = tables.Columns.text
 
 
 def _file_kind(path: str) -> str | None:
@@ -105,11 +115,13 @@ def _file_kind(path: str) -> str | None:
         return "text"
     if name.endswith(".jsonl") or name.endswith(".json"):
         return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
     return None
 
 
-def parse_source(spec: str) -> Source:
-    """Parses a source name (see the module docstring).
+def parse_source(spec: str, text_column: str = tables.Columns.text) -> Source:
+    """Parses a source name (see the module docstring); `text_column` names the text field.
 
     Raises:
         ValueError / FileNotFoundError: with the accepted forms, for a bad name.
@@ -117,31 +129,46 @@ def parse_source(spec: str) -> Source:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a source must be a non-empty string, got {spec!r}")
     if spec == SAMPLE_NAME:
-        return Source(spec, files=((resource_path(SAMPLE_FILE), "dump"),))
-    if spec.startswith("tfds:"):
+        source = Source(spec, files=((resource_path(SAMPLE_FILE), "dump"),))
+    elif spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
         if not name:
             raise ValueError(f"{spec!r}: expected tfds:NAME, e.g. tfds:wikipedia/20230601.en")
-        return Source(spec, tfds_name=name)
-    if any(ch in spec for ch in "*?["):
-        paths = sorted(p for p in globlib.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p))
-        if not paths:
-            raise FileNotFoundError(f"{spec}: the glob matches no files")
-    elif os.path.isfile(os.path.expanduser(spec)):
-        paths = [os.path.expanduser(spec)]
-    elif os.path.isdir(spec):
-        raise ValueError(f"{spec}: is a directory; name its files with a glob, e.g. {spec.rstrip('/')}/*.txt")
+        source = Source(spec, tfds_name=name)
+    elif spec.startswith(tables.HF_PREFIX):
+        source = Source(spec, table=tables.parse_table(spec))
     else:
+        source = _parse_files(spec)
+    source = dataclasses.replace(source, text_column=text_column)
+    if text_column != tables.Columns.text and source.files and any(k != "jsonl" for _, k in source.files):
+        raise ValueError(f"{spec}: --text-column applies to JSONL, Parquet, hf: and tfds: sources, "
+                         "not to dumps or .txt files")
+    return source
+
+
+def _parse_files(spec: str) -> Source:
+    paths = expand_paths(spec)
+    if not paths and any(ch in spec for ch in "*?["):
+        raise FileNotFoundError(f"{spec}: the glob matches no files")
+    if not paths and os.path.isdir(spec):
+        raise ValueError(f"{spec}: is a directory; name its files with a glob, e.g. {spec.rstrip('/')}/*.txt")
+    if not paths:
         raise FileNotFoundError(
-            f"{spec}: no such file. A source is {SAMPLE_NAME}, tfds:NAME, a dump "
-            "(*.xml.bz2), a .txt or .jsonl file, or a glob of them"
+            f"{spec}: no such file. A source is {SAMPLE_NAME}, tfds:NAME, hf:NAME, a dump "
+            "(*.xml.bz2), a .txt, .jsonl or .parquet file, or a glob of them"
         )
     files = []
     for path in paths:
         kind = _file_kind(path)
         if kind is None:
-            raise ValueError(f"{path}: unknown kind of file (expected .xml[.bz2], .txt or .jsonl, maybe .gz)")
+            raise ValueError(f"{path}: unknown kind of file (expected .xml[.bz2], .txt, .jsonl (maybe .gz) "
+                             "or .parquet)")
         files.append((os.path.abspath(path), kind))
+    kinds = {kind for _, kind in files}
+    if "parquet" in kinds:
+        if kinds != {"parquet"}:
+            raise ValueError(f"{spec}: Parquet files cannot be mixed with other kinds in one source")
+        return Source(spec, table=tables.parse_table(spec, [p for p, _ in files]))
     return Source(spec, files=tuple(files))
 
 
@@ -184,12 +211,12 @@ def _read_text(path: str, stats: ReadStats) -> Iterator[Document]:
     yield Document(os.path.basename(path), text)
 
 
-def _read_jsonl(path: str, stats: ReadStats) -> Iterator[Document]:
+def _read_jsonl(path: str, stats: ReadStats, field: str = tables.Columns.text) -> Iterator[Document]:
     try:
         for where, obj in iter_jsonl(path, stats):
-            text = obj.get("text") if isinstance(obj, dict) else None
+            text = obj.get(field) if isinstance(obj, dict) else None
             if not isinstance(text, str):
-                stats.skip(path, where, 'no "text" string')
+                stats.skip(path, where, f'no "{field}" string')
                 continue
             if not text.strip():
                 stats.skip(path, where, "empty")
@@ -205,6 +232,10 @@ def _read_jsonl(path: str, stats: ReadStats) -> Iterator[Document]:
 _READERS = {"dump": _read_dump, "text": _read_text, "jsonl": _read_jsonl}
 
 
+def _reader(kind: str, text_column: str):
+    return functools.partial(_read_jsonl, field=text_column) if kind == "jsonl" else _READERS[kind]
+
+
 def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iterator[Document]:
     """Yields every document of a local source (both splits), in file order.
 
@@ -212,8 +243,8 @@ def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iter
         ValueError: naming the file(s) when no usable document is found.
     """
     source = parse_source(source) if isinstance(source, str) else source
-    if source.tfds_name:
-        raise ValueError(f"{source.spec}: TFDS sources are read with documents_dataset()")
+    if source.tfds_name or source.table:
+        raise ValueError(f"{source.spec}: TFDS and table sources are read with documents_dataset()")
     stats = stats if stats is not None else ReadStats()
     problems = []
     found = 0
@@ -221,7 +252,7 @@ def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iter
     bar = tqdm(files, desc="files", unit="file", disable=None if len(files) > 20 else True, leave=False)
     for path, kind in bar:
         try:
-            for doc in _READERS[kind](path, stats):
+            for doc in _reader(kind, source.text_column)(path, stats):
                 found += 1
                 yield doc
         except ValueError as e:  # a file with nothing usable; others may still be fine
@@ -241,6 +272,8 @@ def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iter
 
 def _cache_key(source: Source) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION} validation={VALIDATION_PERCENT}".encode())
+    if source.text_column != tables.Columns.text:  # the default keeps existing caches valid
+        h.update(f" text={source.text_column}".encode())
     for path, kind in source.files:
         st = os.stat(path)
         h.update(f"\n{path}\t{kind}\t{st.st_size}\t{st.st_mtime_ns}".encode())
@@ -337,8 +370,9 @@ def documents_dataset(
     cache_dir: str | None = None,
     input_context: tf.distribute.InputContext | None = None,
     seed: int | None = None,
+    text_column: str = tables.Columns.text,
 ) -> tf.data.Dataset:
-    """Documents as a `tf.data.Dataset` of scalar `tf.string`, read natively.
+    """Documents as a `tf.data.Dataset` of scalar `tf.string`, read natively (tables: chunk by chunk).
 
     Args:
         source: a source name (see the module docstring).
@@ -348,15 +382,18 @@ def documents_dataset(
             pipeline reads a disjoint part (whole shard files when there are
             at least as many as pipelines, else every n-th document).
         seed: shuffles the order of shard files (each epoch); None keeps it.
+        text_column: the text field of JSONL records, tables and TFDS features.
 
     Raises:
-        ValueError: the source has no document in `split`.
+        ValueError: the source has no document in `split`, or no `text_column`.
     """
     check_split(split)
-    parsed = parse_source(source)
+    parsed = parse_source(source, text_column)
     num, index = shard_of(input_context)
+    if parsed.table:
+        return _table_documents(parsed.table, split, text_column, num, index, seed)
     if parsed.tfds_name:
-        ds = _tfds_documents(parsed.tfds_name, split)
+        ds = _tfds_documents(parsed.tfds_name, split, text_column)
         return ds.shard(num, index) if num > 1 else ds
 
     directory = prepare_cache(parsed, cache_dir)
@@ -388,6 +425,36 @@ def documents_dataset(
     return ds
 
 
+def _table_documents(spec: tables.TableSpec, split: str, text_column: str, num: int, index: int,
+                     seed: int | None) -> tf.data.Dataset:
+    """A table's documents: a native dataset of chunk indices (sharded whole across input pipelines when
+    there are enough, shuffled by `seed` each epoch), each chunk read by a Python generator."""
+    table = tables.open_table(spec)
+    tables.document_columns(table, text_column)  # a missing column fails here, in one line
+    if not tables.has_documents(table, text_column, split):
+        raise ValueError(f"{spec.spec}: no documents in the {split!r} split (column {text_column!r}); the held-out "
+                         f"split is {VALIDATION_PERCENT}% of documents by id, so a tiny source may have none")
+    log.debug("%s [%s]: %s; documents from column %r", spec.spec, split, table.description, text_column)
+
+    def read(chunk):
+        return tf.data.Dataset.from_generator(
+            lambda c: tables.documents(table, int(c), text_column, split), args=(chunk,),
+            output_signature=tf.TensorSpec([None], tf.string),
+        ).unbatch()
+
+    n = table.num_chunks
+    by_chunk = num > 1 and n >= num
+    ds = tf.data.Dataset.range(n)
+    if by_chunk:
+        ds = ds.shard(num, index)
+    if seed is not None and n > 1:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(read, cycle_length=min(n, 4), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if num > 1 and not by_chunk:
+        ds = ds.shard(num, index)
+    return ds
+
+
 # Marker cleanup for wiki40b, in graph: same layout as dump text.
 _WIKI40B_RULES = (
     (r"^\s*_START_ARTICLE_\n", ""),
@@ -407,21 +474,22 @@ def clean_wiki40b(text: tf.Tensor) -> tf.Tensor:
 _NATIVE_VALIDATION = ("wiki40b",)
 
 
-def _tfds_documents(name: str, split: str) -> tf.data.Dataset:
+def _tfds_documents(name: str, split: str, text_column: str = "text") -> tf.data.Dataset:
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name)
     features = builder.info.features
-    if "text" not in features:
-        raise ValueError(f"tfds:{name}: has no 'text' feature (features: {list(features)})")
+    if text_column not in features:
+        raise ValueError(f"tfds:{name}: has no {text_column!r} feature (features: {', '.join(features)}); "
+                         "name the right one with --text-column")
     # Datasets with their own validation split use it; others hold out by id.
     native = name.split("/")[0] in _NATIVE_VALIDATION or "validation" in builder.info.splits
     ds = tfds.load(name, split=split if native else "train", shuffle_files=False)
     is_wiki40b = name.split("/")[0] == "wiki40b"
-    key_field = next((k for k in ("title", "wikidata_id", "id") if k in features), "text")
+    key_field = next((k for k in ("title", "wikidata_id", "id") if k in features), text_column)
 
     def to_text(ex):
-        text = ex["text"]
+        text = ex[text_column]
         if is_wiki40b:
             text = clean_wiki40b(text)
         elif "title" in features:
