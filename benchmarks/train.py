@@ -41,11 +41,12 @@ def random_batches(vocab_size: int, seq_len: int):
 
 
 def run(preset: str, seq_len: int, batch_size: int, precision: str, steps: int, warmup: int,
-        xla: bool = False, strategy: str = "default", micro_batch_size: int | None = None) -> dict:
+        xla: bool = False, strategy: str = "default", micro_batch_size: int | None = None,
+        overrides: dict | None = None, optimizer: str = "adamw") -> dict:
     tok = train_tokenizer(["benchmark text"] * 10, vocab_size=400)  # only its special ids are used
-    config = GPTConfig.from_preset(preset)
+    config = GPTConfig.from_preset(preset, **(overrides or {}))
     cfg = TrainConfig(steps=steps + warmup, batch_size=batch_size, micro_batch_size=micro_batch_size,
-                      seq_len=seq_len, precision=precision, xla=xla, warmup_steps=1)
+                      seq_len=seq_len, precision=precision, xla=xla, warmup_steps=1, optimizer=optimizer)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(config, tok, cfg, make_strategy(strategy), out, random_batches(config.vocab_size, seq_len))
         iterator = trainer._train_iterator(0)
@@ -61,11 +62,28 @@ def run(preset: str, seq_len: int, batch_size: int, precision: str, steps: int, 
     peak = measure_peak_flops(DTYPES[precision])
     model_flops = flops_per_token(config, seq_len) * tokens / step_time
     return {
-        "benchmark": "train", "preset": preset, "seq_len": seq_len, "batch_size": batch_size,
-        "precision": precision, "xla": xla, "strategy": strategy, "steps": steps,
+        "benchmark": "train", "preset": preset, "overrides": overrides or {}, "optimizer": optimizer,
+        "seq_len": seq_len, "batch_size": batch_size, "precision": precision, "xla": xla, "strategy": strategy,
+        "steps": steps,
         "step_time_s": step_time, "tokens_per_sec": tokens / step_time,
         "model_tflops": model_flops / 1e12, "peak_matmul_tflops": peak / 1e12, "mfu": model_flops / peak,
     }
+
+
+def _overrides(text: str) -> dict:
+    """"position=rope,qk_norm=true,logit_softcap=15" -> typed GPTConfig overrides."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a GPTConfig field, got {item!r}")
+        kind = types[key]
+        out[key] = (value.lower() == "true" if kind == "bool" else int(value) if kind == "int"
+                    else float(value) if kind == "float" else value)
+    return out
 
 
 def main(argv=None) -> None:
@@ -78,12 +96,15 @@ def main(argv=None) -> None:
     p.add_argument("--precision", choices=list(PRECISIONS), nargs="+", default=["fp32", "bf16"])
     p.add_argument("--xla", action="store_true")
     p.add_argument("--strategy", choices=STRATEGIES, default="default")
+    p.add_argument("--arch", type=_overrides, default={}, metavar="KEY=VALUE,...",
+                   help="GPTConfig fields over the preset's, e.g. position=rope,mlp=relu2,qk_norm=true")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     args = p.parse_args(argv)
     for precision in args.precision:
         emit(run(args.preset, args.seq_len, args.batch_size, precision, args.steps, args.warmup, args.xla,
-                 args.strategy, args.micro_batch_size))
+                 args.strategy, args.micro_batch_size, args.arch, args.optimizer))
 
 
 if __name__ == "__main__":

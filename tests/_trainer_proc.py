@@ -23,6 +23,9 @@ ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--micro", type=int, default=None)
 ap.add_argument("--sigterm-after", type=int, default=None)
 ap.add_argument("--dropout", type=float, default=0.0)
+ap.add_argument("--optimizer", default="adamw")
+ap.add_argument("--schedule", default="cosine")
+ap.add_argument("--arch", default="", help="GPTConfig overrides, e.g. position=rope,mlp=relu2")
 args = ap.parse_args()
 
 if args.logical_cpus > 1:
@@ -37,8 +40,12 @@ from training.strategy import make_strategy  # noqa: E402
 strategy = make_strategy(args.strategy)
 tok = tiny_tokenizer()
 cfg = TrainConfig(steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro, seq_len=16, lr=3e-3,
-                  warmup_steps=2, eval_every=1000, save_every=2, log_every=1)
-trainer = Trainer(tiny_config(tok).replace(dropout=args.dropout), tok, cfg, strategy, args.run_dir, synthetic_dataset)
+                  warmup_steps=2, eval_every=1000, save_every=2, log_every=1, optimizer=args.optimizer,
+                  schedule=args.schedule)
+arch = dict(kv.split("=") for kv in args.arch.split(",") if kv)
+arch = {k: (v == "true" if v in ("true", "false") else float(v) if k == "logit_softcap" else v) for k, v in arch.items()}
+trainer = Trainer(tiny_config(tok).replace(dropout=args.dropout, **arch), tok, cfg, strategy, args.run_dir,
+                  synthetic_dataset)
 
 if args.sigterm_after is not None:
     step_fn, calls = trainer._train_step, []

@@ -35,8 +35,16 @@ def synthetic_dataset(ctx, micro_batch, seed=0, seq_len=16, rows=64):
 SERVING_TEXTS = ["Hello world. How are you today? I am fine, thanks.", "The quick brown fox jumps over the lazy dog."] * 30
 
 
-def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400):
-    """A tiny random chat model saved under `root/model` and exported to `root/tfchat`: (LoadedModel, version dir)."""
+# Every architecture option at once (tfchat/config.py): exports must serve them all.
+MODERN = dict(position="rope", norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2", tie_embeddings=False,
+              logit_softcap=15.0)
+
+
+def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400, **architecture):
+    """A tiny random chat model saved under `root/model` and exported to `root/tfchat`: (LoadedModel, version dir).
+
+    `architecture`: GPTConfig fields over GPT-2's defaults (e.g. `**MODERN`).
+    """
     import keras
 
     from serving.exporter import export
@@ -45,7 +53,7 @@ def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400):
 
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, **architecture)
     save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
     loaded = load_model(str(root / "model"))
     return loaded, export(loaded, str(root / "tfchat"))
@@ -105,9 +113,9 @@ def _preference_tokenizer():
     return train_tokenizer(preference_texts() * 3, vocab_size=400)
 
 
-def tiny_reward_export(root, block_size: int = 64):
+def tiny_reward_export(root, block_size: int = 64, **architecture):
     """A tiny random reward model saved under `root/reward` and exported to `root/reward-export`:
-    (LoadedModel, version dir)."""
+    (LoadedModel, version dir). `architecture`: GPTConfig fields over GPT-2's defaults."""
     import keras
 
     from serving.exporter import export
@@ -116,7 +124,7 @@ def tiny_reward_export(root, block_size: int = 64):
 
     tok = _preference_tokenizer()
     keras.utils.set_random_seed(1)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32, **architecture)
     save_model(str(root / "reward"), build_model(cfg, "reward"), tok, cfg, metadata={"job": "reward"})
     loaded = load_model(str(root / "reward"))
     return loaded, export(loaded, str(root / "reward-export"))

@@ -175,6 +175,33 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
     assert _max_weight_diff(straight, resumed) < 1e-6
 
 
+def test_muon_wsd_modern_model_resumes_exactly(tmp_path):
+    """Muon + warmup-stable-decay on a RoPE/RMSNorm/ReLU² model: SIGTERM, resume, same weights as straight."""
+    flags = ["--steps", "6", "--optimizer", "muon", "--schedule", "wsd",
+             "--arch", "position=rope,norm=rmsnorm,bias=false,qk_norm=true,mlp=relu2,tie_embeddings=false"]
+    straight = _run(tmp_path, "straight", *flags)
+    killed = _run(tmp_path, "resumed", *flags, "--sigterm-after", "3")
+    assert killed["status"] == "interrupted" and killed["metrics"]["step"] == 3
+    resumed = _run(tmp_path, "resumed", *flags)
+    assert resumed["status"] == "done" and resumed["metrics"]["step"] == 6
+    assert abs(straight["metrics"]["loss"] - resumed["metrics"]["loss"]) < 1e-6
+    assert _max_weight_diff(straight, resumed) < 1e-6
+
+
+def test_muon_trains_and_uses_adamw_for_embeddings_head_and_vectors(tmp_path):
+    tok = tiny_tokenizer()
+    config = tiny_config(tok).replace(tie_embeddings=False)
+    trainer = Trainer(config, tok, _cfg(steps=30, optimizer="muon", lr=3e-3), make_strategy("default"),
+                      str(tmp_path / "run"), synthetic_dataset, eval_dataset=lambda c, m: synthetic_dataset(c, m, seed=1).take(2))
+    first = trainer.evaluate()["loss"]
+    metrics = trainer.train(progress=False)
+    assert metrics["val_loss"] < first - 0.5, (first, metrics)
+    opt = trainer.optimizer
+    by_path = {v.path: opt._should_use_adamw(v) for v in trainer.model.trainable_variables}
+    assert by_path["block_0/attn/c_attn/kernel"] is False and by_path["block_0/mlp/c_proj/kernel"] is False
+    assert by_path["embeddings/token_embedding"] and by_path["lm_head/kernel"] and by_path["block_0/ln_1/gamma"]
+
+
 def test_batch_not_divisible_by_replicas():
     with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
         _cfg(batch_size=8).accumulation(3)

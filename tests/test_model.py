@@ -46,7 +46,7 @@ def test_changing_a_future_token_never_changes_earlier_logits(model):
 
 
 def test_padding_mask_hides_padded_keys():
-    attn = CausalSelfAttention(num_heads=2)
+    attn = CausalSelfAttention(GPTConfig(n_embd=8, n_head=2))
     x = np.random.default_rng(2).normal(size=(1, 6, 8)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 0, 0]])
     y = attn(x, padding_mask=mask).numpy()
@@ -144,3 +144,68 @@ def test_backbone_is_shared_by_the_head_and_configured_by_its_config(model):
     np.testing.assert_allclose(model(ids).numpy(), hidden.numpy() @ table.T, atol=1e-5)
     # Weight paths do not depend on how the model is nested.
     assert {v.path for v in model.weights} == {v.path for v in model.backbone.weights}
+
+
+# ----------------------------------------------------------------------------- architecture options
+
+OPTIONS = {
+    "rope": dict(position="rope"),
+    "rmsnorm-nobias": dict(norm="rmsnorm", bias=False),
+    "qk-norm": dict(qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "swiglu": dict(mlp="swiglu"),
+    "untied": dict(tie_embeddings=False),
+    "softcap": dict(logit_softcap=15.0),
+    "all": dict(position="rope", norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2", tie_embeddings=False,
+                logit_softcap=15.0),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_architecture_option_builds_counts_and_caches_exactly(name):
+    cfg = CFG.replace(**OPTIONS[name])
+    keras.utils.set_random_seed(0)
+    model = build_gpt(cfg)
+    assert model.count_params() == param_count(cfg)
+    rng = np.random.default_rng(4)
+    lengths, steps, max_len = [3, 7], 5, 16
+    seqs = [rng.integers(0, CFG.vocab_size, n + steps).astype("int32") for n in lengths]
+    reference = [model(s[None]).numpy()[0] for s in seqs]
+    ids, key_mask, positions = _left_padded([s[:n] for s, n in zip(seqs, lengths)], max_len)
+    width = ids.shape[1]
+    caches = model.init_cache(len(seqs), max_len)
+    logits, caches = model.call_with_cache(ids, positions[:, :width], caches, 0, key_mask)
+    worst = max(np.abs(logits[b, -1] - reference[b][n - 1]).max() for b, n in enumerate(lengths))
+    for t in range(steps - 1):
+        new = np.array([[s[n + t]] for s, n in zip(seqs, lengths)], "int32")
+        logits, caches = model.call_with_cache(new, positions[:, width + t: width + t + 1], caches, width + t, key_mask)
+        worst = max(worst, max(np.abs(logits[b, 0] - reference[b][n + t]).max() for b, n in enumerate(lengths)))
+    assert worst <= 1e-4, worst
+    if cfg.logit_softcap:
+        assert np.abs(reference[0]).max() < cfg.logit_softcap
+    if not cfg.tie_embeddings:
+        assert any(v.path == "lm_head/kernel" for v in model.weights)
+    if cfg.position == "rope":
+        assert not any("position_embedding" in v.path for v in model.weights)
+
+
+def test_rope_attention_depends_on_relative_positions_only():
+    from tfchat.model.rope import rotate
+
+    rng = np.random.default_rng(5)
+    q, k = (rng.normal(size=(1, 2, 4, 8)).astype("float32") for _ in range(2))
+    scores = lambda offset: tf.matmul(rotate(q, tf.range(offset, offset + 4)), rotate(k, tf.range(offset, offset + 4)),
+                                      transpose_b=True).numpy()  # noqa: E731
+    np.testing.assert_allclose(scores(0), scores(17), atol=1e-4)
+    assert np.abs(scores(0) - tf.matmul(q, k, transpose_b=True).numpy()).max() > 1e-3  # and it does rotate
+
+
+def test_option_configs_survive_keras_serialization(tmp_path):
+    cfg = CFG.replace(**OPTIONS["all"])
+    model = build_gpt(cfg)
+    path = str(tmp_path / "all.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    ids = np.array([[1, 2, 3, 4]], "int32")
+    np.testing.assert_allclose(loaded(ids), model(ids), atol=1e-6)
+    assert loaded.config == cfg

@@ -265,3 +265,22 @@ def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tm
     finally:
         server.stop()
         backend.close()
+
+
+def test_a_modern_architecture_serves_streaming_and_batched_like_the_library(tmp_path):
+    """RoPE, RMSNorm, QK-norm, ReLU², untied head, soft-cap: the export's prefill/decode stream equals generate."""
+    from tests.fixtures import MODERN
+
+    loaded, _ = tiny_export(tmp_path, **MODERN)
+    backend = Backend(str(tmp_path / "tfchat"))
+    try:
+        greedy = SamplingParams.greedy(8)
+        expected = generate_text(loaded, prompts=["Hello", "The fox"], max_new_tokens=8)
+        assert [backend.complete(GenRequest(prompt=p, sampling=greedy)).text for p in ("Hello", "The fox")] == expected
+        streamed = "".join(backend.stream(GenRequest(prompt="Hello", sampling=greedy)))
+        assert streamed == expected[0]
+        sampled = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
+        whole = backend.complete(GenRequest(messages=HI, sampling=sampled)).text
+        assert "".join(backend.stream(GenRequest(messages=HI, sampling=sampled))) == whole
+    finally:
+        backend.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 
 import numpy as np
@@ -45,8 +46,13 @@ def test_parse_source_forms(tmp_path):
         sources.parse_source(str(tmp_path / "missing.txt"))
     with pytest.raises(FileNotFoundError, match="matches no files"):
         sources.parse_source(str(tmp_path / "nothing" / "*.txt"))
-    with pytest.raises(ValueError, match="is a directory"):
-        sources.parse_source(str(tmp_path / "txt"))
+    # A directory stands for every file of a known kind below it.
+    folder = sources.parse_source(str(tmp_path / "txt"))
+    assert [os.path.basename(p) for p, _ in folder.files] == ["doc000.txt", "doc001.txt", "empty.txt"]
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="no readable files"):
+        sources.parse_source(str(tmp_path / "junk"))
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(ValueError, match=r"x\.csv: unknown kind"):
         sources.parse_source(str(tmp_path / "x.csv"))
@@ -229,3 +235,42 @@ def test_tfds_random_mock_data_runs():
         docs = texts(sources.documents_dataset("tfds:wikipedia/20230601.en", "train"))
     assert docs and all(isinstance(d, str) for d in docs)
     assert np.mean([len(d) for d in docs]) > 0
+
+
+# ----------------------------------------------------------------------------- WikiExtractor output
+
+def _wikiextractor_file(path, docs, truncate=False):
+    parts = []
+    for i, (title, body) in enumerate(docs):
+        parts.append(f'<doc id="{i}" url="https://en.wikipedia.org/wiki?curid={i}" title="{title}">\n{title}\n\n{body}\n</doc>\n')
+    text = "".join(parts)
+    if truncate:
+        text += '<doc id="99" url="u" title="Cut">\nCut\n\nhalf a'
+    opener = lzma.open if str(path).endswith(".xz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+ARTICLE = "The {name} river flows through {place} and gives its name to a valley &amp; a town () famed for {thing}. " * 12
+
+
+def test_wikiextractor_directory_filters_stubs_and_near_duplicates(tmp_path):
+    root = tmp_path / "text" / "AA"
+    root.mkdir(parents=True)
+    docs = [(f"River {i}", ARTICLE.format(name=f"N{i}", place=f"region {i * 7}", thing=["salmon", "mills", "bridges"][i % 3])
+             + f" Unique fact number {i} about its {i * 13} tributaries.") for i in range(30)]
+    copy = (docs[3][0] + " (copy)", docs[3][1] + " Extra.")  # near-identical to River 3
+    _wikiextractor_file(root / "wiki_00", docs[:15] + [("Stub", "Too short to keep.")])
+    _wikiextractor_file(root / "wiki_01.xz", docs[15:] + [copy], truncate=True)
+    (root / "README.md").write_text("not a document")
+    source = sources.parse_source(str(tmp_path / "text"))
+    assert [k for _, k in source.files] == ["wikiextractor", "wikiextractor"]
+    stats = sources.ReadStats()
+    got = {d.id: d.text for d in sources.iter_documents(source, stats)}
+    assert len(got) == 30 and "Stub" not in got and "River 3 (copy)" not in got
+    assert stats.skipped["stub"] == 1 and stats.skipped["near-duplicate"] == 1
+    assert any("not closed" in e for e in stats.errors)  # the truncated last document is reported
+    text = got["River 0"]
+    assert text.startswith("River 0\n\nThe N0 river") and "&amp;" not in text and "()" not in text
+    assert "valley & a town famed" in text

@@ -19,7 +19,7 @@ import tensorflow_text
 
 from tfchat.text import chat_template
 from tfchat.inference.generation import generate, generate_text
-from tests.fixtures import tiny_export, tiny_reward_export
+from tests.fixtures import MODERN, tiny_export, tiny_reward_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "serving", "cpp", "run_saved_model.cc")
@@ -45,11 +45,12 @@ def binary(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["gpt2", "modern"])
+def exported(tmp_path_factory, request):
+    """GPT-2's architecture, and every option of GPTConfig at once (RoPE, RMSNorm, QK-norm, ReLU², untied, softcap)."""
     root = tmp_path_factory.mktemp("cpp_export")
     texts = ["Hello world. How are you today? I am fine.", "The quick brown fox jumps.", "你好，世界。"] * 30
-    return tiny_export(root, texts, vocab_size=430)
+    return tiny_export(root, texts, vocab_size=430, **(MODERN if request.param == "modern" else {}))
 
 
 def parse(stdout):
@@ -106,8 +107,10 @@ def test_cpp_without_text_ops_fails_clearly(binary, exported):
     assert "Sentencepiece" in r.stderr or "not registered" in r.stderr.lower() or "Op type" in r.stderr
 
 
-def test_cpp_load_saved_model_runs_reward(binary, tmp_path_factory):
-    loaded, path = tiny_reward_export(tmp_path_factory.mktemp("cpp_reward"))
+@pytest.mark.parametrize("architecture", ["gpt2", "modern"])
+def test_cpp_load_saved_model_runs_reward(binary, tmp_path_factory, architecture):
+    loaded, path = tiny_reward_export(tmp_path_factory.mktemp("cpp_reward"),
+                                      **(MODERN if architecture == "modern" else {}))
     replies = ["Gladly: the fox is a fine animal.", "No. fox fox fox.", "你好"]
     cmd = [binary, path, "--user", USER, *_op_libs()]
     for reply in replies:

@@ -15,6 +15,8 @@ from typing import Callable
 from tfchat import cli
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "muon")  # training.optimizer's, without importing TensorFlow for --help
+SCHEDULES = ("cosine", "wsd")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
@@ -40,6 +42,12 @@ def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
     g.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="peak learning rate")
     g.add_argument("--min-lr-ratio", type=cli.non_negative_float, default=0.1, help="final lr as a fraction of --lr")
     g.add_argument("--warmup-steps", type=cli.non_negative_int, default=defaults["warmup_steps"], help="linear warmup steps")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.get("optimizer", "adamw"),
+                   help="adamw, or muon for the hidden matrices (AdamW for embeddings, head and vectors)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=defaults.get("schedule", "cosine"),
+                   help="learning-rate schedule after warmup: cosine decay, or wsd (stable, then linear decay)")
+    g.add_argument("--cooldown", type=cli.probability, default=defaults.get("cooldown", 0.2),
+                   help="wsd: the fraction of the steps spent decaying")
     g.add_argument("--weight-decay", type=cli.non_negative_float, default=0.1,
                    help="AdamW decay of matrices (weights of rank >= 2; never biases or norm scales)")
     g.add_argument("--grad-clip", type=cli.positive_float, default=1.0, help="global gradient-norm clip")
@@ -76,7 +84,8 @@ def train_config(args: argparse.Namespace, seq_len: int):
 
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, seq_len=seq_len,
-        lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, optimizer=args.optimizer,
+        schedule=args.schedule, cooldown=args.cooldown, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, precision=resolve_precision(args.precision), xla=args.xla, log_every=args.log_every,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, profile_steps=args.profile_steps,

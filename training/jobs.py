@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # streamed Wikipedia must not be read whole before the first step.
 TOKENIZER_DOCUMENTS = 200_000
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
+# Characters of the training split a new tokenizer learns from (SentencePiece's time grows with them).
+TOKENIZER_CHARS = 10_000_000
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
 
 
@@ -52,8 +54,9 @@ class JobOptions:
     preset: str = "tiny"
     tokenizer: str | None = None
     vocab_size: int | None = None
+    architecture: dict = dataclasses.field(default_factory=dict)  # GPTConfig fields over the preset's
+    # finetune, align and reward (pretrain passes dropout in `architecture`)
     dropout: float | None = None
-    # finetune, align and reward
     init_from: str | None = None
     pack: bool = False
     # align only
@@ -90,13 +93,24 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
             path = os.path.join(resolve_model_dir(path), TOKENIZER_DIR)
         return load_tokenizer(path)
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
-    log.info("Training a %d-token SentencePiece tokenizer on %s", vocab_size, opts.data)
+    log.info("Training a %d-token SentencePiece tokenizer on the first %s characters of %s",
+             vocab_size, f"{TOKENIZER_CHARS:,}", opts.data)
     start = time.perf_counter()
     docs = documents_dataset(opts.data, "train", text_column=opts.columns.text).take(TOKENIZER_DOCUMENTS)
-    texts = (t.decode("utf-8") for t in docs.as_numpy_iterator())
-    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    tok = train_tokenizer(_first_chars(docs, TOKENIZER_CHARS), vocab_size=vocab_size)
     log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
     return tok
+
+
+def _first_chars(documents, limit: int):
+    """Documents (utf-8 tensors) until `limit` characters: a tokenizer needs a sample, not the corpus."""
+    seen = 0
+    for text in documents.as_numpy_iterator():
+        if seen >= limit:
+            return
+        text = text.decode("utf-8")
+        seen += len(text)
+        yield text
 
 
 def pretrain(opts: JobOptions) -> dict:
@@ -108,10 +122,7 @@ def pretrain(opts: JobOptions) -> dict:
     tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
     if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
         tokenizer.save(run_tokenizer_dir)
-    overrides = {"vocab_size": tokenizer.vocab_size}
-    if opts.dropout is not None:
-        overrides["dropout"] = opts.dropout
-    config = GPTConfig.from_preset(opts.preset, **overrides)
+    config = GPTConfig.from_preset(opts.preset, **opts.architecture, vocab_size=tokenizer.vocab_size)
     cfg = opts.train
     check_seq_len(cfg.seq_len, config, opts.preset)
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from tfchat import cli
@@ -29,8 +30,25 @@ def parser():
     g.add_argument("--tokenizer", default=None, help="reuse this tokenizer (a tokenizer or model directory) instead of training one")
     g.add_argument("--vocab-size", type=cli.positive_int, default=None,
                    help="train a new SentencePiece tokenizer of this size (default: the preset's); the default for a new run")
+    g = p.add_argument_group("architecture (default: the preset's; see tfchat/config.py)")
+    g.add_argument("--n-layer", type=cli.positive_int, default=None, help="transformer blocks")
+    g.add_argument("--n-head", type=cli.positive_int, default=None, help="attention heads")
+    g.add_argument("--n-embd", type=cli.positive_int, default=None, help="model width")
+    g.add_argument("--block-size", type=cli.positive_int, default=None, help="context length")
+    g.add_argument("--position", choices=("learned", "rope"), default=None, help="position embeddings")
+    g.add_argument("--norm", choices=("layernorm", "rmsnorm"), default=None, help="normalisation")
+    g.add_argument("--mlp", choices=("gelu", "relu2", "swiglu"), default=None, help="MLP activation")
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None, help="biases in projections and norms")
+    g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None, help="RMS-normalise queries and keys")
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="the LM head is the token table transposed")
+    g.add_argument("--logit-softcap", type=cli.non_negative_float, default=None, help="cap * tanh(logits / cap); 0 = off")
     add_training_flags(p, DEFAULTS)
     return p
+
+
+ARCH_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "position", "norm", "mlp", "bias", "qk_norm",
+              "tie_embeddings", "logit_softcap")
 
 
 def main(argv=None) -> int:
@@ -44,11 +62,14 @@ def main(argv=None) -> int:
         from tfchat.data.tables import Columns
         from training.jobs import JobOptions, pretrain
 
-        seq_len = args.seq_len or GPTConfig.from_preset(args.preset).block_size
+        architecture = {k: getattr(args, k) for k in ARCH_FLAGS if getattr(args, k) is not None}
+        if args.dropout is not None:
+            architecture["dropout"] = args.dropout
+        seq_len = args.seq_len or GPTConfig.from_preset(args.preset, **architecture).block_size
         return pretrain(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
             resume=args.resume, progress=args.progress, preset=args.preset, tokenizer=args.tokenizer,
-            vocab_size=args.vocab_size, dropout=args.dropout, columns=Columns(text=args.text_column),
+            vocab_size=args.vocab_size, architecture=architecture, columns=Columns(text=args.text_column),
         ))
 
     return run_job(job, args, lambda out: [f"python -m training.finetune --from {out}"])

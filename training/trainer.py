@@ -42,7 +42,7 @@ from tfchat.config import GPTConfig
 from tfchat.text.tokenizer import Tokenizer
 from training.hardware import measure_peak_flops
 from training.objectives import LanguageModeling, Objective
-from training.optimizer import make_optimizer
+from training.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
 from training.run_dir import RunDirectory
 from training.strategy import is_chief, worker_dir
 
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Optimisation settings. `batch_size` is global: sequences per optimizer step."""
@@ -62,6 +64,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    optimizer: str = "adamw"  # or "muon" (hidden matrices; AdamW for embeddings, head, vectors)
+    schedule: str = "cosine"  # or "wsd" (warmup, stable, decay over the last `cooldown` of the steps)
+    cooldown: float = 0.2
     weight_decay: float = 0.1
     beta_1: float = 0.9
     beta_2: float = 0.95
@@ -86,6 +91,12 @@ class TrainConfig:
             raise ValueError(f"micro-batch-size must be positive, got {self.micro_batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.cooldown <= 1:
+            raise ValueError(f"cooldown must be in (0, 1], got {self.cooldown}")
 
     def accumulation(self, num_replicas: int) -> tuple[int, int]:
         """(micro batch per replica, accumulation steps) for the global batch."""

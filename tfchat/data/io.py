@@ -1,7 +1,7 @@
 """What every data reader shares: bundled files, compressed text, JSONL lines, read statistics, splits, sharding.
 
 * `resource_path(name)`: a file bundled in `tfchat/resources`.
-* `open_text(path)`: text, `.gz` / `.bz2` decompressed transparently.
+* `open_text(path)`: text, `.gz` / `.bz2` / `.xz` decompressed transparently.
 * `iter_jsonl(path, stats, strict)`: one parsed object per non-blank line; a
   line that is not JSON is skipped and counted, naming `path:line` (with
   `strict`, a `ValueError` naming it).
@@ -36,6 +36,7 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import lzma
 import os
 from typing import Iterable, Iterator
 
@@ -55,12 +56,17 @@ def resource_path(name: str) -> str:
     return str(path)
 
 
+COMPRESSIONS = (".gz", ".bz2", ".xz")
+
+
 def open_text(path: str, encoding: str = "utf-8"):
-    """Opens a text file, decompressing `.gz` / `.bz2` transparently."""
+    """Opens a text file, decompressing `.gz` / `.bz2` / `.xz` transparently."""
     if path.endswith(".gz"):
         return gzip.open(path, "rt", encoding=encoding)
     if path.endswith(".bz2"):
         return bz2.open(path, "rt", encoding=encoding)
+    if path.endswith(".xz"):
+        return lzma.open(path, "rt", encoding=encoding)
     return open(path, encoding=encoding)
 
 

@@ -9,9 +9,13 @@ A source is a string (the `--data` flag):
   `_START_SECTION_` / `_START_PARAGRAPH_` / `_NEWLINE_` markers are turned
   into the same title / heading / paragraph layout as a dump's text).
 - a MediaWiki dump: `path/enwiki-...-pages-articles*.xml[.bz2|.gz]`.
+- WikiExtractor output (`<doc id=... title=...>` ... `</doc>`, files such as
+  `text/AA/wiki_00`): a file, a glob or the whole directory
+  (`tfchat.data.wikiextractor`).
 - `.txt` files, one document per file: `path/doc.txt` or a glob `path/*.txt`.
 - `.jsonl` files with a `text` field per line (`id` or `title` name the doc).
-  Globs may mix these kinds; `.gz`/`.bz2` compression is read transparently.
+  Globs and directories may mix these kinds; `.gz`/`.bz2`/`.xz` compression
+  is read transparently.
 - Parquet files (`path/*.parquet`) and Hugging Face datasets
   (`hf:wikimedia/wikipedia:20231101.en`, a `save_to_disk` directory...):
   tables, see `tfchat.data.tables`. They are not cached: read a row group
@@ -19,6 +23,9 @@ A source is a string (the `--data` flag):
 
 `text_column` names the text field of JSONL records, table columns and TFDS
 features (default `text`).
+
+WikiExtractor sources lose their stubs and near-duplicate articles on the
+way (`tfchat.data.filters`); the counts are in the read statistics.
 
 Every document belongs to `train` or `validation`, a deterministic function
 of its id (the article title for Wikipedia): `VALIDATION_PERCENT`% of articles
@@ -56,8 +63,10 @@ from typing import Iterator
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tfchat.data import tables, wikipedia
+from tfchat.data import tables, wikiextractor, wikipedia
+from tfchat.data.filters import DocumentFilter
 from tfchat.data.io import (
+    COMPRESSIONS,
     SPLITS,
     VALIDATION_PERCENT,
     ReadStats,
@@ -74,16 +83,22 @@ log = logging.getLogger(__name__)
 
 SAMPLE_NAME = "wikipedia-sample"
 SAMPLE_FILE = "enwiki-sample-pages-articles.xml.bz2"
+DEFAULT_SOURCE = "enwiki-2018"
+# Sources bundled in tfchat/resources (see ATTRIBUTION.md): name -> (file, kind).
+BUNDLED = {
+    SAMPLE_NAME: (SAMPLE_FILE, "dump"),
+    DEFAULT_SOURCE: ("enwiki-2018-articles.txt.xz", "wikiextractor"),
+}
 CACHE_ENV = "TFCHAT_CACHE_DIR"
 # Bump when the extracted text changes (cleaning rules, record format).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Cache shards roll over at this size so big sources shard across workers.
 SHARD_BYTES = 128 << 20
 
 
 def default_pretrain_source() -> str:
-    """The default pretraining data: the bundled Wikipedia sample."""
-    return SAMPLE_NAME
+    """The default pretraining data: the bundled 2018 Wikipedia articles."""
+    return DEFAULT_SOURCE
 
 
 def default_cache_dir() -> str:
@@ -106,18 +121,27 @@ class Source:
 
 def _file_kind(path: str) -> str | None:
     name = os.path.basename(path).lower()
-    for ext in (".gz", ".bz2"):
+    for ext in COMPRESSIONS:
         if name.endswith(ext):
             name = name[: -len(ext)]
     if name.endswith(".xml"):
         return "dump"
-    if name.endswith(".txt"):
-        return "text"
     if name.endswith(".jsonl") or name.endswith(".json"):
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
+    if name.endswith(".txt") or "." not in name:  # WikiExtractor writes wiki_00, wiki_01...
+        return "wikiextractor" if _starts_with_doc_tag(path) else ("text" if name.endswith(".txt") else None)
     return None
+
+
+def _starts_with_doc_tag(path: str) -> bool:
+    try:
+        with open_text(path) as f:
+            first = next((line for line in f if line.strip()), "")
+    except (OSError, EOFError, UnicodeDecodeError, ValueError):
+        return False
+    return wikiextractor.looks_like_wikiextractor(first)
 
 
 def parse_source(spec: str, text_column: str = tables.Columns.text) -> Source:
@@ -128,8 +152,9 @@ def parse_source(spec: str, text_column: str = tables.Columns.text) -> Source:
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a source must be a non-empty string, got {spec!r}")
-    if spec == SAMPLE_NAME:
-        source = Source(spec, files=((resource_path(SAMPLE_FILE), "dump"),))
+    if spec in BUNDLED:
+        name, kind = BUNDLED[spec]
+        source = Source(spec, files=((resource_path(name), kind),))
     elif spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
         if not name:
@@ -150,25 +175,48 @@ def _parse_files(spec: str) -> Source:
     paths = expand_paths(spec)
     if not paths and any(ch in spec for ch in "*?["):
         raise FileNotFoundError(f"{spec}: the glob matches no files")
-    if not paths and os.path.isdir(spec):
-        raise ValueError(f"{spec}: is a directory; name its files with a glob, e.g. {spec.rstrip('/')}/*.txt")
+    if not paths and os.path.isdir(os.path.expanduser(spec)):
+        return _directory_source(spec)
     if not paths:
         raise FileNotFoundError(
-            f"{spec}: no such file. A source is {SAMPLE_NAME}, tfds:NAME, hf:NAME, a dump "
-            "(*.xml.bz2), a .txt, .jsonl or .parquet file, or a glob of them"
+            f"{spec}: no such file. A source is one of {', '.join(BUNDLED)}, tfds:NAME, hf:NAME, a dump "
+            "(*.xml.bz2), WikiExtractor output, a .txt, .jsonl or .parquet file, a directory or a glob of them"
         )
     files = []
     for path in paths:
         kind = _file_kind(path)
         if kind is None:
-            raise ValueError(f"{path}: unknown kind of file (expected .xml[.bz2], .txt, .jsonl (maybe .gz) "
-                             "or .parquet)")
+            raise ValueError(f"{path}: unknown kind of file (expected .xml[.bz2], .txt, .jsonl, WikiExtractor output "
+                             "(maybe compressed .gz/.bz2/.xz) or .parquet)")
         files.append((os.path.abspath(path), kind))
     kinds = {kind for _, kind in files}
     if "parquet" in kinds:
         if kinds != {"parquet"}:
             raise ValueError(f"{spec}: Parquet files cannot be mixed with other kinds in one source")
         return Source(spec, table=tables.parse_table(spec, [p for p, _ in files]))
+    return Source(spec, files=tuple(files))
+
+
+def _directory_source(spec: str) -> Source:
+    """Every file of a directory tree whose kind is known (a WikiExtractor `text/` folder, say), in name order."""
+    root = os.path.expanduser(spec)
+    files, unknown = [], 0
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            kind = _file_kind(path)
+            if kind is None:
+                unknown += 1
+            else:
+                files.append((os.path.abspath(path), kind))
+    if not files:
+        raise ValueError(f"{spec}: no readable files in this directory (expected WikiExtractor output, dumps, .txt or "
+                         ".jsonl files)")
+    if unknown:
+        log.warning("%s: %d files of unknown kind are skipped", spec, unknown)
     return Source(spec, files=tuple(files))
 
 
@@ -229,7 +277,24 @@ def _read_jsonl(path: str, stats: ReadStats, field: str = tables.Columns.text) -
         stats.skip(path, path, f"unreadable ({e}); keeping the lines before it")
 
 
-_READERS = {"dump": _read_dump, "text": _read_text, "jsonl": _read_jsonl}
+def _read_wikiextractor(path: str, stats: ReadStats) -> Iterator[Document]:
+    errors: list[str] = []
+    try:
+        with open_text(path) as f:
+            for doc in wikiextractor.parse_docs(f, errors):
+                stats.read += 1
+                yield Document(doc.title, doc.text)
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        errors.append(f"unreadable ({e}); keeping the documents before it")
+    for error in errors:
+        stats.errors.append(f"{path}: {error}")
+        stats.skip(path, path, error)
+
+
+_READERS = {"dump": _read_dump, "text": _read_text, "jsonl": _read_jsonl, "wikiextractor": _read_wikiextractor}
+# WikiExtractor output keeps every stub and list article of a dump: it gets the stub and
+# near-duplicate filter (`tfchat.data.filters`). Dumps, text files and JSONL are taken as they are.
+_FILTERED_KINDS = ("wikiextractor",)
 
 
 def _reader(kind: str, text_column: str):
@@ -249,10 +314,15 @@ def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iter
     problems = []
     found = 0
     files = source.files
+    doc_filter = DocumentFilter() if any(kind in _FILTERED_KINDS for _, kind in files) else None
     bar = tqdm(files, desc="files", unit="file", disable=None if len(files) > 20 else True, leave=False)
     for path, kind in bar:
         try:
             for doc in _reader(kind, source.text_column)(path, stats):
+                reason = doc_filter.check(doc.text) if kind in _FILTERED_KINDS else None
+                if reason:
+                    stats.skipped[reason] += 1  # counted, not logged: a dump has many thousands
+                    continue
                 found += 1
                 yield doc
         except ValueError as e:  # a file with nothing usable; others may still be fine

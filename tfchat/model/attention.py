@@ -4,19 +4,25 @@ Two paths through the same weights:
 
 * full sequence (training, scoring): `layer(x)`, causal mask built here, an
   optional `padding_mask` [B, T] hides padded keys;
-* cached (generation): `layer(x, cache=c, cache_index=i, attention_mask=m)`
-  writes the new keys/values of `x` at positions `i .. i+T-1` of `c` and
-  attends over the filled prefix `c[:i+T]` only.
+* cached (generation): `layer(x, cache=c, cache_index=i, attention_mask=m,
+  positions=p)` writes the new keys/values of `x` at positions
+  `i .. i+T-1` of `c` and attends over the filled prefix `c[:i+T]` only.
 
 The cache of one layer is a single time-major tensor `[max_len, B, 2, H, D]`
 (keys and values together), so the write is one `tf.tensor_scatter_nd_update`
 with `T` row indices: a core op that stock TF Serving runs without XLA, unlike
 `keras.ops.slice_update` (it lowers to `XlaDynamicUpdateSlice`).
 
+Options from `GPTConfig`: biases (`bias`), RMS-normalised queries and keys
+(`qk_norm`, parameter-free, as nanochat), rotary positions (`position="rope"`:
+keys are stored in the cache already rotated, so a cached step rotates only
+its new query and key).
+
 Example:
 
 >>> import numpy as np
->>> attn = CausalSelfAttention(num_heads=2)
+>>> from tfchat.config import GPTConfig
+>>> attn = CausalSelfAttention(GPTConfig(n_embd=8, n_head=2))
 >>> attn(np.zeros((1, 5, 8), "float32")).shape
 TensorShape([1, 5, 8])
 """
@@ -26,46 +32,64 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfchat.config import GPTConfig
+from tfchat.model.configured import configured
+from tfchat.model.norm import rms_normalize
+from tfchat.model.rope import rotate
+
 # The score of masked keys; softmax runs in float32, where -1e9 is safe.
 MASK_VALUE = -1e9
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
+@configured
 class CausalSelfAttention(keras.layers.Layer):
-    """GPT-2 attention: fused QKV projection (`c_attn`), output projection (`c_proj`).
+    """Fused QKV projection (`c_attn`), output projection (`c_proj`).
 
     Softmax is computed in float32 whatever the compute dtype, so bf16/fp16
     mixed precision keeps attention weights accurate.
     """
 
-    def __init__(self, num_heads: int, dropout: float = 0.0, **kwargs):
+    def __init__(self, config: GPTConfig, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.c_attn = None
-        self.c_proj = None
-        self.attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.config = config
+        self.num_heads, self.head_dim = config.n_head, config.head_dim
+        self.c_attn = keras.layers.Dense(3 * config.n_embd, use_bias=config.bias, name="c_attn", dtype=self.dtype_policy)
+        self.c_proj = keras.layers.Dense(config.n_embd, use_bias=config.bias, name="c_proj", dtype=self.dtype_policy)
+        self.attn_dropout = keras.layers.Dropout(config.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        width = input_shape[-1]
-        if width % self.num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
-        self.head_dim = width // self.num_heads
-        self.c_attn = keras.layers.Dense(3 * width, name="c_attn", dtype=self.dtype_policy)
         self.c_attn.build(input_shape)
-        self.c_proj = keras.layers.Dense(width, name="c_proj", dtype=self.dtype_policy)
         self.c_proj.build(input_shape)
 
-    def call(self, x, padding_mask=None, cache=None, cache_index=None, attention_mask=None, training=None):
+    def _prepare(self, q, k, q_positions, k_positions):
+        """QK-norm and RoPE on q, k [B, H, T, D]."""
+        c = self.config
+        if c.qk_norm:
+            q, k = (tf.cast(rms_normalize(t, c.layer_norm_epsilon), t.dtype) for t in (q, k))
+        if c.position == "rope":
+            q, k = rotate(q, q_positions, c.rope_theta), rotate(k, k_positions, c.rope_theta)
+        return q, k
+
+    def call(self, x, padding_mask=None, cache=None, cache_index=None, attention_mask=None, positions=None,
+             training=None):
         shape = tf.shape(x)
         batch, length = shape[0], shape[1]
         qkv = tf.reshape(self.c_attn(x), [batch, length, 3, self.num_heads, self.head_dim])
         if cache is None:
             q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # 3 x [B, H, T, D]
+            steps = tf.range(length)
+            q, k = self._prepare(q, k, steps, steps)
             mask = causal_mask(length, padding_mask)
         else:
             q = tf.transpose(qkv[:, :, 0], [0, 2, 1, 3])  # [B, H, T, D]
-            new_kv = tf.transpose(qkv[:, :, 1:], [1, 0, 2, 3, 4])  # [T, B, 2, H, D]
+            if self.config.qk_norm or self.config.position == "rope":
+                k_new = tf.transpose(qkv[:, :, 1], [0, 2, 1, 3])  # [B, H, T, D]
+                q, k_new = self._prepare(q, k_new, positions, positions)
+                new_kv = tf.stack([tf.transpose(k_new, [2, 0, 1, 3]), tf.transpose(qkv[:, :, 2], [1, 0, 2, 3])],
+                                  axis=2)  # [T, B, 2, H, D]
+            else:  # one transpose: a decode step runs as few ops as it can
+                new_kv = tf.transpose(qkv[:, :, 1:], [1, 0, 2, 3, 4])  # [T, B, 2, H, D]
             rows = tf.range(cache_index, cache_index + length)[:, None]
             cache = tf.tensor_scatter_nd_update(cache, rows, tf.cast(new_kv, cache.dtype))
             kv = tf.transpose(cache[: cache_index + length], [2, 1, 3, 0, 4])  # [2, B, H, n, D]
@@ -84,9 +108,6 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
 
 
 def causal_mask(length, padding_mask=None):

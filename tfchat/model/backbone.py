@@ -1,10 +1,11 @@
 """The GPT backbone: token ids -> final hidden states, with a KV-cached incremental path.
 
-Architecture (GPT-2): token + learned position embeddings, `n_layer`
-pre-LayerNorm blocks, final LayerNorm `ln_f`. Heads (`tfchat.model.heads`)
-turn the hidden states into logits, a reward or class scores; the backbone
-knows nothing of them. Its shape comes from its `GPTConfig` alone, which it
-keeps as `backbone.config`.
+Architecture (GPT-2 by default): token embeddings (+ learned positions, or
+rotary positions inside attention), `n_layer` pre-norm blocks, a final norm
+`ln_f`. Every choice is a `GPTConfig` field (norm, biases, QK-norm, MLP
+activation, positions); the backbone keeps its config as `backbone.config`.
+Heads (`tfchat.model.heads`) turn the hidden states into logits, a reward or
+class scores; the backbone knows nothing of them.
 
 Example:
 
@@ -24,6 +25,7 @@ from tfchat.config import GPTConfig
 from tfchat.model.attention import cached_attention_mask
 from tfchat.model.block import TransformerBlock
 from tfchat.model.embedding import Embeddings
+from tfchat.model.norm import make_norm
 
 
 def dtype_policy(dtype: str | None):
@@ -42,14 +44,9 @@ class GPTBackbone(keras.Model):
 
     def __init__(self, config: GPTConfig, dtype: str | None = None, name: str = "backbone", **kwargs):
         policy = dtype_policy(dtype)
-        embeddings = Embeddings(
-            config.vocab_size, config.block_size, config.n_embd, config.dropout, name="embeddings", dtype=policy
-        )
-        blocks = [
-            TransformerBlock(config.n_head, config.dropout, config.layer_norm_epsilon, name=f"block_{i}", dtype=policy)
-            for i in range(config.n_layer)
-        ]
-        final_norm = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="ln_f", dtype=policy)
+        embeddings = Embeddings(config, name="embeddings", dtype=policy)
+        blocks = [TransformerBlock(config, name=f"block_{i}", dtype=policy) for i in range(config.n_layer)]
+        final_norm = make_norm(config, "ln_f", policy)
 
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         x = embeddings(token_ids)  # [B, T, C]
@@ -85,7 +82,7 @@ class GPTBackbone(keras.Model):
         mask = cached_attention_mask(key_mask, cache_index, tf.shape(token_ids)[1])  # [B, 1, T, n]
         new_caches = []
         for block, cache in zip(self.blocks, caches):
-            x, cache = block(x, cache=cache, cache_index=cache_index, attention_mask=mask)
+            x, cache = block(x, cache=cache, cache_index=cache_index, attention_mask=mask, positions=positions)
             new_caches.append(cache)
         return self.final_norm(x), new_caches
 

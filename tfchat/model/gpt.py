@@ -54,10 +54,15 @@ def head_of(model) -> str:
 
 def param_count(config: GPTConfig, exclude_positions: bool = False) -> int:
     """Parameters of `build_gpt(config)`; `exclude_positions` leaves out the position table (nanoGPT's count)."""
-    c, n = config.n_embd, config.n_layer
-    per_block = 2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c)
-    positions = 0 if exclude_positions else config.block_size * c
-    return config.vocab_size * c + positions + n * per_block + 2 * c
+    c, b = config.n_embd, int(config.bias)
+    norm = c * (1 + b) if config.norm == "layernorm" else c
+    hidden = config.mlp_width
+    mlp_in = hidden * (2 if config.mlp == "swiglu" else 1)
+    attn = c * 3 * c + 3 * c * b + c * c + c * b
+    mlp = c * mlp_in + mlp_in * b + hidden * c + c * b
+    positions = config.block_size * c if config.position == "learned" and not exclude_positions else 0
+    head = 0 if config.tie_embeddings else config.vocab_size * c
+    return config.vocab_size * c + positions + config.n_layer * (2 * norm + attn + mlp) + norm + head
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:

@@ -1,8 +1,10 @@
 """Heads: what turns the backbone's hidden states into an answer.
 
-* `CausalLM`: the language model, logits over the vocabulary at every
-  position, through the token embedding transposed (GPT-2's tied head). It
-  also runs the KV-cached incremental path generation uses.
+* `CausalLM`: the language model, float32 logits over the vocabulary at
+  every position, through the token table transposed (GPT-2's tied head) or
+  a separate `lm_head` matrix (`GPTConfig.tie_embeddings=False`), optionally
+  soft-capped (`GPTConfig.logit_softcap`). It also runs the KV-cached
+  incremental path generation uses.
 
 * `RewardModel`: a scalar per sequence, a linear map (`RewardHead`) of the
   hidden state at each sequence's last real token (the reply's `<|end|>` in
@@ -31,6 +33,25 @@ from tfchat.model.backbone import GPTBackbone
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
+class SoftCap(keras.layers.Layer):
+    """float32 `cap * tanh(logits / cap)`; with cap 0 only the cast to float32."""
+
+    def __init__(self, cap: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.cap = float(cap)
+
+    def call(self, logits):
+        logits = tf.cast(logits, tf.float32)
+        return self.cap * tf.tanh(logits / self.cap) if self.cap > 0 else logits
+
+    def compute_output_spec(self, logits):
+        return keras.KerasTensor(logits.shape, dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "cap": self.cap}
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
 class CausalLM(keras.Model):
     """int32 token ids [B, T] -> float32 next-token logits [B, T, vocab_size].
 
@@ -38,14 +59,25 @@ class CausalLM(keras.Model):
     """
 
     def __init__(self, backbone: GPTBackbone, name: str = "gpt", **kwargs):
+        config, policy = backbone.config, backbone.embeddings.dtype_policy
+        lm_head = None
+        if not config.tie_embeddings:
+            lm_head = keras.layers.Dense(config.vocab_size, use_bias=False, name="lm_head", dtype=policy,
+                                         kernel_initializer=keras.initializers.RandomNormal(stddev=0.02))
+        softcap = SoftCap(config.logit_softcap, name="softcap")
         token_ids = backbone.input
-        logits = backbone.embeddings(backbone(token_ids), reverse=True)  # tied head, float32 [B, T, V]
+        hidden = backbone(token_ids)  # [B, T, C]
+        logits = softcap(lm_head(hidden) if lm_head else backbone.embeddings(hidden, reverse=True))  # [B, T, V]
         super().__init__(inputs=token_ids, outputs=logits, name=name, **kwargs)
-        self.backbone = backbone
+        self.backbone, self.lm_head, self.softcap = backbone, lm_head, softcap
 
     @property
     def config(self):
         return self.backbone.config
+
+    def logits(self, hidden) -> tf.Tensor:
+        """float32 logits [B, T, V] of hidden states [B, T, C]."""
+        return self.softcap(self.lm_head(hidden) if self.lm_head else self.backbone.embeddings(hidden, reverse=True))
 
     def init_cache(self, batch_size, max_len):
         return self.backbone.init_cache(batch_size, max_len)
@@ -53,7 +85,7 @@ class CausalLM(keras.Model):
     def call_with_cache(self, token_ids, positions, caches, cache_index, key_mask):
         """`GPTBackbone.call_with_cache`, returning float32 logits [B, T, V] instead of hidden states."""
         hidden, caches = self.backbone.call_with_cache(token_ids, positions, caches, cache_index, key_mask)
-        return self.backbone.embeddings(hidden, reverse=True), caches
+        return self.logits(hidden), caches
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name}
