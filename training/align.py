@@ -27,7 +27,7 @@ import sys
 from tfchat import cli
 from training.cli import add_training_flags, run_job, train_config
 
-DEFAULTS = dict(steps=200, batch_size=16, lr=5e-5, warmup_steps=20, eval_every=50, save_every=50, eval_batches=1000,
+DEFAULTS = dict(steps=200, batch_size=16, lr=5e-5, warmup_steps=20, eval_every=100, save_every=100, eval_batches=1000,
                 out="runs/aligned")
 
 

@@ -18,7 +18,9 @@ import time
 
 import numpy as np
 
-from tfchat.checkpoint.model_dir import TOKENIZER_DIR, assign_weights, is_model_dir, load_model, resolve_model_dir
+from tfchat.checkpoint.model_dir import (
+    TOKENIZER_DIR, LoadedModel, assign_weights, is_model_dir, load_model, resolve_model_dir, weights_by_path,
+)
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
 from tfchat.data.sources import documents_dataset
@@ -249,7 +251,6 @@ def align(opts: JobOptions) -> dict:
     preference accuracy of the starting model and of the aligned one on the
     held-out pairs (`tfchat.eval.preferences`).
     """
-    from tfchat.checkpoint.model_dir import weights_by_path
     from tfchat.eval.preferences import accuracy_figures, pair_log_probs
     from training.objectives import DirectPreference
     from training.trainer import PRECISIONS
@@ -306,9 +307,7 @@ def reward(opts: JobOptions) -> dict:
     metrics plus `held_out`: reward accuracy and the length baseline on the
     held-out pairs.
     """
-    from tfchat.checkpoint.model_dir import weights_by_path
     from tfchat.eval.preferences import reward_metrics
-    from tfchat.checkpoint.model_dir import LoadedModel
     from training.objectives import PairwiseReward
 
     strategy = make_strategy(opts.strategy)

@@ -62,9 +62,8 @@ import os
 import re
 from typing import Iterable, Iterator, Sequence
 
-from tfchat.data import io
+from tfchat.data import dialogues, io
 from tfchat.data.io import ReadStats
-from tfchat.text.special_tokens import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +113,10 @@ def split_of(pair: Pair) -> str:
 
 def prompt_problem(messages) -> str | None:
     """Why `messages` cannot be a prompt ("reason (detail)"), or None."""
-    if not isinstance(messages, list) or not messages:
-        return "no prompt messages"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            return f"message lacks role or content (message {i})"
-        if message["role"] not in ROLES:
-            return f"unknown role (message {i}: {message['role']!r})"
-        if not isinstance(message["content"], str) or not message["content"].strip():
-            return f"empty content (message {i})"
-        if message["role"] == "system" and i > 0:
-            return f"system message not first (message {i})"
-    if messages[-1]["role"] != "user":
-        return "prompt does not end with a user message"
-    return None
+    reason = dialogues.validate(messages, need_reply=False)
+    if reason is None and messages[-1]["role"] != "user":
+        reason = "prompt does not end with a user message"
+    return reason
 
 
 def _reply_text(reply) -> str | None:
