@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import data as data_bench
 from benchmarks import train as train_bench
 
@@ -44,3 +46,20 @@ def test_generate_benchmark_cli_prints_json(capsys):
     record = lines[0]
     assert record["batch_1"]["tokens_per_s"] > 0 and record["batch_2"]["tokens_per_s"] > 0
     assert record["time_to_first_token_ms"] > 0 and "machine" in record
+
+
+def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):
+    pytest.importorskip("profanity_check")
+    from benchmarks import moderation as moderation_bench
+
+    assert moderation_bench.main(["--classifier", moderation_classifier, "--messages", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    record = lines[0]
+    assert record["held_out"]["tfchat"]["roc_auc"] == 1.0 and record["held_out"]["examples"] == 30
+    for part in ("held_out", "requests", "hatecheck"):
+        assert 0 <= record[part]["alt_profanity_check"]["roc_auc"] <= 1
+        assert "roc_auc_margin" in record[part]
+    assert {"recall", "false_positive_rate", "lookalike_false_positive_rate"} <= set(record["requests"]["tfchat"])
+    assert record["latency_ms"]["tfchat"]["calls"] == 5 and record["latency_ms"]["alt_profanity_check"]["p50"] > 0
+    assert "machine" in record

@@ -30,8 +30,9 @@ one model it trains.
   preference pairs with -log sigmoid(r_chosen - r_rejected).
 * `DirectPreference`: DPO (Rafailov et al. 2023) or IPO (Azar et al. 2023)
   on a chat model, against precomputed reference log-probabilities.
-
-Classification objectives plug in the same way.
+* `Classification`: text -> labels (`tfchat.model.classifier`), binary
+  cross-entropy per label (multi-label) or softmax cross-entropy
+  (single-label), averaged over examples; `accuracy` is exact match.
 
 Example:
 
@@ -48,6 +49,7 @@ import tensorflow as tf
 from tfchat.config import GPTConfig
 from tfchat.eval.logprobs import masked_log_prob, token_log_probs
 from tfchat.model import RewardModel, build_gpt, build_model, flops_per_token
+from tfchat.model.classifier import ClassifierConfig, build_classifier
 
 
 class Objective:
@@ -208,3 +210,39 @@ class DirectPreference(_PairObjective):
         loss, rewards = preference_loss(logps, batch["ref_logps"], self.beta, self.loss)
         return {**_pair_sums(loss, rewards), "logps/chosen": tf.reduce_sum(logps[:, 0]),
                 "logps/rejected": tf.reduce_sum(logps[:, 1])}
+
+
+class Classification(Objective):
+    """Text classification; batches are `{"text": string [B], "labels": float32 [B, L]}` (multi-hot, or
+    one-hot for single-label), the model a `tfchat.model.classifier` model of a `ClassifierConfig`."""
+
+    name = "classification"
+    metrics = ("accuracy",)
+    unit = "examples"
+    perplexity = False
+
+    def __init__(self, multi_label: bool = True):
+        self.multi_label = multi_label
+
+    def build_model(self, config: ClassifierConfig, dtype: str) -> keras.Model:
+        return build_classifier(config, dtype=dtype)
+
+    def sums(self, model, batch, training):
+        logits = tf.cast(model(batch["text"], training=training), tf.float32)  # [B, L]
+        labels = tf.cast(batch["labels"], tf.float32)  # [B, L]
+        if self.multi_label:  # one binary decision per label, summed over labels
+            loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits), axis=-1)
+            correct = tf.reduce_all(tf.equal(logits >= 0.0, labels > 0.5), axis=-1)
+        else:
+            loss = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+            correct = tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1))
+        return {"loss": tf.reduce_sum(loss), "weight": tf.cast(tf.shape(logits)[0], tf.float32),
+                "accuracy": tf.reduce_sum(tf.cast(correct, tf.float32))}
+
+    def throughput(self, config, train_cfg):
+        return train_cfg.batch_size, None
+
+    def save(self, path, model, config, tokenizer, metadata):
+        from tfchat.checkpoint.classifier_dir import save_classifier
+
+        save_classifier(path, model, config, metadata)

@@ -1,7 +1,7 @@
 // run_saved_model: loads an exported tfchat SavedModel the way tensorflow_model_server does
 // (C++ LoadSavedModel, tag "serve", XLA compilation disabled, TF Text ops from their op
-// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding, or,
-// given --reply, a reward model's `reward` signature.
+// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding; given
+// --reply, a reward model's `reward` signature; with --classify, a classifier export's `classify` signature.
 //
 // Build (see tests/test_tf_serving_cpp.py):
 //   g++ run_saved_model.cc $(python -c "import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())") \
@@ -9,10 +9,12 @@
 // Usage:
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --max-new N --user TEXT --prompt TEXT [--prompt ...]
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --user TEXT --reply TEXT [--reply ...]
+//   run_saved_model CLASSIFIER_EXPORT_VERSION_DIR --classify TEXT [--classify TEXT ...]
 // Output, one line per result (texts hex-encoded so any bytes survive):
 //   generate <row> <num_tokens> <id,id,...> <hex text>
 //   chat <row> <num_tokens> <id,id,...> <hex reply>
 //   reward <row> <num_tokens> <score>        (one row per --reply: [user, reply])
+//   classify <row> <score,score,...> <hex label>,<hex label>,... <predicted 0/1,...>
 
 #include <cstdio>
 #include <iostream>
@@ -105,7 +107,7 @@ int main(int argc, char** argv) {
   tensorflow::DisableXlaCompilation();
 
   std::string export_dir = argv[1];
-  std::vector<std::string> prompts, replies;
+  std::vector<std::string> prompts, replies, classify;
   std::string user = "Hello";
   int max_new = 8;
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -118,6 +120,8 @@ int main(int argc, char** argv) {
       prompts.push_back(value);
     } else if (flag == "--reply") {
       replies.push_back(value);
+    } else if (flag == "--classify") {
+      classify.push_back(value);
     } else if (flag == "--user") {
       user = value;
     } else if (flag == "--max-new") {
@@ -153,6 +157,30 @@ int main(int argc, char** argv) {
       char score[32];
       std::snprintf(score, sizeof(score), "%.9g", scored[0].flat<float>()(i));
       std::cout << "reward " << i << " " << scored[1].flat<int32_t>()(i) << " " << score << std::endl;
+    }
+    return 0;
+  }
+
+  if (!classify.empty()) {
+    // classify: text [B] -> scores [B, L], labels [B, L], predicted [B, L].
+    const int b = static_cast<int>(classify.size());
+    Tensor text(tensorflow::DT_STRING, tensorflow::TensorShape({b}));
+    for (int i = 0; i < b; ++i) text.flat<tensorflow::tstring>()(i) = classify[i];
+    std::vector<Tensor> out;
+    status = RunSignature(bundle, "classify", {{"text", text}}, {"scores", "labels", "predicted"}, &out);
+    if (!status.ok()) return Fail("classify", status);
+    const auto scores = out[0].matrix<float>();
+    const auto labels = out[1].matrix<tensorflow::tstring>();
+    const auto predicted = out[2].matrix<bool>();
+    for (int row = 0; row < b; ++row) {
+      std::ostringstream line, names, flags;
+      line << "classify " << row << " ";
+      for (int j = 0; j < scores.dimension(1); ++j) {
+        line << (j ? "," : "") << scores(row, j);
+        names << (j ? "," : "") << Hex(std::string(labels(row, j)));
+        flags << (j ? "," : "") << (predicted(row, j) ? 1 : 0);
+      }
+      std::cout << line.str() << " " << names.str() << " " << flags.str() << std::endl;
     }
     return 0;
   }
