@@ -275,7 +275,7 @@ def load_model(path: str, dtype: str | None = None, head: str | None = None) -> 
     try:
         model = build_model(config, held, dtype=dtype)
     except ValueError as e:
-        raise ValueError(f"{marker}: {e}") from None
+        raise ValueError(f"{os.path.join(path, MARKER_FILE)}: {e}") from None
     weights = os.path.join(path, WEIGHTS_FILE)
     legacy = os.path.join(path, LEGACY_WEIGHTS_FILE)
     if os.path.isfile(weights):
