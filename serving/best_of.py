@@ -100,14 +100,14 @@ class BestOfN:
         if not self.applies(request):
             return submit_one(request)
         s = request.sampling
-        candidates = [GenRequest(messages=request.messages, sampling=s.replace(seed=_seed(s.seed, i)))
-                      for i in range(self.n)]
+        candidates = [GenRequest(messages=request.messages, sampling=s.replace(seed=_seed(s.seed, i)),
+                                 logprobs=request.logprobs) for i in range(self.n)]
         futures = [submit_one(c) for c in candidates]
         self._pool.submit(self._choose, request, futures)
         return request.future
 
-    def stream(self, request: GenRequest, submit_one) -> Iterator[str]:
-        """`submit`, then the winner's text as one piece."""
+    def stream(self, request: GenRequest, submit_one) -> Iterator[tuple[str, list]]:
+        """`submit`, then the winner's text as one piece with its log-probabilities (as `Backend.stream_with_logprobs`)."""
         future = self.submit(request, submit_one)
 
         def pieces():
@@ -115,7 +115,7 @@ class BestOfN:
             if future is not request.future and not request.future.done():
                 request.future.set_result(completion)
             if completion.text:
-                yield completion.text
+                yield completion.text, completion.logprobs or []
 
         return pieces()
 

@@ -210,7 +210,7 @@ def test_align_writes_an_ordinary_chat_model_and_trl_named_scalars(aligned, pref
     assert os.path.isfile(os.path.join(aligned, "reference_logps.npz"))
     # Re-running a finished run changes nothing and says so.
     assert align.main(["--from", prefs["chat_dir"], "--data", prefs["data"], "--out", aligned, "--steps", "4",
-                       *SMALL]) == 0
+                       "--eval-every", "2", "--lr", "1e-3", *SMALL]) == 0
     assert "already complete" in capsys.readouterr().err
 
 
