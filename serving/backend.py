@@ -167,6 +167,7 @@ class Backend:
         self.max_batch = max(1, int(max_batch))
         self.batch_wait = batch_wait_ms / 1000.0
         self.largest_batch = 0  # for tests and /healthz
+        self.best_of = None  # best-of-n hook: a serving.best_of.BestOfN reranks chat replies
         self._piece_bytes: dict[int, bytes] = {}  # token id -> its text alone (top log-probabilities)
         self._jobs: collections.deque = collections.deque()
         self._cv = threading.Condition()
@@ -208,6 +209,8 @@ class Backend:
     def submit(self, request: GenRequest) -> concurrent.futures.Future:
         """Queues a non-streaming generation; the future resolves to a Completion."""
         self.validate(request)
+        if self.best_of is not None:  # best-of-n hook (serving.best_of)
+            return self.best_of.submit(request, self._submit)
         return self._submit(request)
 
     def complete(self, request: GenRequest) -> Completion:
@@ -222,6 +225,8 @@ class Backend:
         """Streaming generation: yields (text delta, the TokenLogprobs of its tokens: [] unless
         `request.logprobs` is set); `request.future` then holds the Completion."""
         self.validate(request)  # raises now, before any output is produced
+        if self.best_of is not None and self.best_of.applies(request):  # best-of-n hook (serving.best_of)
+            return self.best_of.stream(request, self._submit)
         request.events = queue.Queue()
         self._submit(request)
         return self._events(request)
@@ -242,6 +247,9 @@ class Backend:
     def validate(self, r: GenRequest) -> None:
         """Checks a request, cuts an over-long prompt (see the module docstring) and fills in its sampling
         settings (defaults, a concrete seed)."""
+        if self.metadata.get("head", "lm") != "lm":  # a reward model export scores replies (serving.reward_export)
+            raise BadRequest(f"{self.name} is a {self.metadata['head']} model: it has no generation; "
+                             "use its signatures through :predict")
         if (r.prompt is None) == (r.messages is None):
             raise BadRequest("give exactly one of prompt or messages")
         if r.prompt is not None and not isinstance(r.prompt, str):

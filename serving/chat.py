@@ -2,6 +2,7 @@
 
     python -m serving.chat --server http://localhost:8501     # a running serving.server
     python -m serving.chat --model exports/tfchat             # load the export in this process
+    python -m serving.chat --model exports/tfchat --reward-model exports/reward --best-of 4   # best of 4 replies
     python -m serving.chat --model exports/tfchat --content-filter runs/moderation
 
 Type a message and press Enter. Commands: `/reset` forgets the conversation,
@@ -74,10 +75,11 @@ def _openai_names(sampling: dict) -> dict:
 class LocalChat:
     """Streams replies from an export loaded in this process."""
 
-    def __init__(self, path: str, content_filter: str | None = None):
+    def __init__(self, path: str, content_filter: str | None = None, best_of=None):
         from serving.backend import Backend
 
         self.backend = Backend(path)
+        self.backend.best_of = best_of  # best-of-n hook (serving.best_of)
         if content_filter:
             from serving.content_filter import FilteredBackend
             from tfchat.inference.classifier import ContentFilter
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     g.add_argument("--top-k", type=cli.non_negative_int, default=None, help="0 = off")
     g.add_argument("--top-p", type=cli.probability, default=None, help="1 = off")
     g.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
+    from serving.server import add_best_of_flags, best_of, check_best_of_flags
+
+    add_best_of_flags(parser)
     args = parser.parse_args(argv)
     if args.content_filter and not args.model:
         parser.error("--content-filter is for --model (a server applies its own: serving.server --content-filter)")
@@ -174,9 +179,12 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     sampling = {k: v for k, v in given.items() if v is not None}
 
     def body() -> int:
+        if args.server and args.reward_model:
+            raise cli.UsageError("--reward-model works with --model (a server reranks with its own --reward-model)")
+        check_best_of_flags(args)
         if args.model:
             cli.setup(args.verbose)
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter)
+        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter, best_of(args))
         run(chat, stdin, stdout, system=args.system, **sampling)
         return 0
 

@@ -27,6 +27,9 @@ always given, per row):
   Feed `next_token`/`position`/`cache_index` of the previous call, then add 1
   to position and cache_index. Greedy or seeded streams equal `generate`.
 
+A reward model directory (`tfchat.json` "head": "reward") exports its own
+module instead: one `reward` signature (`serving.reward_export`).
+
 No signature contains XLA ops: tensorflow_model_server runs them as they are.
 
 Example:
@@ -224,6 +227,15 @@ class ServingModule(tf.Module):
         return sigs
 
 
+def serving_module(loaded: LoadedModel, max_len: int | None = None) -> tf.Module:
+    """The exported object for the directory's head: `ServingModule`, or a reward model's module."""
+    if loaded.head == "reward":
+        from serving.reward_export import RewardServingModule
+
+        return RewardServingModule(loaded, max_len)
+    return ServingModule(loaded, max_len)
+
+
 def _tail_indices(row_starts, lengths, keep):
     """Flat indices of the last `keep[b]` ids of each row."""
     row_starts = tf.cast(row_starts, tf.int32)
@@ -265,9 +277,11 @@ def export(
         max_len: serving context length (default: the model's block_size).
         name: the model name in `models.config`.
     """
-    module = ServingModule(loaded, max_len)
+    module = serving_module(loaded, max_len)
     meta = {
         "format": "tfchat-saved-model",
+        "head": loaded.head,
+        "signatures": sorted(module.signatures()),
         "max_len": module.max_len,
         "config": loaded.config.to_dict(),
         "special_ids": loaded.tokenizer.special_ids,

@@ -1,6 +1,7 @@
 """Serve an exported tfchat model: TF Serving's REST (and gRPC) API, OpenAI's API, and a web chat.
 
     python -m serving.server --model exports/tfchat [--port 8501] [--grpc-port 8500] [--max-batch 8]
+    python -m serving.server --model exports/tfchat --reward-model exports/reward --best-of 4
     python -m serving.server --model exports/tfchat --content-filter runs/moderation [--filter-threshold 0.5]
 
 Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
@@ -15,6 +16,8 @@ Routes: `serving/routes/tf_serving.py` (TF Serving REST), `serving/routes/openai
 --task moderation` run or its export), flagged input is refused and replies
 are screened as they are generated (`serving/content_filter.py`), and
 `POST /v1/moderations` serves the classifier (`serving/routes/moderation.py`).
+With `--reward-model`, every chat reply is the best of `--best-of` sampled
+candidates by the reward model's score (`serving/best_of.py`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,35 @@ def parser():
                    help="flag at or above this 'flagged' score (default: the threshold stored with the classifier)")
     g.add_argument("--filter-every", type=cli.positive_int, default=4,
                    help="check a reply being generated every this many tokens")
+    add_best_of_flags(p)
     return p
+
+
+def add_best_of_flags(p) -> None:
+    """--reward-model and --best-of (serving.best_of), shared with serving.chat."""
+    g = p.add_argument_group("best-of-n")
+    g.add_argument("--reward-model", default=None, metavar="EXPORT",
+                   help="a reward model export (serving.export of a training.reward run): answer each chat request "
+                        "with the best of --best-of sampled replies by its score")
+    g.add_argument("--best-of", type=cli.positive_int, default=None, metavar="N",
+                   help="candidates per chat request, up to 64 (default 4 with --reward-model)")
+
+
+def check_best_of_flags(args) -> None:
+    """`cli.UsageError` for a bad --reward-model / --best-of combination (before anything is loaded)."""
+    if args.best_of is not None and args.reward_model is None:
+        raise cli.UsageError("--best-of needs --reward-model EXPORT (the reward model that picks the best reply)")
+    if args.best_of is not None and args.best_of > 64:
+        raise cli.UsageError(f"--best-of must be at most 64, got {args.best_of}")
+
+
+def best_of(args):
+    """The `BestOfN` of parsed (checked) flags, or None."""
+    if args.reward_model is None:
+        return None
+    from serving.best_of import BestOfN, RewardScorer
+
+    return BestOfN(RewardScorer(args.reward_model), 4 if args.best_of is None else args.best_of)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--filter-threshold needs --content-filter")
 
     def run() -> int:
+        check_best_of_flags(args)
         cli.setup(args.verbose)
         import uvicorn
 
@@ -70,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
             content_filter = ContentFilter.load(args.content_filter, args.filter_threshold)
             log.info("content filter %s: flagged at %.3f", args.content_filter, content_filter.threshold)
+        reranker = best_of(args)  # best-of-n hook (serving.best_of)
         backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+        backend.best_of = reranker
         if content_filter is not None:
             from serving.content_filter import FilteredBackend
 
@@ -90,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             if grpc_server:
                 grpc_server.stop(grace=1)
             backend.close()
+            if reranker:
+                reranker.close()
         return 0
 
     return cli.run(run)

@@ -60,6 +60,77 @@ def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400, **architecture):
     return loaded, export(loaded, str(root / "tfchat"))
 
 
+# ----------------------------------------------------------------------------- preference pairs
+
+_ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "hen", "pig", "rat", "elk"]
+
+
+def preference_records(n: int = 40) -> list[dict]:
+    """Synthetic preference-JSONL records: polite, correct replies are chosen; some prompts are multi-turn."""
+    records = []
+    for i in range(n):
+        a, b = _ANIMALS[i % 10], _ANIMALS[(i * 3 + 1) % 10]
+        messages = [{"role": "user", "content": f"Tell me about the {a} number {i}."}]
+        if i % 3 == 0:  # earlier turns are context
+            messages = [{"role": "system", "content": "Be kind."}, *messages,
+                        {"role": "assistant", "content": f"The {a} is an animal."},
+                        {"role": "user", "content": f"And the {b}?"}]
+        records.append({"messages": messages,
+                        "chosen": {"role": "assistant", "content": f"Gladly: the {b} is a fine animal."},
+                        "rejected": {"role": "assistant", "content": f"No. {a} {a} {a}."}})
+    return records
+
+
+def preference_texts() -> list[str]:
+    texts = [m["content"] for r in preference_records() for m in r["messages"]]
+    return texts + [r[k]["content"] for r in preference_records() for k in ("chosen", "rejected")] + SERVING_TEXTS
+
+
+def write_preferences(path, n: int = 40) -> str:
+    import json
+
+    with open(path, "w") as f:
+        for record in preference_records(n):
+            f.write(json.dumps(record) + "\n")
+    return str(path)
+
+
+def tiny_chat_dir(path, block_size: int = 64, seed: int = 0):
+    """A tiny random chat model directory whose tokenizer knows the preference fixtures' words: LoadedModel."""
+    import keras
+
+    from tfchat.checkpoint.model_dir import load_model, save_model
+    from tfchat.model import build_gpt
+
+    tok = _preference_tokenizer()
+    keras.utils.set_random_seed(seed)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
+    save_model(str(path), build_gpt(cfg), tok, cfg, metadata={"job": "finetune"})
+    return load_model(str(path))
+
+
+@functools.lru_cache(maxsize=1)
+def _preference_tokenizer():
+    return train_tokenizer(preference_texts() * 3, vocab_size=400)
+
+
+def tiny_reward_export(root, block_size: int = 64, **architecture):
+    """A tiny random reward model saved under `root/reward` and exported to `root/reward-export`:
+    (LoadedModel, version dir). `architecture`: GPTConfig fields over GPT-2's defaults."""
+    import keras
+
+    from serving.exporter import export
+    from tfchat.checkpoint.model_dir import load_model, save_model
+    from tfchat.model import build_model
+
+    tok = _preference_tokenizer()
+    keras.utils.set_random_seed(1)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32, **architecture)
+    save_model(str(root / "reward"), build_model(cfg, "reward"), tok, cfg, metadata={"job": "reward"})
+    loaded = load_model(str(root / "reward"))
+    return loaded, export(loaded, str(root / "reward-export"))
+
+
 # A tiny moderation task a classifier separates perfectly: insults and threats vs friendly small talk.
 _FLAGGED = ["you are a worthless idiot {}", "I will hurt you {}", "shut up you stupid moron {}",
             "{} is a disgusting loser", "go die in a fire {}"]

@@ -3,7 +3,8 @@
 Compiles serving/cpp/run_saved_model.cc against the tensorflow wheel's
 libtensorflow_cc + headers, then loads the export with `LoadSavedModel`
 (tag "serve", XLA disabled, TF Text ops from their op libraries) and checks
-`serving_default` and `chat` against the Keras model. About 30 s.
+`serving_default` and `chat` against the Keras model, and a reward model
+export's `reward` signature against the reward model. About 30 s.
 """
 
 import glob
@@ -18,7 +19,7 @@ import tensorflow_text
 
 from tfchat.text import chat_template
 from tfchat.inference.generation import generate, generate_text
-from tests.fixtures import MODERN, tiny_export
+from tests.fixtures import MODERN, tiny_export, tiny_reward_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "serving", "cpp", "run_saved_model.cc")
@@ -63,14 +64,16 @@ def parse(stdout):
     return rows
 
 
-def test_cpp_load_saved_model_runs_generate_and_chat(binary, exported):
-    loaded, path = exported
+def _op_libs():
     ops_dir = os.path.join(os.path.dirname(tensorflow_text.__file__), "python", "ops")
     libs = sorted(glob.glob(os.path.join(ops_dir, "*.so")))
     assert any("sentencepiece" in lib for lib in libs)
-    cmd = [binary, path, "--max-new", str(MAX_NEW), "--user", USER]
-    for lib in libs:
-        cmd += ["--ops", lib]
+    return [arg for lib in libs for arg in ("--ops", lib)]
+
+
+def test_cpp_load_saved_model_runs_generate_and_chat(binary, exported):
+    loaded, path = exported
+    cmd = [binary, path, "--max-new", str(MAX_NEW), "--user", USER, *_op_libs()]
     for p in PROMPTS:
         cmd += ["--prompt", p]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -102,6 +105,26 @@ def test_cpp_without_text_ops_fails_clearly(binary, exported):
     r = subprocess.run([binary, path, "--prompt", "hi"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "Sentencepiece" in r.stderr or "not registered" in r.stderr.lower() or "Op type" in r.stderr
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "modern"])
+def test_cpp_load_saved_model_runs_reward(binary, tmp_path_factory, architecture):
+    loaded, path = tiny_reward_export(tmp_path_factory.mktemp("cpp_reward"),
+                                      **(MODERN if architecture == "modern" else {}))
+    replies = ["Gladly: the fox is a fine animal.", "No. fox fox fox.", "你好"]
+    cmd = [binary, path, "--user", USER, *_op_libs()]
+    for reply in replies:
+        cmd += ["--reply", reply]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = [line.split(" ") for line in r.stdout.splitlines() if line.startswith("reward ")]
+    assert len(rows) == len(replies)
+    tok = loaded.tokenizer
+    for (_, b, n, score), reply in zip(rows, replies):
+        ids, _ = chat_template.render_reply(["user"], [tok.encode(USER)], tok.encode(reply), tok, 64)
+        expected = loaded.model({"token_ids": np.array([ids], "int32"), "lengths": np.array([len(ids)], "int32")})
+        assert int(n) == len(ids)
+        assert float(score) == pytest.approx(float(expected[0]), abs=1e-5)
 
 
 def test_cpp_runs_a_classifier_export(binary, tmp_path):

@@ -19,6 +19,7 @@ _EXPORTS = {
     "PRESETS": "tfchat.config",
     "GPTBackbone": "tfchat.model",
     "CausalLM": "tfchat.model",
+    "RewardModel": "tfchat.model",
     "build_gpt": "tfchat.model",
     "Tokenizer": "tfchat.text.tokenizer",
     "load_tokenizer": "tfchat.text.tokenizer",

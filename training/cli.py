@@ -75,7 +75,8 @@ def add_training_flags(p: argparse.ArgumentParser, defaults: dict, sequences: bo
                    help="resume although flags that change results (batch size, seq len, lr, schedule, precision, "
                         "seed, data...) differ from the ones in run.json; the change is recorded there")
     g.add_argument("--eval-every", type=cli.positive_int, default=defaults["eval_every"], help="held-out evaluation interval")
-    g.add_argument("--eval-batches", type=cli.positive_int, default=20, help="batches per evaluation")
+    g.add_argument("--eval-batches", type=cli.positive_int, default=defaults.get("eval_batches", 20),
+                   help="batches per evaluation")
     g.add_argument("--save-every", type=cli.positive_int, default=defaults["save_every"], help="checkpoint interval")
     g.add_argument("--keep-checkpoints", type=cli.positive_int, default=3, help="checkpoints kept")
     g.add_argument("--log-every", type=cli.positive_int, default=10, help="TensorBoard scalar interval")
@@ -114,8 +115,10 @@ def train_config(args: argparse.Namespace, seq_len: int):
     )
 
 
-def run_job(job: Callable[[], dict], args: argparse.Namespace, next_commands: Callable[[str], list[str]]) -> int:
-    """Sets up logging and TensorFlow, runs `job`, prints its summary and the next commands; returns the exit code."""
+def run_job(job: Callable[[], dict], args: argparse.Namespace, next_commands: Callable[[str], list[str]],
+            summary: Callable[[dict], str] | None = None) -> int:
+    """Sets up logging and TensorFlow, runs `job`, prints its summary (plus `summary(metrics)`, a job's own
+    figures) and the next commands; returns the exit code."""
     start = time.perf_counter()
 
     def body() -> int:
@@ -124,6 +127,8 @@ def run_job(job: Callable[[], dict], args: argparse.Namespace, next_commands: Ca
 
         metrics = job()
         print_summary(metrics, args.out, time.perf_counter() - start)
+        if summary is not None:
+            print(summary(metrics), file=sys.stderr)
         cli.print_next(f"tensorboard --logdir {os.path.join(args.out, 'logs')}", *next_commands(args.out))
         return 0
 
@@ -141,13 +146,14 @@ def print_summary(metrics: dict, out: str, wall: float) -> None:
         value = metrics.get(key, nan)
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
-    figures = (f"train loss {num('loss', '.3f')}, held-out loss {num('val_loss', '.3f')} "
-               f"(perplexity {num('val_perplexity', '.1f')})")
+    figures = f"train loss {num('loss', '.3f')}, held-out loss {num('val_loss', '.3f')}"
+    if "val_perplexity" in metrics or "val_loss" not in metrics:
+        figures += f" (perplexity {num('val_perplexity', '.1f')})"
     if metrics.get("complete"):
         head = f"\nThe run in {out} is already complete at step {metrics.get('step')}: {figures}."
     else:
-        head = (f"\nDone in {wall / 60:.1f} min: step {metrics.get('step')}, {figures}, "
-                f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s.")
+        rate = next(((k[: -len("_per_sec")], v) for k, v in metrics.items() if k.endswith("_per_sec")), ("tokens", 0))
+        head = f"\nDone in {wall / 60:.1f} min: step {metrics.get('step')}, {figures}, {rate[1]:,.0f} {rate[0]}/s."
     print(head + f"\nModel directory: {os.path.join(out, 'model')}", file=sys.stderr)
 
 

@@ -4,6 +4,8 @@
     python -m training.evaluate --model runs/chat --data dialogues-sample --json --samples-out replies.jsonl
     python -m training.evaluate --model runs/pretrain --data my_notes.txt --split all --blimp 'blimp/*.jsonl' \\
         --logdir runs/pretrain/logs/eval
+    python -m training.evaluate --model runs/aligned --reference runs/chat --preferences preferences-sample --json
+    python -m training.evaluate --model runs/reward --preferences hh-rlhf-sample --json
     python -m training.evaluate --classifier runs/moderation --data moderation-requests --json
 
 Metrics and their definitions: `tfchat/eval/evaluate.py`. Output: a short
@@ -44,7 +46,7 @@ def parser():
                         "(dialogues-sample, FORMAT:PATH, messages-JSONL, tfds:databricks_dolly)")
     p.add_argument("--kind", choices=KINDS, default="auto", help="text or dialogue source (auto: guess from --data)")
     p.add_argument("--split", choices=SPLITS, default=None,
-                   help="which part of --data (default: validation; for --classifier, auto: the held-out part of "
+                   help="which part of --data or --preferences (default: validation; for --classifier, auto: the held-out part of "
                         "its training data, all of other data)")
     p.add_argument("--threshold", type=cli.probability, default=None,
                    help="--classifier: one threshold for every label instead of the stored ones")
@@ -57,6 +59,14 @@ def parser():
                    help="longest generated reply (default: min(64, context / 2))")
     p.add_argument("--blimp", action="append", default=[], metavar="FILE.jsonl",
                    help="minimal pairs in BLiMP's JSONL format (sentence_good / sentence_bad); repeat or use a glob")
+    g = p.add_argument_group("preference pairs")
+    g.add_argument("--preferences", default=None, metavar="SOURCE",
+                   help="preference pairs (preferences-sample, hh-rlhf-sample, oasst-pairs-sample, a preference "
+                        "JSONL file, FORMAT:PATH): preference accuracy of --model (reward accuracy if it is a reward "
+                        "model), beside the length baseline")
+    g.add_argument("--reference", default=None, metavar="DIR",
+                   help="judge --model's implicit reward relative to this model (DPO's reference, e.g. runs/chat)")
+    g.add_argument("--reward-model", default=None, metavar="DIR", help="also the reward accuracy of this reward model")
     p.add_argument("--json", action="store_true", help="print one compact JSON object on stdout")
     p.add_argument("--samples-out", default=None, metavar="FILE.jsonl",
                    help="write every generated reply (prompt, reference, reply) here as JSONL")
@@ -77,9 +87,8 @@ def _jsonable(value):
 
 def _print_table(result: dict, samples: list) -> None:
     for key, value in result.items():
-        if isinstance(value, dict):
-            for name, v in value.items():
-                print(f"{key}/{name:<30} {v:.4f}")
+        if isinstance(value, dict):  # per file / per source, maybe nested once more
+            _print_table({f"{key}/{name}": v for name, v in value.items()}, [])
         elif isinstance(value, float):
             print(f"{key:<30} {value:.4f}")
         else:
@@ -92,12 +101,14 @@ def _print_table(result: dict, samples: list) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if (args.reference or args.reward_model) and args.preferences is None:
+        p.error("--reference and --reward-model need --preferences")
     if args.classifier:
-        if args.data is None or args.blimp:
-            p.error("--classifier takes --data (labelled data), not --blimp")
+        if args.data is None or args.blimp or args.preferences:
+            p.error("--classifier takes --data (labelled data), not --blimp or --preferences")
         return cli.run(lambda: _evaluate_classifier(args))
-    if args.data is None and not args.blimp:
-        p.error("give --data, --blimp or both")
+    if args.data is None and not args.blimp and args.preferences is None:
+        p.error("give --data, --blimp, --preferences or several")
     if args.split == "auto":
         p.error("--split auto is for --classifier")
     if args.threshold is not None:
@@ -112,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.data, kind=args.kind, split=args.split or "validation", seq_len=args.seq_len,
             batch_size=args.batch_size, max_batches=args.max_batches, max_dialogues=args.max_dialogues,
             max_new_tokens=args.max_new_tokens, blimp=args.blimp,
+            preferences=args.preferences, reference=args.reference, reward_model=args.reward_model,
         )
         samples = result.pop("samples", [])
         if args.logdir:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -19,8 +20,12 @@ import tempfile
 import time
 import zlib
 
+import numpy as np
+
 from tfchat import atomic
-from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, not_found, resolve_model_dir
+from tfchat.checkpoint.model_dir import (
+    TOKENIZER_DIR, LoadedModel, assign_weights, is_model_dir, load_model, not_found, resolve_model_dir, weights_by_path,
+)
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
 from tfchat.data.sources import documents_dataset
@@ -59,10 +64,13 @@ class JobOptions:
     tokenizer: str | None = None
     vocab_size: int | None = None
     architecture: dict = dataclasses.field(default_factory=dict)  # GPTConfig fields over the preset's
-    # finetune only (pretrain passes dropout in `architecture`)
+    # finetune, align and reward (pretrain passes dropout in `architecture`)
     dropout: float | None = None
     init_from: str | None = None
     pack: bool = False
+    # align only
+    beta: float = 0.1
+    loss: str = "dpo"
     # both: drop what this moderation classifier flags
     content_filter: str | None = None
     filter_threshold: float | None = None
@@ -244,7 +252,7 @@ def finetune(opts: JobOptions) -> dict:
     with run_lock(opts.out, strategy):
         if content_filter is not None and is_chief(strategy):
             report_finetune_filter(opts, content_filter)
-        start = load_model(source_dir)
+        start = load_model(source_dir, head="lm")
         config = start.config
         if opts.dropout is not None:
             config = config.replace(dropout=opts.dropout)
@@ -272,6 +280,161 @@ def finetune(opts: JobOptions) -> dict:
             metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
         )
         return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
+
+
+# ----------------------------------------------------------------------------- preference stages
+
+REFERENCE_FILE = "reference_logps.npz"
+
+
+def _preference_data(opts: JobOptions, tokenizer, seq_len: int) -> dict:
+    """{"train", "validation"}: the rendered pairs of each split of `opts.data`."""
+    from tfchat.data.pair_batches import preference_splits
+
+    return preference_splits(opts.data, tokenizer, seq_len)
+
+
+def _pair_data(rendered: dict, cfg: TrainConfig, pad_id: int, ref_logps: dict | None = None):
+    from tfchat.data.pair_batches import pair_batches
+
+    def data(split):
+        def fn(ctx, batch):
+            return pair_batches(rendered[split], cfg.seq_len, batch, pad_id, seed=cfg.seed, input_context=ctx,
+                                repeat=split == "train", ref_logps=None if ref_logps is None else ref_logps[split])
+        return fn
+    return data
+
+
+def reference_log_probs(out: str, model, rendered: dict, key: str) -> dict:
+    """The reference model's log-probs of every pair of each split ({split: [N, 2]}), computed once and kept in
+    `out/reference_logps.npz` (keyed by `key`, the reference weights and the rendered ids), so a resumed run
+    trains against exactly the values it started with. A run whose stored values no longer match is refused."""
+    from tfchat.eval.preferences import pair_log_probs
+    from training.trainer import TrainingError
+
+    path = os.path.join(out, REFERENCE_FILE)
+    keys = {split: hashlib.sha256(f"{key}:{r.fingerprint()}".encode()).hexdigest() for split, r in rendered.items()}
+    if os.path.isfile(path):
+        with np.load(path) as stored:
+            if all(f"{split}_key" in stored and str(stored[f"{split}_key"]) == k for split, k in keys.items()):
+                log.info("Reference log-probs: reusing %s", path)
+                return {split: stored[split] for split in rendered}
+        if os.path.isdir(os.path.join(out, "checkpoints")) and os.listdir(os.path.join(out, "checkpoints")):
+            raise TrainingError(f"{path} was computed for another starting model, data or --seq-len than this run's "
+                                "checkpoints; use the run's own --from/--data/--seq-len or a new --out")
+    start = time.perf_counter()
+    values = {split: pair_log_probs(model, r).astype(np.float32) for split, r in rendered.items()}
+    log.info("Reference log-probs of %s pairs computed in %.1fs",
+             " + ".join(f"{len(r)} {split}" for split, r in rendered.items()), time.perf_counter() - start)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **values, **{f"{split}_key": k for split, k in keys.items()})
+    os.replace(tmp, path)
+    return values
+
+
+def _weights_key(weights: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(weights[name]).tobytes())
+    return digest.hexdigest()
+
+
+def align(opts: JobOptions) -> dict:
+    """Preference-tunes a chat model with DPO or IPO (`training.objectives.DirectPreference`).
+
+    The policy starts from `opts.init_from`, which is also the frozen
+    reference: its log-probs of every pair are computed once, before step 1
+    (`reference_log_probs`). Returns the final metrics plus `held_out`:
+    preference accuracy of the starting model and of the aligned one on the
+    held-out pairs (`tfchat.eval.preferences`).
+    """
+    from tfchat.eval.preferences import accuracy_figures, pair_log_probs
+    from training.objectives import DirectPreference
+    from training.trainer import PRECISIONS
+
+    objective = DirectPreference(opts.beta, opts.loss)  # bad --beta/--loss fail before any work
+    strategy = make_strategy(opts.strategy)
+    with run_lock(opts.out, strategy):
+        source_dir = find_model_dir(opts.init_from)
+        cfg = opts.train
+        # The reference in the training precision: at step 0 policy and reference agree (rewards 0).
+        start = load_model(source_dir, dtype=PRECISIONS[cfg.precision], head="lm")
+        config, tokenizer = start.config, start.tokenizer
+        if opts.dropout is not None:
+            config = config.replace(dropout=opts.dropout)
+        check_seq_len(cfg.seq_len, config, "model's")
+        rendered = _preference_data(opts, tokenizer, cfg.seq_len)
+        weights = weights_by_path(start.model)
+        key = f"{_weights_key(weights)}:{cfg.precision}"
+        ref = reference_log_probs(opts.out, start.model, rendered, key) if is_chief(strategy) else None
+        if ref is None:  # other workers compute their own copy (deterministic), without writing
+            ref = {split: pair_log_probs(start.model, r).astype(np.float32) for split, r in rendered.items()}
+        del start
+
+        prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]
+        data = _pair_data(rendered, cfg, tokenizer.pad_id, ref)
+        trainer = Trainer(
+            config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
+            init_weights=lambda model: assign_weights(model, weights, source_dir), sample_prompts=prompts,
+            metadata={"job": "align", "preference_loss": opts.loss, "beta": opts.beta, "from": os.path.abspath(source_dir),
+                      "data": opts.data, "pairs": {split: len(r) for split, r in rendered.items()}},
+            objective=objective,
+        )
+        metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
+        # Held-out preference accuracy before (the reference) and after, on the same pairs.
+        held_out = rendered["validation"]
+        before = ref["validation"].astype(np.float64) @ np.array([1.0, -1.0])
+        after = pair_log_probs(trainer.model, held_out) @ np.array([1.0, -1.0])
+        result = {"start": accuracy_figures(before, held_out, "preference"),
+                  "aligned": accuracy_figures(after, held_out, "preference"),
+                  "aligned_vs_reference": accuracy_figures(after - before, held_out, "preference")}
+        headline = {name: r["preference_accuracy"] for name, r in result.items()}
+        trainer.save_model_dir({"held_out_preference_accuracy": headline,
+                                "held_out_length_baseline": result["start"]["preference_length_baseline"],
+                                **figures(metrics)})
+        return {**metrics, "held_out": result}
+
+
+def reward(opts: JobOptions) -> dict:
+    """Trains a reward model (`training.objectives.PairwiseReward`) on the backbone of `opts.init_from`.
+
+    A chat (or pretrained) model gives the backbone and a new scalar head; a
+    reward model directory continues with its own head. Returns the final
+    metrics plus `held_out`: reward accuracy and the length baseline on the
+    held-out pairs.
+    """
+    from tfchat.eval.preferences import reward_metrics
+    from training.objectives import PairwiseReward
+
+    strategy = make_strategy(opts.strategy)
+    with run_lock(opts.out, strategy):
+        source_dir = find_model_dir(opts.init_from)
+        start = load_model(source_dir)
+        config, tokenizer, cfg = start.config, start.tokenizer, opts.train
+        if opts.dropout is not None:
+            config = config.replace(dropout=opts.dropout)
+        check_seq_len(cfg.seq_len, config, "model's")
+        weights, whole = weights_by_path(start.model), start.head == "reward"
+        del start
+        rendered = _preference_data(opts, tokenizer, cfg.seq_len)
+
+        def init(model):  # a chat model gives the backbone; the head starts fresh
+            assign_weights(model if whole else model.backbone, weights, source_dir, strict=False)
+
+        data = _pair_data(rendered, cfg, tokenizer.pad_id)
+        trainer = Trainer(
+            config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
+            init_weights=init, objective=PairwiseReward(),
+            metadata={"job": "reward", "from": os.path.abspath(source_dir), "data": opts.data,
+                      "pairs": {split: len(r) for split, r in rendered.items()}},
+        )
+        metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
+        held_out = reward_metrics(LoadedModel(trainer.model, tokenizer, config, {"head": "reward"}), rendered["validation"])
+        trainer.save_model_dir({"held_out_reward_accuracy": held_out["reward_accuracy"],
+                                "held_out_length_baseline": held_out["reward_length_baseline"],
+                                **figures(metrics)})
+        return {**metrics, "held_out": held_out}
 
 
 @dataclasses.dataclass

@@ -1,17 +1,19 @@
 // run_saved_model: loads an exported tfchat SavedModel the way tensorflow_model_server does
 // (C++ LoadSavedModel, tag "serve", XLA compilation disabled, TF Text ops from their op
-// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding, or, with
-// --classify, a classifier export's `classify` signature.
+// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding; given
+// --reply, a reward model's `reward` signature; with --classify, a classifier export's `classify` signature.
 //
 // Build (see tests/test_tf_serving_cpp.py):
 //   g++ run_saved_model.cc $(python -c "import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())") \
 //       -L$TF -l:libtensorflow_cc.so.2 -l:libtensorflow_framework.so.2 -Wl,-rpath,$TF -o run_saved_model
 // Usage:
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --max-new N --user TEXT --prompt TEXT [--prompt ...]
+//   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --user TEXT --reply TEXT [--reply ...]
 //   run_saved_model CLASSIFIER_EXPORT_VERSION_DIR --classify TEXT [--classify TEXT ...]
 // Output, one line per result (texts hex-encoded so any bytes survive):
 //   generate <row> <num_tokens> <id,id,...> <hex text>
 //   chat <row> <num_tokens> <id,id,...> <hex reply>
+//   reward <row> <num_tokens> <score>        (one row per --reply: [user, reply])
 //   classify <row> <score,score,...> <hex label>,<hex label>,... <predicted 0/1,...>
 
 #include <cstdio>
@@ -105,7 +107,7 @@ int main(int argc, char** argv) {
   tensorflow::DisableXlaCompilation();
 
   std::string export_dir = argv[1];
-  std::vector<std::string> prompts, classify;
+  std::vector<std::string> prompts, replies, classify;
   std::string user = "Hello";
   int max_new = 8;
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -116,6 +118,8 @@ int main(int argc, char** argv) {
       if (!status.ok()) return Fail("loading op library " + value, status);
     } else if (flag == "--prompt") {
       prompts.push_back(value);
+    } else if (flag == "--reply") {
+      replies.push_back(value);
     } else if (flag == "--classify") {
       classify.push_back(value);
     } else if (flag == "--user") {
@@ -134,6 +138,28 @@ int main(int argc, char** argv) {
   auto status = tensorflow::LoadSavedModel(session_options, run_options, export_dir, {"serve"}, &bundle);
   if (!status.ok()) return Fail("LoadSavedModel", status);
   std::cout << "loaded " << bundle.meta_graph_def.signature_def().size() << " signatures" << std::endl;
+
+  if (!replies.empty()) {
+    // reward: roles, contents [B, 2] (the user's message, a reply) -> score [B], num_tokens [B].
+    const int b = static_cast<int>(replies.size());
+    Tensor roles(tensorflow::DT_STRING, tensorflow::TensorShape({b, 2}));
+    Tensor contents(tensorflow::DT_STRING, tensorflow::TensorShape({b, 2}));
+    for (int i = 0; i < b; ++i) {
+      roles.matrix<tensorflow::tstring>()(i, 0) = "user";
+      roles.matrix<tensorflow::tstring>()(i, 1) = "assistant";
+      contents.matrix<tensorflow::tstring>()(i, 0) = user;
+      contents.matrix<tensorflow::tstring>()(i, 1) = replies[i];
+    }
+    std::vector<Tensor> scored;
+    status = RunSignature(bundle, "reward", {{"roles", roles}, {"contents", contents}}, {"score", "num_tokens"}, &scored);
+    if (!status.ok()) return Fail("reward", status);
+    for (int i = 0; i < b; ++i) {
+      char score[32];
+      std::snprintf(score, sizeof(score), "%.9g", scored[0].flat<float>()(i));
+      std::cout << "reward " << i << " " << scored[1].flat<int32_t>()(i) << " " << score << std::endl;
+    }
+    return 0;
+  }
 
   if (!classify.empty()) {
     // classify: text [B] -> scores [B, L], labels [B, L], predicted [B, L].

@@ -1,16 +1,19 @@
 """The model directory: the one folder format training writes and everything else reads.
 
     MODEL_DIR/
-      tfchat.json         {"format": "tfchat-model", "version": 2, ...metadata}
+      tfchat.json         {"format": "tfchat-model", "version": 2, "head": "lm"|"reward", ...metadata}
       config.json         GPTConfig as JSON
       model.safetensors   every weight, keyed by its Keras path ("block_0/attn/c_attn/kernel")
       tokenizer/          tokenizer.json + tokenizer.model (SentencePiece)
                           or vocab.json + merges.txt (GPT-2 BPE)
 
 Weights are keyed by path, not by the Keras object graph, so a backbone's
-weights load into any head built on it (a reward model from a chat model)
-and the layout survives refactoring. Version 1 directories (Keras
-`model.weights.h5`, written before tfchat 0.2) still load.
+weights load into any head built on it (a reward model from a chat model:
+`assign_weights(reward_model.backbone, weights, where, strict=False)`) and
+the layout survives refactoring. `tfchat.json` "head" says which head the
+directory holds (`tfchat.model.HEADS`; "lm" when absent) and `load_model`
+rebuilds that one. Version 1 directories (Keras `model.weights.h5`, written
+before tfchat 0.2) still load.
 
 Writes are atomic: everything goes to a temporary sibling folder
 (`.model.tmp-HOST-PID-RANDOM`), which then replaces the directory in two
@@ -47,7 +50,7 @@ import numpy as np
 
 from tfchat import atomic
 from tfchat.config import GPTConfig
-from tfchat.model import build_gpt
+from tfchat.model import build_model, head_of
 from tfchat.text.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "tfchat-model"
@@ -57,6 +60,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "model.weights.h5"  # version 1
 TOKENIZER_DIR = "tokenizer"
+HEAD_NAMES = {"lm": "language model (chat or pretrained model)", "reward": "reward model (python -m training.reward)"}
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,11 @@ class LoadedModel:
     tokenizer: Tokenizer
     config: GPTConfig
     metadata: dict
+
+    @property
+    def head(self) -> str:
+        """Which head the model is ("lm", "reward")."""
+        return self.metadata.get("head", "lm")
 
 
 def save_model(
@@ -88,7 +97,7 @@ def save_model(
         tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
         # Written last: a directory with the marker is complete.
         with open(os.path.join(tmp, MARKER_FILE), "w") as f:
-            json.dump({"format": FORMAT, "version": VERSION, **(metadata or {})}, f, indent=2)
+            json.dump({"format": FORMAT, "version": VERSION, **(metadata or {}), "head": head_of(model)}, f, indent=2)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,10 +108,15 @@ def save_weights(model: keras.Model, path: str) -> None:
     """Writes every weight of `model` as float32, keyed by its Keras path, to a safetensors file."""
     from safetensors.numpy import save_file
 
+    save_file(weights_by_path(model), path, metadata={"format": "tfchat"})
+
+
+def weights_by_path(model: keras.Model) -> dict[str, np.ndarray]:
+    """{Keras path: float32 array} of every weight of `model`."""
     tensors = {v.path: np.ascontiguousarray(keras.ops.convert_to_numpy(v.value), np.float32) for v in model.weights}
     if len(tensors) != len(model.weights):
         raise ValueError("two weights of the model share a path; cannot save it by path")
-    save_file(tensors, path, metadata={"format": "tfchat"})
+    return tensors
 
 
 def assign_weights(model: keras.Model, weights: Mapping[str, np.ndarray], where: str, strict: bool = True) -> None:
@@ -235,17 +249,22 @@ def load_config(path: str) -> GPTConfig:
         raise ValueError(f"{config_path}: invalid model config ({e})") from e
 
 
-def load_model(path: str, dtype: str | None = None) -> LoadedModel:
+def load_model(path: str, dtype: str | None = None, head: str | None = None) -> LoadedModel:
     """Reads a model directory. A missing or corrupt file raises an error naming it.
 
     Args:
         path: the model directory, or a training run directory holding `model/`.
         dtype: Keras dtype policy for the rebuilt model (default: global policy).
+        head: the head the caller needs ("lm", "reward"); another one is a
+            `ValueError` saying what the directory holds. None: any.
     """
     path = resolve_model_dir(path)
     if not os.path.isdir(path):
         raise not_found(path)
     metadata = read_marker(path, FORMAT, VERSION, "tfchat model directory")
+    held = metadata.get("head", "lm")
+    if head is not None and held != head:
+        raise ValueError(f"{path} holds a {HEAD_NAMES.get(held, held)}, not a {HEAD_NAMES.get(head, head)}")
     config = load_config(path)
     tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
     if tokenizer.vocab_size > config.vocab_size:
@@ -253,7 +272,10 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
             f"{os.path.join(path, TOKENIZER_DIR)}: tokenizer has {tokenizer.vocab_size} ids, "
             f"more than the model's vocab_size {config.vocab_size}"
         )
-    model = build_gpt(config, dtype=dtype)
+    try:
+        model = build_model(config, held, dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"{os.path.join(path, MARKER_FILE)}: {e}") from None
     weights = os.path.join(path, WEIGHTS_FILE)
     legacy = os.path.join(path, LEGACY_WEIGHTS_FILE)
     if os.path.isfile(weights):

@@ -93,8 +93,9 @@ def default_dialogue_source() -> str:
 # ------------------------------------------------------------------ validation
 
 
-def validate(messages) -> str | None:
-    """Returns why a conversation is unusable ("reason (detail)"), or None."""
+def validate(messages, need_reply: bool = True) -> str | None:
+    """Returns why a conversation is unusable ("reason (detail)"), or None; `need_reply=False` accepts one
+    without an assistant turn (the prompt of a preference pair)."""
     if not isinstance(messages, list) or not messages:
         return "no messages"
     for i, message in enumerate(messages):
@@ -108,7 +109,7 @@ def validate(messages) -> str | None:
             return f"empty content (message {i})"
         if message["role"] == "system" and i > 0:
             return f"system message not first (message {i})"
-    if not any(m["role"] == "assistant" for m in messages):
+    if need_reply and not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn"
     return None
 

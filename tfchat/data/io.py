@@ -2,12 +2,14 @@
 
 * `resource_path(name)`: a file bundled in `tfchat/resources`.
 * `open_text(path)`: text, `.gz` / `.bz2` / `.xz` decompressed transparently.
-* `iter_jsonl(path, stats)`: one parsed object per non-blank line; a line
-  that is not JSON is skipped and counted, naming `path:line`.
+* `iter_jsonl(path, stats, strict)`: one parsed object per non-blank line; a
+  line that is not JSON is skipped and counted, naming `path:line` (with
+  `strict`, a `ValueError` naming it).
 * `ReadStats`: what a read saw: records read, kept (by kind), skipped (by
   reason, the first ten per file logged), errors.
-* `split_of(key)`: the deterministic held-out split, `VALIDATION_PERCENT`%
-  of keys by SHA-256, shared by documents, conversations and pairs.
+* `split_of(key, percent)`: the deterministic held-out split, `percent`%
+  (default `VALIDATION_PERCENT`) of keys by SHA-256, shared by documents,
+  conversations and pairs.
 * `shard_of(input_context)`: (number of input pipelines, this one's index).
 * `write_jsonl(records, path)`: atomic JSONL writer (temp file, then rename).
 * `expand_paths(spec)`: the files a path or glob names.
@@ -109,9 +111,10 @@ class ReadStats:
         )
 
 
-def iter_jsonl(path: str, stats: ReadStats) -> Iterator[tuple[str, object]]:
+def iter_jsonl(path: str, stats: ReadStats, strict: bool = False) -> Iterator[tuple[str, object]]:
     """Yields ("path:line", parsed object) per non-blank line, counting it in
-    `stats.read`; a line that is not JSON is skipped through `stats.skip`.
+    `stats.read`; a line that is not JSON is skipped through `stats.skip`, or
+    with `strict` raises a `ValueError` naming `path:line`.
     Errors reading the file itself propagate (callers keep what came before)."""
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -122,15 +125,17 @@ def iter_jsonl(path: str, stats: ReadStats) -> Iterator[tuple[str, object]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
+                if strict:
+                    raise ValueError(f"{where}: not JSON ({e.msg})") from None
                 stats.skip(path, where, f"not JSON ({e.msg})")
                 continue
             yield where, obj
 
 
-def split_of(key: str) -> str:
-    """'validation' for VALIDATION_PERCENT% of keys (by SHA-256), else 'train'."""
+def split_of(key: str, percent: int = VALIDATION_PERCENT) -> str:
+    """'validation' for `percent`% of keys (by SHA-256), else 'train'."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return "validation" if int.from_bytes(digest[:8], "big") % 100 < VALIDATION_PERCENT else "train"
+    return "validation" if int.from_bytes(digest[:8], "big") % 100 < percent else "train"
 
 
 def check_split(split: str) -> None:

@@ -19,6 +19,10 @@ What is measured (definitions in `tfchat.eval.metrics`):
 - minimal pairs (BLiMP's JSONL format): `blimp_accuracy`, the fraction of
   pairs whose `sentence_good` gets the higher total log-probability, with
   `blimp_pairs`, `blimp_correct` and `blimp_by_file`.
+- preference pairs (`preferences=SOURCE`, see `tfchat.eval.preferences`):
+  `preference_accuracy` (relative to `reference` when given) of a language
+  model, `reward_accuracy` of a reward model (`model` itself, or
+  `reward_model`), their margins, and the length baseline beside each.
 
 Text or dialogues (`kind="auto"`): see `tfchat.data.dialogues.is_dialogue_source`.
 `split`: `validation` (default) is the held-out part training never saw;
@@ -272,7 +276,8 @@ def _check_seq_len(loaded: LoadedModel, seq_len: int | None) -> int:
 
 def evaluate(model: str | LoadedModel, data: str | None = None, *, kind: str = "auto", split: str = "validation",
              seq_len: int | None = None, batch_size: int = 8, max_batches: int | None = None,
-             max_dialogues: int = 100, max_new_tokens: int | None = None, blimp: Sequence[str] = ()) -> dict:
+             max_dialogues: int = 100, max_new_tokens: int | None = None, blimp: Sequence[str] = (),
+             preferences: str | None = None, reference: str | None = None, reward_model: str | None = None) -> dict:
     """Evaluates a model (directory, run directory or `LoadedModel`) on `data` and/or minimal-pair files.
 
     Returns the metrics (see the module docstring) plus `model`, `data`,
@@ -287,12 +292,16 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, kind: str = "
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if data is None and not blimp:
-        raise ValueError("nothing to evaluate: give a data source, minimal-pair files or both")
+    if data is None and not blimp and preferences is None:
+        raise ValueError("nothing to evaluate: give a data source, minimal-pair files, preference pairs or several")
+    if (reference or reward_model) and preferences is None:
+        raise ValueError("a reference or reward model is only used with preference pairs (--preferences)")
     if batch_size < 1 or (max_batches is not None and max_batches < 1) or max_dialogues < 0:
         raise ValueError("batch size and max batches must be positive, max dialogues >= 0")
     pair_files = read_pair_files(blimp) if blimp else {}  # bad files fail now, not after the loss
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if loaded.head != "lm" and (data is not None or pair_files):
+        raise ValueError(f"{model} is a {loaded.head} model: evaluate it on preference pairs (--preferences)")
     result: dict = {"model": model if isinstance(model, str) else None}
     if "step" in loaded.metadata:
         result["step"] = loaded.metadata["step"]
@@ -307,6 +316,11 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, kind: str = "
                                            max_new_tokens=max_new_tokens, **options))
     if pair_files:
         result.update(minimal_pair_metrics(loaded, pair_files, batch_size=max(batch_size, 32)))
+    if preferences is not None:
+        from tfchat.eval.preferences import preference_eval
+
+        result.update(preference_eval(loaded, preferences, reference=reference, reward_model=reward_model,
+                                      split=split, seq_len=seq_len, batch_size=max(batch_size, 16)))
     return result
 
 

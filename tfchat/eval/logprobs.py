@@ -7,6 +7,7 @@ objectives (DPO's sequence log-probabilities, reward margins).
 
     token_log_probs(logits [B, T, V], targets [B, T], mask [B, T]) -> float32 [B, T]
     sequence_log_probs(...)                                     -> (sum [B], count [B])
+    masked_log_prob(model, token_ids [B, T], mask [B, T])       -> float32 [B]
 
 Log-probabilities are computed in float32 whatever the logits' dtype (a
 fused log-softmax cross-entropy, so no [B, T, V] probability tensor is
@@ -49,6 +50,18 @@ def sequence_log_probs(logits, targets, mask) -> tuple[tf.Tensor, tf.Tensor]:
     """(sum of masked token log-probs, number of masked tokens), each float32 [B]."""
     mask = tf.cast(mask, tf.float32)
     return tf.reduce_sum(token_log_probs(logits, targets, mask), axis=-1), tf.reduce_sum(mask, axis=-1)
+
+
+def masked_log_prob(model: Callable, token_ids, mask, training: bool = False) -> tf.Tensor:
+    """log p(the ids where `mask` is 1 | everything before them) of each row: float32 [B].
+
+    `token_ids` [B, T] is a whole rendered sequence; the model reads ids
+    0..T-2 and predicts ids 1..T-1, and `mask[:, t]` says whether id `t`
+    counts (`mask[:, 0]` never does: nothing predicts it). A preference pair's
+    mask covers its final reply and `<|end|>`, so this is DPO's log pi(y | x).
+    """
+    logits = model(token_ids[:, :-1], training=training)  # [B, T-1, V]
+    return sequence_log_probs(logits, token_ids[:, 1:], mask[:, 1:])[0]
 
 
 def score_sequences(

@@ -1,7 +1,8 @@
 """The GPT: layers, the backbone, and the heads on it."""
 
 from tfchat.model.backbone import GPTBackbone
-from tfchat.model.gpt import build_gpt, flops_per_token, param_count
-from tfchat.model.heads import CausalLM
+from tfchat.model.gpt import HEADS, build_gpt, build_model, flops_per_token, head_of, param_count
+from tfchat.model.heads import CausalLM, RewardModel
 
-__all__ = ["CausalLM", "GPTBackbone", "build_gpt", "flops_per_token", "param_count"]
+__all__ = ["HEADS", "CausalLM", "GPTBackbone", "RewardModel", "build_gpt", "build_model", "flops_per_token", "head_of",
+           "param_count"]

@@ -1,4 +1,9 @@
-"""The GPT as a whole: `build_gpt(config)`, and its size and cost read from the config.
+"""The GPT as a whole: `build_gpt(config)`, the heads a model directory can hold, and size and cost from the config.
+
+`HEADS` names each head on the backbone: "lm" (`CausalLM`, what
+`build_gpt` builds) and "reward" (`RewardModel`). `build_model(config, head)`
+builds either; `head_of(model)` names a built one (the model directory
+stores it in `tfchat.json`).
 
 Example:
 
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 from tfchat.config import GPTConfig
 from tfchat.model.backbone import GPTBackbone
-from tfchat.model.heads import CausalLM
+from tfchat.model.heads import CausalLM, RewardModel
+
+HEADS = {"lm": CausalLM, "reward": RewardModel}
 
 
 def build_gpt(config: GPTConfig, dtype: str | None = None) -> CausalLM:
@@ -28,6 +35,21 @@ def build_gpt(config: GPTConfig, dtype: str | None = None) -> CausalLM:
             "mixed_float16"); default: the global policy.
     """
     return CausalLM(GPTBackbone(config, dtype=dtype))
+
+
+def build_model(config: GPTConfig, head: str = "lm", dtype: str | None = None):
+    """The model with `head` ("lm" or "reward") on a new backbone for `config`."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+    return HEADS[head](GPTBackbone(config, dtype=dtype))
+
+
+def head_of(model) -> str:
+    """The `HEADS` name of a built model."""
+    for name, cls in HEADS.items():
+        if isinstance(model, cls):
+            return name
+    raise TypeError(f"{type(model).__name__} is not a tfchat head ({', '.join(HEADS)})")
 
 
 def param_count(config: GPTConfig, exclude_positions: bool = False) -> int:

@@ -6,8 +6,13 @@
   soft-capped (`GPTConfig.logit_softcap`). It also runs the KV-cached
   incremental path generation uses.
 
-Reward and classifier heads join here, each a small layer on the same
-backbone (see `DESIGN.md`).
+* `RewardModel`: a scalar per sequence, a linear map (`RewardHead`) of the
+  hidden state at each sequence's last real token (the reply's `<|end|>` in
+  a rendered preference pair), as InstructGPT's reward model reads the
+  final token. Same backbone, so it starts from a chat model's weights.
+
+Every head is a Keras model with `get_config`; the model directory records
+which one it holds (`tfchat.json` "head", see `tfchat.model.gpt.HEADS`).
 
 Example:
 
@@ -88,3 +93,66 @@ class CausalLM(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(keras.saving.deserialize_keras_object(config["backbone"]), name=config.get("name", "gpt"))
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class RewardHead(keras.layers.Layer):
+    """(hidden [B, T, C], lengths int32 [B]) -> float32 [B]: `hidden[b, lengths[b] - 1] . kernel`.
+
+    No bias: a pairwise loss only sees reward differences. Computes in float32
+    whatever the backbone's precision.
+    """
+
+    def __init__(self, stddev: float = 0.02, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.stddev = float(stddev)
+
+    def build(self, hidden_shape, lengths_shape=None):
+        self.kernel = self.add_weight(
+            name="kernel", shape=(hidden_shape[-1],), initializer=keras.initializers.RandomNormal(stddev=self.stddev)
+        )
+
+    def call(self, hidden, lengths):
+        last = tf.gather(hidden, tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), batch_dims=1)  # [B, C]
+        return tf.linalg.matvec(tf.cast(last, tf.float32), self.kernel)  # [B]
+
+    def compute_output_spec(self, hidden, lengths):
+        return keras.KerasTensor(hidden.shape[:1], dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev}
+
+
+@keras.saving.register_keras_serializable(package="tfchat")
+class RewardModel(keras.Model):
+    """{"token_ids": int32 [B, T], "lengths": int32 [B]} -> float32 rewards [B].
+
+    The reward of each sequence is read at its last real id, `lengths - 1`
+    (right padding after it changes nothing: the backbone is causal).
+
+    >>> import numpy as np
+    >>> from tfchat.config import GPTConfig
+    >>> rm = RewardModel(GPTBackbone(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)))
+    >>> rm({"token_ids": np.array([[1, 2, 3], [4, 5, 0]], "int32"), "lengths": np.array([3, 2], "int32")}).shape
+    TensorShape([2])
+    """
+
+    def __init__(self, backbone: GPTBackbone, name: str = "reward_model", **kwargs):
+        token_ids = backbone.input
+        lengths = keras.Input(shape=(), dtype="int32", name="lengths")
+        head = RewardHead(name="reward_head")
+        reward = head(backbone(token_ids), lengths)
+        super().__init__(inputs={"token_ids": token_ids, "lengths": lengths}, outputs=reward, name=name, **kwargs)
+        self.backbone, self.head = backbone, head
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def get_config(self):
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["backbone"]), name=config.get("name", "reward_model"))

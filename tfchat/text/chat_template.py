@@ -41,6 +41,15 @@ Fitting into `max_len` tokens:
    - `render`: the user part is cut from its start until the reply has at
      least half of the room, then the sequence is cut at `max_len`: the reply
      loses its tail (and its `<|end|>`, since it no longer ends there).
+   - `render_reply` (preference pairs): nothing is cut; the pair is skipped.
+
+`render_reply` renders a prompt conversation and one more assistant reply
+for preference training: `prompt(history) + enc(reply) + [end]`, the same ids
+`render` gives for the whole conversation, with the mask on the *final*
+reply and its `<|end|>` only (earlier assistant turns are context). The
+history drops its oldest whole exchanges to leave `room` ids for the reply,
+so a chosen and a rejected reply rendered with the same `room` follow the
+same context.
 
 Example:
 
@@ -148,6 +157,34 @@ def prompt(
     return ids
 
 
+def render_reply(
+    roles: Sequence[str], encoded: Sequence[Sequence[int]], reply: Sequence[int], tokenizer, max_len: int,
+    room: int | None = None,
+) -> tuple[list[int], list[int]] | None:
+    """Renders a history (tokenized) and one more assistant reply (tokenized) for preference training.
+
+    Args:
+        roles, encoded: the history, ending with the user turn the reply answers.
+        reply: the reply's content ids.
+        max_len: the most ids to return.
+        room: ids kept free for the reply (default and minimum: its own
+            `len(reply) + 1`); give two replies the longer one's to render
+            both after the same context.
+
+    Returns:
+        (ids, mask) with mask 1 exactly on the reply's ids and its `end_id`;
+        None when the reply and the history's last exchange cannot fit whole.
+    """
+    room = max(room or 0, len(reply) + 1)
+    if max_len - room < MIN_MAX_LEN:
+        return None
+    fitted = _assemble(roles, encoded, tokenizer, max_len - room, generation=True, whole_last=True)
+    if fitted is None:
+        return None
+    ids = fitted[0] + [*reply, tokenizer.special.end]
+    return ids, [0] * len(fitted[0]) + [1] * (len(reply) + 1)
+
+
 def _encode_knowledge(knowledge: str | None, tokenizer) -> list[int] | None:
     if knowledge is None or knowledge == "":
         return None
@@ -165,7 +202,7 @@ def _message_controls(messages, tags: TagVocabulary | None) -> list[list[int] | 
 
 
 def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool, knowledge=None, controls=None,
-              reply_controls=()):
+              reply_controls=(), whole_last: bool = False):
     if max_len < MIN_MAX_LEN:
         raise ValueError(f"max_len must be at least {MIN_MAX_LEN}, got {max_len}")
     special = tokenizer.special
@@ -211,6 +248,8 @@ def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool, knowled
     body_mask = [m for _, mask, _ in kept for m in mask]
 
     if len(body) > budget:  # the last exchange alone is too long
+        if whole_last:
+            return None
         if generation:
             cut = len(body) - (budget - 1)  # keep the first marker, drop the oldest tokens
             body = body[:1] + body[cut:]
