@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -18,9 +19,10 @@ import time
 from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, resolve_model_dir
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
+from tfchat.data.dialogues import default_dialogue_source, iter_conversations
 from tfchat.data.sources import documents_dataset
 from tfchat.data.tables import Columns
-from tfchat.text import chat_template
+from tfchat.text import chat_template, chinese
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.strategy import is_chief, make_strategy
 from training.trainer import TrainConfig, Trainer
@@ -31,9 +33,11 @@ log = logging.getLogger(__name__)
 # streamed Wikipedia must not be read whole before the first step.
 TOKENIZER_DOCUMENTS = 200_000
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
+PRETRAIN_PROMPTS_ZH = ("中国的历史", "數學是", "北京市是")
 # Characters of the training split a new tokenizer learns from (SentencePiece's time grows with them).
 TOKENIZER_CHARS = 10_000_000
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
+CHAT_PROMPTS_ZH = ("你好，你是谁？", "你知道恋恋笔记本这部电影吗？", "周末去哪里玩比较好？")
 
 
 @dataclasses.dataclass
@@ -47,6 +51,7 @@ class JobOptions:
     resume: bool = True
     progress: bool = True
     columns: Columns = Columns()  # where table/JSONL rows hold the text or the conversation
+    convert_script: str | None = None  # an OpenCC Simplified/Traditional conversion of the data (t2s, s2t...)
     # pretrain only
     preset: str = "tiny"
     tokenizer: str | None = None
@@ -90,10 +95,22 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     log.info("Training a %d-token SentencePiece tokenizer on the first %s characters of %s",
              vocab_size, f"{TOKENIZER_CHARS:,}", opts.data)
     start = time.perf_counter()
-    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text).take(TOKENIZER_DOCUMENTS)
+    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text, seed=0,
+                             convert_script=opts.convert_script).take(TOKENIZER_DOCUMENTS)
     tok = train_tokenizer(_first_chars(docs, TOKENIZER_CHARS), vocab_size=vocab_size)
-    log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
+    tok.record_training({**tok.training, "data": opts.data, "convert_script": opts.convert_script})
+    log.info("Tokenizer trained in %.1fs (%d ids, character coverage %s, %.0f%% Han characters)",
+             time.perf_counter() - start, tok.vocab_size, tok.training["settings"]["character_coverage"],
+             100 * tok.training["han_share"])
     return tok
+
+
+def _sample_prompts(first_texts, english: tuple, chinese_prompts: tuple, convert_script: str | None) -> list[str]:
+    """The prompts a run shows samples for: Chinese ones (converted like the data) when the first texts of the
+    data are Chinese, else English ones."""
+    if not chinese.is_chinese("".join(first_texts)[:20_000]):
+        return list(english)
+    return [chinese.convert_script(p, convert_script) if convert_script else p for p in chinese_prompts]
 
 
 def _first_chars(documents, limit: int):
@@ -109,6 +126,7 @@ def _first_chars(documents, limit: int):
 
 def pretrain(opts: JobOptions) -> dict:
     """Pretrains a GPT on a text source; returns the final metrics."""
+    chinese.check_conversion(opts.convert_script)  # OpenCC missing or a bad name: fail before any work
     strategy = make_strategy(opts.strategy)
     if is_chief(strategy):
         check_writable(opts.out)
@@ -123,13 +141,19 @@ def pretrain(opts: JobOptions) -> dict:
     def data(split):
         def fn(ctx, batch):
             return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text)
+                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
+                                    convert_script=opts.convert_script)
         return fn
 
+    first = documents_dataset(opts.data, "train", text_column=opts.columns.text, seed=0,
+                              convert_script=opts.convert_script).take(8)
+    prompts = _sample_prompts((t.decode("utf-8") for t in first.as_numpy_iterator()), PRETRAIN_PROMPTS,
+                              PRETRAIN_PROMPTS_ZH, opts.convert_script)
     trainer = Trainer(
         config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
-        sample_prompts=[tokenizer.encode(p) for p in PRETRAIN_PROMPTS],
-        metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data},
+        sample_prompts=[tokenizer.encode(p) for p in prompts],
+        metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data,
+                  **({"convert_script": opts.convert_script} if opts.convert_script else {})},
     )
     return trainer.train(resume=opts.resume, progress=opts.progress)
 
@@ -147,6 +171,7 @@ def find_model_dir(init_from: str) -> str:
 
 def finetune(opts: JobOptions) -> dict:
     """Fine-tunes a model directory on dialogues into a chat model (language modelling on assistant tokens)."""
+    chinese.check_conversion(opts.convert_script)
     strategy = make_strategy(opts.strategy)
     if is_chief(strategy):
         check_writable(opts.out)
@@ -164,13 +189,17 @@ def finetune(opts: JobOptions) -> dict:
         def fn(ctx, batch):
             return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
                                     input_context=ctx, repeat=split == "train", pack=opts.pack,
-                                    columns=opts.columns)
+                                    columns=opts.columns, convert_script=opts.convert_script)
         return fn
 
-    prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]
+    first = itertools.islice(iter_conversations(opts.data or default_dialogue_source(), columns=opts.columns), 8)
+    questions = _sample_prompts((m["content"] for c in first for m in c), CHAT_PROMPTS, CHAT_PROMPTS_ZH,
+                                opts.convert_script)
+    prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in questions]
     trainer = Trainer(
         config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
         init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
-        metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
+        metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data,
+                  **({"convert_script": opts.convert_script} if opts.convert_script else {})},
     )
     return trainer.train(resume=opts.resume, progress=opts.progress)
