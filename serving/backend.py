@@ -10,7 +10,11 @@ answer the request would get alone.
 * non-streaming generation uses the `generate` / `chat` signatures (the whole
   decode loop runs in the graph);
 * streaming uses `prefill` + `decode`, one signature call per token, and
-  pushes text deltas to the caller as they are produced.
+  pushes text deltas to the caller as they are produced: each token's bytes
+  (the `token_bytes` signature, read once) go through
+  `tfchat.inference.streaming.Detokenizer`, so a character spelt in several
+  byte-fallback tokens appears whole, never as U+FFFD. (Exports made before
+  that signature existed decode the whole reply each step instead.)
 
 Example:
 
@@ -40,6 +44,7 @@ import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel 
 
 from serving.errors import BadRequest, NotFound
 from tfchat.inference.sampling import SamplingParams
+from tfchat.inference.streaming import Detokenizer, decode_text
 from tfchat.text.chat_template import MIN_MAX_LEN
 from tfchat.text.special_tokens import ROLES, SpecialIds
 
@@ -129,6 +134,7 @@ class Backend:
         t0 = time.perf_counter()
         self._saved = tf.saved_model.load(version_dir)
         self.signatures = dict(self._saved.signatures)
+        self.token_bytes = self._token_bytes()
         log.info("loaded %s version %d (%d signatures) in %.1fs", self.name, self.version, len(self.signatures), time.perf_counter() - t0)
         self.max_batch = max(1, int(max_batch))
         self.batch_wait = batch_wait_ms / 1000.0
@@ -206,6 +212,14 @@ class Backend:
         self._worker.join(timeout=10)
 
     # ------------------------------------------------------------------ worker
+
+    def _token_bytes(self) -> tuple[bytes, ...] | None:
+        """Every id's bytes, from the export's `token_bytes` signature (None for exports without it)."""
+        if "token_bytes" not in self.signatures:
+            return None
+        vocab = int(self.metadata["config"]["vocab_size"])
+        out = self.signatures["token_bytes"](token_ids=tf.range(vocab, dtype=tf.int32)[None, :])
+        return tuple(out["bytes"].numpy()[0].tolist())
 
     def _signature(self, name: str):
         if name not in self.signatures:
@@ -313,9 +327,12 @@ class Backend:
         ids, counts = out["token_ids"].numpy(), out["num_tokens"].numpy()
         for b, r in enumerate(batch):
             tokens = ids[b, : counts[b]].tolist()
+            # The streaming rule (`tfchat.inference.streaming`), so a reply is the same streamed or not.
+            text = (decode_text([t for t in tokens if t not in self.stop_ids], self.token_bytes)
+                    if self.token_bytes is not None else texts[b].decode("utf-8", errors="replace"))
             r.future.set_result(
                 Completion(
-                    text=texts[b].decode("utf-8", errors="replace"),
+                    text=text,
                     token_ids=tokens,
                     finish_reason=self._finish_reason(tokens),
                     prompt_tokens=int(min(prompt_lengths[b], room)),
@@ -334,7 +351,7 @@ class Backend:
         )
         cache, key_mask = state["cache"], state["key_mask"]
         token, position, index = state["next_token"], state["position"], state["cache_index"]
-        rows = [_StreamRow(r) for r in batch]
+        rows = [_StreamRow(r, self.token_bytes) for r in batch]
         limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):
             new = token.numpy()
@@ -366,15 +383,19 @@ class Backend:
 
 
 class _StreamRow:
-    """Per-request streaming state: ids so far, text already sent."""
+    """Per-request streaming state: ids so far, text already sent.
 
-    def __init__(self, request: GenRequest):
+    With the export's token bytes, each content token goes through a `Detokenizer` and its completed text is
+    sent at once; without (older exports), `pending` asks `Backend._emit` to decode every id so far."""
+
+    def __init__(self, request: GenRequest, token_bytes: tuple[bytes, ...] | None = None):
         self.request = request
         self.tokens: list[int] = []
         self.content: list[int] = []  # tokens minus stop ids
         self.text = ""
         self.done = False
         self.pending = False
+        self.detokenizer = Detokenizer(token_bytes) if token_bytes is not None else None
 
     def add(self, token: int, stop_ids: set) -> None:
         if self.done:
@@ -383,21 +404,29 @@ class _StreamRow:
             self.done = True
             return
         self.tokens.append(token)
-        self.pending = True
         if token in stop_ids:
             self.done = True
         else:
             self.content.append(token)
+            if self.detokenizer is not None:
+                self._send(self.detokenizer.add(token))
+        self.pending = self.detokenizer is None
         if len(self.tokens) >= self.request.sampling.max_new_tokens:
             self.done = True
+        if self.done and self.detokenizer is not None:
+            self.detokenizer.finish()  # a character cut off by the length limit is left out
+
+    def _send(self, delta: str) -> None:
+        if delta:
+            self.request.events.put(("delta", delta))
+            self.text += delta
 
     def update(self, text: str) -> None:
         self.pending = False
         # A multi-byte character split across tokens decodes as U+FFFD until its last byte arrives.
         stable = text if self.done else text.rstrip("\ufffd")
         if len(stable) > len(self.text) and stable.startswith(self.text):
-            self.request.events.put(("delta", stable[len(self.text):]))
-            self.text = stable
+            self._send(stable[len(self.text):])
 
     def finish(self, completion: Completion) -> None:
         if not self.request.future.done():
