@@ -431,7 +431,7 @@ def _read_json(path: str, what: str):
         with open_text(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a {what} JSON file ({e})") from None
+        raise ValueError(f"{path}: not {what} ({e})") from None
 
 
 def _alternating(utterances: list, knowledge: list | None = None) -> list:
@@ -446,7 +446,7 @@ def _alternating(utterances: list, knowledge: list | None = None) -> list:
 
 
 def read_kdconv(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
-    data = _read_json(path, "KdConv")
+    data = _read_json(path, "a KdConv JSON file")
     if not isinstance(data, list):
         raise ValueError(f"{path}: not a KdConv JSON file (expected a list of dialogues)")
     for i, dialogue in enumerate(data):
@@ -467,7 +467,7 @@ def read_lccc(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     with open_text(path) as f:
         first = f.read(1)
     if first and first in "{[":
-        data = _read_json(path, "LCCC")
+        data = _read_json(path, "an LCCC JSON file")
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise ValueError(f"{path}: not an LCCC JSON file (expected {{split: [[utterance, ...]]}})")
         rows = ((f"{path}:{split}[{i}]", c) for split, convs in data.items() for i, c in enumerate(convs))
