@@ -5,6 +5,7 @@
     python -m training.convert_dialogues --format cornell --input cornell_movie_dialogs_corpus/ --out movies.jsonl
     python -m training.convert_dialogues --format dolly --input tfds:databricks_dolly --out dolly.jsonl
     python -m training.convert_dialogues --format messages --input mine.jsonl --out clean.jsonl
+    python -m training.convert_dialogues --format kdconv --input KdConv/data/film/train.json --out kdconv-film.jsonl
 
 Writes atomically (temp file, then rename; `.gz` output is compressed) and
 prints the counts as JSON. Skipped records are logged with file and line.
