@@ -81,9 +81,9 @@ def test_token_bytes_match_decode_for_every_piece(tok):
 
 def test_gpt2_token_bytes_are_the_byte_level_vocabulary(tmp_path):
     # A byte-level vocabulary: every byte as GPT-2's printable character, one merge, <|endoftext|>.
-    from tfchat.text.tokenizer import _gpt2_bytes_to_unicode
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-    chars = _gpt2_bytes_to_unicode()
+    chars = {b[0]: c for b, c in zip(*bytes_to_unicode())}
     vocab = {c: i for i, c in enumerate(chars[b] for b in range(256))}
     vocab[chars[0xE4] + chars[0xBD]] = 256
     vocab["<|endoftext|>"] = 257

@@ -95,7 +95,7 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     log.info("Training a %d-token SentencePiece tokenizer on the first %s characters of %s",
              vocab_size, f"{TOKENIZER_CHARS:,}", opts.data)
     start = time.perf_counter()
-    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text, seed=0,
+    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text,
                              convert_script=opts.convert_script).take(TOKENIZER_DOCUMENTS)
     tok = train_tokenizer(_first_chars(docs, TOKENIZER_CHARS), vocab_size=vocab_size)
     tok.record_training({**tok.training, "data": opts.data, "convert_script": opts.convert_script})
@@ -145,7 +145,7 @@ def pretrain(opts: JobOptions) -> dict:
                                     convert_script=opts.convert_script)
         return fn
 
-    first = documents_dataset(opts.data, "train", text_column=opts.columns.text, seed=0,
+    first = documents_dataset(opts.data, "train", text_column=opts.columns.text,
                               convert_script=opts.convert_script).take(8)
     prompts = _sample_prompts((t.decode("utf-8") for t in first.as_numpy_iterator()), PRETRAIN_PROMPTS,
                               PRETRAIN_PROMPTS_ZH, opts.convert_script)

@@ -269,7 +269,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def _token_bytes_table(self) -> list[bytes]:
         # Byte-level BPE: every character of a vocabulary entry stands for one byte (GPT-2's byte <-> unicode map).
-        unicode_to_byte = {c: b for b, c in _gpt2_bytes_to_unicode().items()}
+        from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+        unicode_to_byte = {c: b[0] for b, c in zip(*bytes_to_unicode())}
         table = [b""] * self.vocab_size
         for token, i in json.loads(self._files[0]).items():
             table[i] = bytes(unicode_to_byte[c] for c in token)
@@ -294,18 +296,6 @@ class GPT2Tokenizer(Tokenizer):
         with open(merges_path, encoding="utf-8") as f:
             merges = [ln.rstrip("\r\n") for ln in f if ln.strip() and not ln.startswith("#version")]
         return cls(vocabulary, merges, extra_specials)
-
-
-def _gpt2_bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (its `bytes_to_unicode`)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, n = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, map(chr, chars)))
 
 
 # SentencePiece accepts character coverage in [0.98, 1]; 0.9995 is its recommendation for Chinese and Japanese.
