@@ -219,7 +219,7 @@ class Backend:
             return None
         vocab = int(self.metadata["config"]["vocab_size"])
         out = self.signatures["token_bytes"](token_ids=tf.range(vocab, dtype=tf.int32)[None, :])
-        return tuple(out["bytes"].numpy()[0].tolist())
+        return tuple(out["token_bytes"].numpy()[0].tolist())
 
     def _signature(self, name: str):
         if name not in self.signatures:

@@ -17,7 +17,7 @@ always given, per row):
   total_log_prob [B], loss [B] (mean negative log-likelihood per token).
 * `tokenize`: text [B] -> token_ids [B, T] (right-padded), num_tokens [B].
 * `detokenize`: token_ids [B, T], num_tokens [B] -> text [B] (special ids dropped).
-* `token_bytes`: token_ids [B, T] -> bytes string [B, T]: each id's UTF-8
+* `token_bytes`: token_ids [B, T] -> token_bytes string [B, T]: each id's UTF-8
   bytes (special ids ""), for streaming clients: `tfchat.inference.streaming`
   joins them and holds back a character until its last byte-fallback id
   arrives (decoding a prefix of ids with `detokenize` shows it as U+FFFD).
@@ -189,7 +189,7 @@ class ServingModule(tf.Module):
         checks = [tf.debugging.assert_non_negative(token_ids, message=f"token ids must be in 0 .. {vocab - 1}"),
                   tf.debugging.assert_less(token_ids, vocab, message=f"token ids must be in 0 .. {vocab - 1}")]
         with tf.control_dependencies(checks):
-            return {"bytes": tf.gather(table, token_ids)}
+            return {"token_bytes": tf.gather(table, token_ids)}  # "_bytes": TF Serving REST sends base64
 
     @tf.function(
         input_signature=[

@@ -48,7 +48,7 @@ def test_chinese_through_the_signatures(setup):
         assert ids == tok.encode(text)
     back = sm.signatures["detokenize"](token_ids=out["token_ids"], num_tokens=out["num_tokens"])["text"].numpy()
     assert [t.decode("utf-8") for t in back] == TEXTS  # Traditional and Simplified as written
-    table = sm.signatures["token_bytes"](token_ids=tf.range(tok.vocab_size)[None])["bytes"].numpy()[0]
+    table = sm.signatures["token_bytes"](token_ids=tf.range(tok.vocab_size)[None])["token_bytes"].numpy()[0]
     assert table.tolist() == list(tok.token_bytes())
     with pytest.raises(tf.errors.InvalidArgumentError, match="token ids must be in"):
         sm.signatures["token_bytes"](token_ids=tf.constant([[tok.vocab_size]]))

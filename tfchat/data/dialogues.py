@@ -324,13 +324,17 @@ def read_oasst(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]
         yield where, path, _trim_trailing_user(messages)
 
 
-def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
-    agents = {"agent_1": "user", "agent_2": "assistant"}
+def _read_json(path: str, what: str):
     try:
         with open_text(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a Topical-Chat JSON file ({e})") from None
+        raise ValueError(f"{path}: not {what} ({e})") from None
+
+
+def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+    agents = {"agent_1": "user", "agent_2": "assistant"}
+    data = _read_json(path, "a Topical-Chat JSON file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a Topical-Chat JSON file (expected an object of conversations)")
     for conv_id, conv in data.items():
@@ -426,14 +430,6 @@ def read_dolly(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]
         yield where, path, messages_from_row({"instruction": "", "response": "", **obj}, _DOLLY)
 
 
-def _read_json(path: str, what: str):
-    try:
-        with open_text(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not {what} ({e})") from None
-
-
 def _alternating(utterances: list, knowledge: list | None = None) -> list:
     """Utterances of two speakers taking turns, the first the user's; `knowledge[i]`: triples of utterance i."""
     messages = []
@@ -457,8 +453,9 @@ def read_kdconv(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]
             stats.skip(path, where, 'no "messages" list')
             continue
         turns = [t if isinstance(t, dict) else {} for t in turns]
-        knowledge = [[[a.get("name"), a.get("attrname"), a.get("attrvalue")]
-                      for a in t.get("attrs") or [] if isinstance(a, dict)] for t in turns]
+        triples = [[[a.get(k) for k in ("name", "attrname", "attrvalue")] for a in t.get("attrs") or []
+                    if isinstance(a, dict)] for t in turns]
+        knowledge = [[k for k in ks if all(isinstance(x, str) for x in k)] for ks in triples]  # incomplete ones go
         yield where, path, _alternating([t.get("message") for t in turns], knowledge)
 
 

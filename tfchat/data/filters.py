@@ -2,9 +2,9 @@
 
 * stubs: documents shorter than `min_chars` characters. Wikipedia has many one-line stubs ("X is a village in Y")
   that teach the model little but templates. A Han character counts as `CJK_WEIGHT` characters: it carries
-  about three times the information of an English letter (xz compresses the Chinese extract to 7.4 bits per
-  character, the English one to 2.3: `python -m benchmarks.tokenizers` reports `xz_bits_per_char`), so the
-  default 500 means about 170 characters of Chinese, a short paragraph, like 500 of English;
+  about three times the information of an English letter (xz needs 8.1 bits per character of held-out
+  `zhwiki-sample` text and 2.6 of `enwiki-2018` text: `xz_bits_per_char` of `python -m benchmarks.tokenizers`),
+  so the default 500 means about 170 characters of Chinese, a short paragraph, like 500 of English;
 * near-duplicates: a document whose 5-gram set of words (Han characters one by one, `tfchat.text.chinese.units`)
   has an estimated Jaccard similarity of at least `threshold` with a document kept before it
   (MinHash with 64 permutations and LSH from `datasketch`; Broder 1997).
