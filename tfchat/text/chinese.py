@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
 
@@ -120,17 +121,16 @@ def check_conversion(config: str | None) -> None:
 
 def script_of(text: str) -> str | None:
     """"traditional" or "simplified": which of the two has more of `text`'s Han characters; None when neither."""
-    chars = sorted(set(CJK.findall(text)))
-    if not chars:
+    counts = collections.Counter(CJK.findall(text))
+    if not counts:
         return None
+    chars = list(counts)
     joined = "\n".join(chars)  # one character per line: OpenCC's phrase rules cannot join neighbours
-    to_simplified = convert_script(joined, "t2s").split("\n")
-    to_traditional = convert_script(joined, "s2t").split("\n")
-    counts = {c: 0 for c in chars}
-    for c in CJK.findall(text):
-        counts[c] += 1
-    traditional = sum(counts[c] for c, s in zip(chars, to_simplified) if s != c)
-    simplified = sum(counts[c] for c, t in zip(chars, to_traditional) if t != c)
+    pairs = zip(chars, convert_script(joined, "t2s").split("\n"), convert_script(joined, "s2t").split("\n"))
+    traditional = simplified = 0
+    for char, to_simplified, to_traditional in pairs:
+        traditional += counts[char] * (to_simplified != char)
+        simplified += counts[char] * (to_traditional != char)
     if traditional == simplified:
         return None
     return "traditional" if traditional > simplified else "simplified"
