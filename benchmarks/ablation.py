@@ -46,13 +46,14 @@ ROWS = {
     "swiglu": ("+ SwiGLU MLP", ["--mlp", "swiglu"]),
     "untied": ("+ untied LM head", ["--no-tie-embeddings"]),
     "softcap": ("+ logit soft-cap 15", ["--logit-softcap", "15"]),
-    "muon": ("+ Muon (AdamW for embeddings, head, vectors)", ["--optimizer", "muon"]),
+    "muon": ("+ Muon at its own learning rate (AdamW for embeddings, head, vectors)",
+             ["--optimizer", "muon", "--lr", "1e-2"]),
     "wsd": ("+ warmup-stable-decay schedule", ["--schedule", "wsd"]),
     "vocab-8k": ("+ 8,192-token vocabulary", ["--vocab-size", "8192"]),
     "deeper": ("6 layers x 128 (deeper, narrower)", ["--n-layer", "6"]),
     "wider": ("3 layers x 192 (shallower, wider)", ["--n-layer", "3", "--n-embd", "192", "--n-head", "6"]),
     "modern": ("every architecture option above", MODERN),
-    "all": ("modern architecture + Muon + WSD", [*MODERN, "--optimizer", "muon", "--schedule", "wsd"]),
+    "all": ("modern architecture + Muon + WSD", [*MODERN, "--optimizer", "muon", "--lr", "1e-2", "--schedule", "wsd"]),
 }
 ARCH_KEYS = {"--position": "position", "--norm": "norm", "--mlp": "mlp", "--n-layer": "n_layer", "--n-embd": "n_embd",
              "--n-head": "n_head", "--logit-softcap": "logit_softcap", "--vocab-size": "vocab_size"}

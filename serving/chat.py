@@ -2,11 +2,14 @@
 
     python -m serving.chat --server http://localhost:8501     # a running serving.server
     python -m serving.chat --model exports/tfchat             # load the export in this process
+    python -m serving.chat --model exports/tfchat --content-filter runs/moderation
 
 Type a message and press Enter. Commands: `/reset` forgets the conversation,
 `/system TEXT` sets a system prompt (and resets), `/exit` (or Ctrl-D) quits,
 `/help` lists them. The whole history is sent each turn; the chat template
-drops the oldest exchanges when it no longer fits the context.
+drops the oldest exchanges when it no longer fits the context. A reply the
+server's content filter refused or stopped (finish reason `content_filter`)
+is marked `[filtered: ...]`, and that exchange is left out of the history.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Iterator, TextIO
 from tfchat import cli
 
 HELP = "commands: /reset  /system TEXT  /exit  /help"
+FILTERED = "content_filter"
 
 
 class RemoteChat:
@@ -26,11 +30,19 @@ class RemoteChat:
     def __init__(self, url: str, timeout: float = 300.0):
         import httpx
 
+        from serving.client import unreachable
+
         self.url = url.rstrip("/")
         self._http = httpx.Client(timeout=timeout)
+        self.finish_reason: str | None = None  # of the last reply
+        try:  # fail at start, not at the first message
+            self._http.get(self.url + "/v1/models").raise_for_status()
+        except httpx.HTTPError as e:
+            raise unreachable(self.url, e) from e
 
     def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
         body = {"messages": messages, "stream": True, **_openai_names(sampling)}
+        self.finish_reason = None
         with self._http.stream("POST", self.url + "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()
@@ -45,7 +57,9 @@ class RemoteChat:
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     raise RuntimeError(chunk["error"]["message"])
-                piece = chunk["choices"][0].get("delta", {}).get("content")
+                choice = chunk["choices"][0]
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                piece = choice.get("delta", {}).get("content")
                 if piece:
                     yield piece
 
@@ -60,16 +74,28 @@ def _openai_names(sampling: dict) -> dict:
 class LocalChat:
     """Streams replies from an export loaded in this process."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, content_filter: str | None = None):
         from serving.backend import Backend
 
         self.backend = Backend(path)
+        if content_filter:
+            from serving.content_filter import FilteredBackend
+            from tfchat.inference.classifier import ContentFilter
+
+            self.backend = FilteredBackend(self.backend, ContentFilter.load(content_filter))
+        self._request = None
+
+    @property
+    def finish_reason(self) -> str | None:
+        done = self._request is not None and self._request.future.done() and not self._request.future.exception()
+        return self._request.future.result().finish_reason if done else None
 
     def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
         from serving.backend import GenRequest
 
         params = self.backend.defaults.replace(**sampling)
-        return self.backend.stream(GenRequest(messages=messages, sampling=params))
+        self._request = GenRequest(messages=messages, sampling=params)
+        return self.backend.stream(self._request)
 
 
 def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampling) -> None:
@@ -115,6 +141,11 @@ def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampli
             history.pop()
             print(f"\n(error: {e})", file=stdout)
             continue
+        if getattr(chat, "finish_reason", None) == FILTERED:
+            history.pop()  # neither the flagged message nor a cut reply goes back to the model
+            print("\n[filtered: the content filter flagged this exchange; it is left out of the conversation]",
+                  file=stdout)
+            continue
         stdout.write("\n")
         history.append({"role": "assistant", "content": "".join(reply)})
     print("bye", file=stdout)
@@ -125,6 +156,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--server", help="URL of a running serving.server, e.g. http://localhost:8501")
     source.add_argument("--model", help="export path (exports/tfchat) to load in-process")
+    parser.add_argument("--content-filter", default=None, metavar="DIR",
+                        help="with --model: screen messages and replies with this moderation classifier")
     parser.add_argument("--system", default=None, help="system prompt")
     g = parser.add_argument_group("sampling (default: the model's recommended settings)")
     g.add_argument("--max-tokens", type=cli.positive_int, default=None, help="longest reply in tokens")
@@ -133,6 +166,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     g.add_argument("--top-p", type=cli.probability, default=None, help="1 = off")
     g.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
     args = parser.parse_args(argv)
+    if args.content_filter and not args.model:
+        parser.error("--content-filter is for --model (a server applies its own: serving.server --content-filter)")
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     given = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
              "top_p": args.top_p, "seed": args.seed}
@@ -141,7 +176,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     def body() -> int:
         if args.model:
             cli.setup(args.verbose)
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model)
+        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter)
         run(chat, stdin, stdout, system=args.system, **sampling)
         return 0
 

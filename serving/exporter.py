@@ -46,10 +46,10 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 
 import tensorflow as tf
 
+from tfchat import atomic
 from tfchat.checkpoint.model_dir import LoadedModel
 from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.generation import decode_step, generate, prefill
@@ -279,6 +279,23 @@ def export(
         max_len: serving context length (default: the model's block_size).
         name: the model name in `models.config`.
     """
+    module = ServingModule(loaded, max_len)
+    meta = {
+        "format": "tfchat-saved-model",
+        "max_len": module.max_len,
+        "config": loaded.config.to_dict(),
+        "special_ids": loaded.tokenizer.special_ids,
+        "stop_ids": module.stop_ids,
+        "sampling": SamplingParams.from_dict(loaded.metadata.get("sampling")).to_dict(),
+        "model_metadata": loaded.metadata,
+    }
+    return save_version(module, module.signatures(), base, meta, version=version, name=name)
+
+
+def save_version(module: tf.Module, signatures: dict, base: str, metadata: dict, version: int | None = None,
+                 name: str = "tfchat") -> str:
+    """Saves `module` with `signatures` as `base/<version>/` atomically (refusing XLA ops), with `metadata`
+    (plus name and version) in `assets.extra/tfchat.json`, and writes `base/models.config`; returns the version dir."""
     base = os.path.abspath(base)
     os.makedirs(base, exist_ok=True)
     if version is None:
@@ -288,34 +305,25 @@ def export(
     final = os.path.join(base, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"version {version} already exists: {final}")
-    module = ServingModule(loaded, max_len)
     # A dot-prefixed sibling: TF Serving only loads integer-named dirs, so a half-written export is never served.
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    # Those of killed exports are removed here.
+    atomic.remove_stale_temps(base)
+    tmp = atomic.temp_path(final)
+    os.mkdir(tmp)
     try:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        tf.saved_model.save(module, tmp, signatures=signatures)
         xla = sorted(t for t in op_types(tmp) if t.startswith("Xla"))
         if xla:  # stock tensorflow_model_server could not run these
             raise RuntimeError(f"exported graph contains XLA ops {xla}")
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        meta = {
-            "format": "tfchat-saved-model",
-            "name": name,
-            "version": version,
-            "max_len": module.max_len,
-            "config": loaded.config.to_dict(),
-            "special_ids": loaded.tokenizer.special_ids,
-            "stop_ids": module.stop_ids,
-            "sampling": SamplingParams.from_dict(loaded.metadata.get("sampling")).to_dict(),
-            "model_metadata": loaded.metadata,
-        }
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(meta, f, indent=2)
+            json.dump({"format": metadata["format"], "name": name, "version": version, **metadata}, f, indent=2)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a server may run as another user
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    cfg_tmp = os.path.join(base, ".models.config.tmp")
+    cfg_tmp = atomic.temp_path(os.path.join(base, "models.config"))
     with open(cfg_tmp, "w") as f:
         f.write(models_config(name, base))
     os.replace(cfg_tmp, os.path.join(base, "models.config"))

@@ -35,5 +35,13 @@ def data_tokenizer():
     return train_tokenizer(_CORPUS * 20, vocab_size=400)
 
 
+@pytest.fixture(scope="session")
+def moderation_classifier(tmp_path_factory):
+    """A moderation classifier trained on `tests.fixtures.separable_examples` (insults and threats are flagged)."""
+    from tests.fixtures import tiny_moderation
+
+    return tiny_moderation(tmp_path_factory.mktemp("moderation"))
+
+
 # Commands run in this process (`main([...])`) leave file descriptor 2 to pytest's capture.
 os.environ.setdefault("TFCHAT_RAW_STDERR", "1")

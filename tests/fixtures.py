@@ -1,6 +1,7 @@
 """Small shared fixtures: a tiny tokenizer and model shape, and a learnable synthetic dataset."""
 
 import functools
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -97,3 +98,52 @@ def chinese_chat_export(root, steps: int = 300):
     save_model(str(root / "model"), model, tok, cfg)
     loaded = load_model(str(root / "model"))
     return loaded, export(loaded, str(root / "tfchat"))
+
+
+# A tiny moderation task a classifier separates perfectly: insults and threats vs friendly small talk.
+_FLAGGED = ["you are a worthless idiot {}", "I will hurt you {}", "shut up you stupid moron {}",
+            "{} is a disgusting loser", "go die in a fire {}"]
+_BENIGN = ["have a lovely day {}", "how is the weather in {} today", "thanks for the help {}",
+           "what time does the {} museum open", "I enjoyed the book about {}"]
+_NAMES = ["alex", "paris", "sam", "oslo", "kim", "lima", "max", "rome", "lee", "kyoto", "ana", "cairo"]
+
+
+def separable_examples() -> list[dict]:
+    """Labelled JSONL records: 60 flagged (`harassment`, plus `violence` for threats) and 60 benign; every
+    fourth name's examples are held out (`"split": "validation"`)."""
+    records = []
+    for k, name in enumerate(_NAMES):
+        split = "validation" if k % 4 == 3 else "train"
+        for t in _FLAGGED:
+            labels = ["harassment"] + (["violence"] if "hurt" in t or "die" in t else [])
+            records.append({"text": t.format(name), "labels": labels, "split": split, "source": "insults"})
+        for t in _BENIGN:
+            records.append({"text": t.format(name), "labels": [], "split": split, "source": "small-talk"})
+    return records
+
+
+def tiny_moderation(root) -> str:
+    """Trains a moderation classifier on `separable_examples` under `root`; returns the run directory."""
+    import json
+
+    from training import classify
+
+    data = root / "separable.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in separable_examples()))
+    out = str(root / "moderation")
+    code = classify.main(["--data", str(data), "--out", out, "--steps", "150", "--batch-size", "16", "--lr", "0.05",
+                          "--warmup-steps", "10", "--buckets", "4096", "--dim", "8", "--eval-every", "75",
+                          "--save-every", "75", "--no-progress", "--precision", "fp32"])
+    assert code == 0
+    return out
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` loopback ports free right now (for TF_CONFIG clusters and servers in tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

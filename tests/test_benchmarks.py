@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from benchmarks import data as data_bench
 from benchmarks import train as train_bench
 
@@ -67,3 +69,20 @@ def test_tokenizers_benchmark_cli_prints_json(capsys, tmp_path):
     assert rows["en", "en"]["bytes_per_token"] > rows["zh", "en"]["bytes_per_token"]
     assert rows["zh", "zh"]["ratio_to_own"] == 1.0 and rows["mixed", "zh"]["ratio_to_own"] > 0
     assert os.path.isfile(tmp_path / "out" / "tokenizer-mixed" / "tokenizer.json")
+
+
+def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):
+    pytest.importorskip("profanity_check")
+    from benchmarks import moderation as moderation_bench
+
+    assert moderation_bench.main(["--classifier", moderation_classifier, "--messages", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    record = lines[0]
+    assert record["held_out"]["tfchat"]["roc_auc"] == 1.0 and record["held_out"]["examples"] == 30
+    for part in ("held_out", "requests", "hatecheck"):
+        assert 0 <= record[part]["alt_profanity_check"]["roc_auc"] <= 1
+        assert "roc_auc_margin" in record[part]
+    assert {"recall", "false_positive_rate", "lookalike_false_positive_rate"} <= set(record["requests"]["tfchat"])
+    assert record["latency_ms"]["tfchat"]["calls"] == 5 and record["latency_ms"]["alt_profanity_check"]["p50"] > 0
+    assert "machine" in record

@@ -150,3 +150,85 @@ def test_a_chinese_conversation_with_knowledge(data_tokenizer):
     assert tok.decode(ids) == "你是一個樂於助人的助手。是哪年上映的呀？2004年06月25日。"
     prompt = ct.prompt(plain[:-1], tok, max_len=64)
     assert prompt[-1] == tok.assistant_id and tok.decode(prompt).endswith("是哪年上映的呀？")
+
+
+# ----------------------------------------------------------------------------- knowledge and control tags
+
+def _tags(tok):
+    from tfchat.text.control_tags import TagVocabulary
+
+    return TagVocabulary({"topic": ["music", "sports"], "style": ["happy", "sad"]}, tok.special)
+
+
+def test_knowledge_segment_layout_never_in_the_loss(data_tokenizer):
+    tok = data_tokenizer
+    passage = "Albedo is the fraction of light reflected."
+    ids, mask = ct.render(CONV[1:3], tok, max_len=512, knowledge=passage)
+    k = tok.encode(passage)
+    assert ids[: len(k) + 3] == [tok.eot_id, tok.special.knowledge, *k, tok.end_id]
+    assert not any(mask[: len(k) + 3])
+    plain, plain_mask = ct.render(CONV[1:3], tok, max_len=512)
+    assert ids[len(k) + 3:] == plain[1:] and mask[len(k) + 3:] == plain_mask[1:]  # the dialogue is unchanged
+    assert ct.prompt(CONV[1:2], tok, 512, knowledge=passage)[-1] == tok.assistant_id
+
+
+def test_knowledge_is_cut_before_the_dialogue(data_tokenizer):
+    tok = data_tokenizer
+    passage = "Albedo is the fraction of light reflected. " * 20
+    dialogue, _ = ct.render(CONV, tok, max_len=512)
+    room = len(dialogue) + 12  # room for the whole dialogue and 10 knowledge ids
+    ids, mask = ct.render(CONV, tok, max_len=room, knowledge=passage)
+    at = ids.index(tok.special.knowledge)  # after the system block, before the turns
+    assert len(ids) == room and ids[at + 1: at + 11] == tok.encode(passage)[:10] and ids[at + 11] == tok.end_id
+    assert ids[:at] + ids[at + 12:] == dialogue  # every turn kept
+    # With no room left at all, the knowledge goes and the dialogue is cut as it would be without it.
+    tight = len(dialogue) - 5
+    assert ct.render(CONV, tok, max_len=tight, knowledge=passage) == ct.render(CONV, tok, max_len=tight)
+
+
+def test_control_tags_precede_the_reply_and_are_not_learned(data_tokenizer):
+    tok = data_tokenizer
+    tags = _tags(tok)
+    conv = [msg("user", "Hi"), {"role": "assistant", "content": "Hello!", "tags": {"style": "happy", "topic": "music"}}]
+    ids, mask = ct.render(conv, tok, 64, tags=tags)
+    controls = tags.ids({"topic": "music", "style": "happy"})
+    start = ids.index(tok.assistant_id)
+    assert ids[start + 1: start + 3] == controls and mask[start: start + 3] == [0, 0, 0]
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "Hello!"
+    prompt = ct.prompt(conv[:1], tok, 64, tags=tags, reply_tags={"style": "sad"})
+    assert prompt[-2:] == [tok.assistant_id, *tags.ids({"style": "sad"})]
+    with pytest.raises(ValueError, match="unknown style 'grumpy'"):
+        ct.prompt(conv[:1], tok, 64, tags=tags, reply_tags={"style": "grumpy"})
+    with pytest.raises(ValueError, match="no tag vocabulary"):
+        ct.render(conv, tok, 64)
+    # Text that spells a control piece is ordinary characters.
+    assert not set(tok.encode("<|control_0|><|knowledge|>")) & set(tok.special.all_ids())
+
+
+def test_tf_prompt_matches_prompt_with_knowledge_and_controls(data_tokenizer):
+    tok = data_tokenizer
+    tags = _tags(tok)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
+                                  tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.string),
+                                  tf.TensorSpec([None], tf.int32)])
+    def graph_prompt(roles, contents, max_len, knowledge, controls):
+        return ct.tf_prompt(roles, contents, tok, max_len, knowledge=knowledge, controls=controls)
+
+    rng = random.Random(1)
+    words = ["hello", "world", "你好", "light", "<|knowledge|>", "how", "are", "you", "?"]
+    for i in range(40):
+        conv = [msg("system", "Be brief.")] if rng.random() < 0.3 else []
+        for _ in range(rng.randint(1, 3)):
+            conv.append(msg("user", " ".join(rng.choices(words, k=rng.randint(1, 20)))))
+            if rng.random() < 0.7:
+                conv.append(msg("assistant", " ".join(rng.choices(words, k=rng.randint(1, 20)))))
+        knowledge = " ".join(rng.choices(words, k=rng.randint(0, 40)))
+        reply_tags = rng.choice([None, {"style": "happy"}, {"topic": "sports", "style": "sad"}])
+        max_len = [12, 20, 33, 64, 128][i % 5]
+        expected = ct.prompt(conv, tok, max_len, knowledge=knowledge, tags=tags, reply_tags=reply_tags)
+        got = graph_prompt(tf.constant([m["role"] for m in conv], tf.string),
+                           tf.constant([m["content"] for m in conv], tf.string), max_len, knowledge,
+                           tf.constant(tags.ids(reply_tags), tf.int32))
+        assert got.numpy().tolist() == expected, (conv, knowledge, reply_tags, max_len)
+        assert len(expected) <= max_len

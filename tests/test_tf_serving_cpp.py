@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text
@@ -101,3 +102,34 @@ def test_cpp_without_text_ops_fails_clearly(binary, exported):
     r = subprocess.run([binary, path, "--prompt", "hi"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "Sentencepiece" in r.stderr or "not registered" in r.stderr.lower() or "Op type" in r.stderr
+
+
+def test_cpp_runs_a_classifier_export(binary, tmp_path):
+    """A classifier export's `classify` signature (in-graph hashed n-grams) runs in C++ and matches Keras."""
+    from serving.classifier_export import export_classifier
+    from tfchat.checkpoint.classifier_dir import load_classifier, save_classifier
+    from tfchat.inference.classifier import TextClassifier
+    from tfchat.model.classifier import ClassifierConfig, build_classifier
+
+    import keras
+
+    keras.utils.set_random_seed(1)
+    config = ClassifierConfig(labels=("flagged", "hate"), buckets=512, dim=8)
+    save_classifier(str(tmp_path / "clf"), build_classifier(config), config, {"thresholds": {"flagged": 0.5, "hate": 0.4}})
+    loaded = load_classifier(str(tmp_path / "clf"))
+    path = export_classifier(loaded, str(tmp_path / "export"))
+    texts = ["You are an idiot!", "have a nice day", "你好，世界", ""]
+    cmd = [binary, path]
+    for t in texts:
+        cmd += ["--classify", t]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = [line.split(" ") for line in r.stdout.splitlines() if line.startswith("classify ")]
+    assert len(rows) == len(texts)
+    expected = TextClassifier.load(str(tmp_path / "clf")).scores(texts)
+    for b, (_, row, scores, labels, predicted) in enumerate(rows):
+        assert int(row) == b
+        got = np.array([float(x) for x in scores.split(",")])
+        np.testing.assert_allclose(got, expected[b], atol=1e-5)
+        assert [bytes.fromhex(x).decode() for x in labels.split(",")] == ["flagged", "hate"]
+        assert [int(x) for x in predicted.split(",")] == [int(expected[b, 0] >= 0.5), int(expected[b, 1] >= 0.4)]

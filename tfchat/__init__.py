@@ -28,6 +28,8 @@ _EXPORTS = {
     "save_model": "tfchat.checkpoint.model_dir",
     "SamplingParams": "tfchat.inference.sampling",
     "generate_text": "tfchat.inference.generation",
+    "TextClassifier": "tfchat.inference.classifier",
+    "ContentFilter": "tfchat.inference.classifier",
 }
 
 __all__ = sorted(_EXPORTS)

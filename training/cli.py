@@ -6,6 +6,8 @@ Importing this module does not import TensorFlow, so `--help` is instant.
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import math
 import os
 import sys
@@ -40,15 +42,18 @@ def _profile_steps(text: str) -> tuple[int, int]:
     return a, b
 
 
-def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
-    """Optimisation, distribution and bookkeeping flags; `defaults` sets per-job values."""
+def add_training_flags(p: argparse.ArgumentParser, defaults: dict, sequences: bool = True) -> None:
+    """Optimisation, distribution and bookkeeping flags; `defaults` sets per-job values.
+    `sequences=False` leaves out --seq-len (models that do not read token sequences)."""
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=cli.positive_int, default=defaults["steps"], help="optimizer steps in total")
     g.add_argument("--batch-size", type=cli.positive_int, default=defaults["batch_size"],
                    help="global batch in sequences per optimizer step")
     g.add_argument("--micro-batch-size", type=cli.positive_int, default=None,
                    help="sequences per replica per forward pass; smaller than batch-size/replicas means gradient accumulation")
-    g.add_argument("--seq-len", type=cli.positive_int, default=None, help="tokens per sequence (default: the model's context)")
+    if sequences:
+        g.add_argument("--seq-len", type=cli.positive_int, default=None,
+                       help="tokens per sequence (default: the model's context)")
     g.add_argument("--lr", type=cli.positive_float, default=defaults["lr"], help="peak learning rate")
     g.add_argument("--min-lr-ratio", type=cli.non_negative_float, default=0.1, help="final lr as a fraction of --lr")
     g.add_argument("--warmup-steps", type=cli.non_negative_int, default=defaults["warmup_steps"], help="linear warmup steps")
@@ -76,6 +81,9 @@ def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="continue from the run directory's latest checkpoint (the default)")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to touch a run directory that already has checkpoints")
+    g.add_argument("--override", action="store_true",
+                   help="resume although flags that change results (batch size, seq len, lr, schedule, precision, "
+                        "seed, data...) differ from the ones in run.json; the change is recorded there")
     g.add_argument("--eval-every", type=cli.positive_int, default=defaults["eval_every"], help="held-out evaluation interval")
     g.add_argument("--eval-batches", type=cli.positive_int, default=20, help="batches per evaluation")
     g.add_argument("--save-every", type=cli.positive_int, default=defaults["save_every"], help="checkpoint interval")
@@ -84,6 +92,21 @@ def add_training_flags(p: argparse.ArgumentParser, defaults: dict) -> None:
     g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A,B",
                    help="write a TF profiler trace for steps A..B into logs/")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def add_content_filter_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--content-filter DIR and --filter-threshold T: drop the training `what` a moderation classifier flags."""
+    g = p.add_argument_group("content filter")
+    g.add_argument("--content-filter", default=None, metavar="DIR",
+                   help=f"drop the {what} this moderation classifier flags (a python -m training.classify run "
+                        "directory or its export); counts go to the log and RUN/content_filter.json")
+    g.add_argument("--filter-threshold", type=cli.probability, default=None,
+                   help="flag at or above this 'flagged' score (default: the classifier's stored threshold)")
+
+
+def check_content_filter_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.filter_threshold is not None and args.content_filter is None:
+        p.error("--filter-threshold needs --content-filter")
 
 
 def train_config(args: argparse.Namespace, seq_len: int):
@@ -136,3 +159,25 @@ def print_summary(metrics: dict, out: str, wall: float) -> None:
         head = (f"\nDone in {wall / 60:.1f} min: step {metrics.get('step')}, {figures}, "
                 f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s.")
     print(head + f"\nModel directory: {os.path.join(out, 'model')}", file=sys.stderr)
+
+
+def exit_process(code: int) -> None:
+    """Ends a training command's process with `code`.
+
+    With several workers in TF_CONFIG the process leaves at once (exit
+    handlers run, TensorFlow's seconds-long teardown is skipped): workers
+    reach this together (the trainer ends with a barrier), and a worker still
+    tearing down when another is gone gets a failed coordination heartbeat and
+    reports its peer as crashed.
+    """
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, AttributeError, TypeError):
+        workers = 0
+    if workers > 1 and "tensorflow" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+        os._exit(code)
+    sys.exit(code)

@@ -1,14 +1,22 @@
-"""Evaluate a model directory: held-out loss, perplexity and bits per byte; chat replies; minimal pairs.
+"""Evaluate a model directory: held-out loss, perplexity and bits per byte; chat replies; minimal pairs; classifiers.
 
     python -m training.evaluate --model runs/pretrain --data wikipedia-sample
     python -m training.evaluate --model runs/chat --data dialogues-sample --json --samples-out replies.jsonl
     python -m training.evaluate --model runs/pretrain --data my_notes.txt --split all --blimp 'blimp/*.jsonl' \\
         --logdir runs/pretrain/logs/eval
+    python -m training.evaluate --classifier runs/moderation --data moderation-requests --json
 
 Metrics and their definitions: `tfchat/eval/evaluate.py`. Output: a short
 table, or with `--json` one compact JSON object on stdout (generated replies
 go to `--samples-out` as JSONL, never inline); with `--logdir`, TensorBoard
 scalars `eval/<key>` at the model's training step.
+
+With `--classifier` (a `training.classify` run, or its export) and labelled
+data (`tfchat/data/labelled.py`): per-label precision, recall, F1, ROC-AUC,
+PR-AUC and the threshold used, and the flagged rate per data source
+(`tfchat/eval/classification.py`). `--split auto` (the default for
+classifiers) takes the held-out 5% of the data the classifier was trained
+on, and all of any other data.
 """
 
 from __future__ import annotations
@@ -21,18 +29,25 @@ from typing import Sequence
 from tfchat import cli
 
 KINDS = ("auto", "text", "dialogue")
-SPLITS = ("validation", "train", "all")
+SPLITS = ("validation", "train", "all", "auto")
 SHOWN_SAMPLES = 3
 
 
 def parser():
     p = cli.parser("python -m training.evaluate", __doc__)
-    p.add_argument("--model", required=True, help="model directory, or a training run directory holding model/")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="model directory, or a training run directory holding model/")
+    which.add_argument("--classifier", help="classifier (python -m training.classify run directory, or its export); "
+                                            "--data is then labelled data")
     p.add_argument("--data", default=None,
                    help="text source (wikipedia-sample, tfds:NAME, a dump, .txt/.jsonl files) or dialogue source "
                         "(dialogues-sample, FORMAT:PATH, messages-JSONL, tfds:databricks_dolly)")
     p.add_argument("--kind", choices=KINDS, default="auto", help="text or dialogue source (auto: guess from --data)")
-    p.add_argument("--split", choices=SPLITS, default="validation", help="which part of --data")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="which part of --data (default: validation; for --classifier, auto: the held-out part of "
+                        "its training data, all of other data)")
+    p.add_argument("--threshold", type=cli.probability, default=None,
+                   help="--classifier: one threshold for every label instead of the stored ones")
     p.add_argument("--seq-len", type=cli.positive_int, default=None, help="tokens per window (default: the model's context)")
     p.add_argument("--batch-size", type=cli.positive_int, default=8, help="sequences per forward pass")
     p.add_argument("--max-batches", type=cli.positive_int, default=None, help="stop the loss after this many batches (default: all)")
@@ -77,8 +92,16 @@ def _print_table(result: dict, samples: list) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.classifier:
+        if args.data is None or args.blimp:
+            p.error("--classifier takes --data (labelled data), not --blimp")
+        return cli.run(lambda: _evaluate_classifier(args))
     if args.data is None and not args.blimp:
         p.error("give --data, --blimp or both")
+    if args.split == "auto":
+        p.error("--split auto is for --classifier")
+    if args.threshold is not None:
+        p.error("--threshold is for --classifier")
 
     def run() -> int:
         cli.setup(args.verbose)
@@ -86,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tfchat.eval.evaluate import evaluate, write_summaries
 
         result = evaluate(
-            args.model, args.data, kind=args.kind, split=args.split, seq_len=args.seq_len,
+            args.model, args.data, kind=args.kind, split=args.split or "validation", seq_len=args.seq_len,
             batch_size=args.batch_size, max_batches=args.max_batches, max_dialogues=args.max_dialogues,
             max_new_tokens=args.max_new_tokens, blimp=args.blimp,
         )
@@ -104,6 +127,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return cli.run(run)
+
+
+def _evaluate_classifier(args) -> int:
+    cli.setup(args.verbose)
+    from tfchat.eval.classification import evaluate_classifier
+
+    result = evaluate_classifier(args.classifier, args.data, split=args.split or "auto", threshold=args.threshold)
+    if args.json:
+        print(json.dumps(_jsonable(result), ensure_ascii=False))
+        return 0
+    print(f"{result['examples']} examples ({result['split']}), accuracy {result['accuracy']:.4f}")
+    print(f"{'label':<14}{'precision':>10}{'recall':>10}{'F1':>8}{'ROC-AUC':>9}{'PR-AUC':>8}{'threshold':>10}{'support':>9}")
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    for label, m in result["labels"].items():
+        print(f"{label:<14}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>8.4f}{fmt(m['roc_auc'], '.4f'):>9}"
+              f"{fmt(m['pr_auc'], '.4f'):>8}{fmt(m['threshold'], '.3f'):>10}{m['support']:>9}")
+    if result.get("by_source"):
+        print(f"\n{'source':<36}{'examples':>9}{'flagged':>9}{'recall':>8}{'FPR':>8}")
+        for source, m in result["by_source"].items():
+            if "predicted_rate" in m:
+                print(f"{source:<36}{m['examples']:>9}{m['predicted_rate']:>9.3f}{fmt(m['recall'], '.3f'):>8}"
+                      f"{fmt(m['false_positive_rate'], '.3f'):>8}")
+            else:
+                print(f"{source:<36}{m['examples']:>9}  accuracy {m['accuracy']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

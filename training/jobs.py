@@ -10,13 +10,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 import time
+import zlib
 
-from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, resolve_model_dir
+from tfchat import atomic
+from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, not_found, resolve_model_dir
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
 from tfchat.data.dialogues import default_dialogue_source, iter_conversations
@@ -24,8 +29,9 @@ from tfchat.data.sources import documents_dataset
 from tfchat.data.tables import Columns
 from tfchat.text import chat_template, chinese
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
-from training.strategy import is_chief, make_strategy
-from training.trainer import TrainConfig, Trainer
+from training.run_dir import RunDirectory, figures
+from training.strategy import gather, is_chief, make_strategy
+from training.trainer import TrainConfig, Trainer, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +39,10 @@ log = logging.getLogger(__name__)
 # streamed Wikipedia must not be read whole before the first step.
 TOKENIZER_DOCUMENTS = 200_000
 PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
-PRETRAIN_PROMPTS_ZH = ("中国的历史", "數學是", "北京市是")
 # Characters of the training split a new tokenizer learns from (SentencePiece's time grows with them).
 TOKENIZER_CHARS = 10_000_000
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
+PRETRAIN_PROMPTS_ZH = ("中国的历史", "數學是", "北京市是")
 CHAT_PROMPTS_ZH = ("你好，你是谁？", "你知道恋恋笔记本这部电影吗？", "周末去哪里玩比较好？")
 
 
@@ -51,6 +57,7 @@ class JobOptions:
     resume: bool = True
     progress: bool = True
     columns: Columns = Columns()  # where table/JSONL rows hold the text or the conversation
+    override: bool = False  # resume although result-changing flags differ from run.json's
     convert_script: str | None = None  # an OpenCC Simplified/Traditional conversion of the data (t2s, s2t...)
     # pretrain only
     preset: str = "tiny"
@@ -61,18 +68,14 @@ class JobOptions:
     dropout: float | None = None
     init_from: str | None = None
     pack: bool = False
+    # both: drop what this moderation classifier flags
+    content_filter: str | None = None
+    filter_threshold: float | None = None
 
 
-def check_writable(out: str) -> None:
-    """Fails early, before any work, when `out` cannot be created or written."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"cannot write to the output directory {out}: {e.strerror or e}") from e
+def run_lock(out: str, strategy):
+    """The run directory's lock, held by the chief for the whole job (tokenizer, training, model)."""
+    return RunDirectory(out).lock() if is_chief(strategy) else contextlib.nullcontext()
 
 
 def check_seq_len(seq_len: int, config: GPTConfig, what: str) -> None:
@@ -105,14 +108,6 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     return tok
 
 
-def _sample_prompts(first_texts, english: tuple, chinese_prompts: tuple, convert_script: str | None) -> list[str]:
-    """The prompts a run shows samples for: Chinese ones (converted like the data) when the first texts of the
-    data are Chinese, else English ones."""
-    if not chinese.is_chinese("".join(first_texts)[:20_000]):
-        return list(english)
-    return [chinese.convert_script(p, convert_script) if convert_script else p for p in chinese_prompts]
-
-
 def _first_chars(documents, limit: int):
     """Documents (utf-8 tensors) until `limit` characters: a tokenizer needs a sample, not the corpus."""
     seen = 0
@@ -124,82 +119,268 @@ def _first_chars(documents, limit: int):
         yield text
 
 
+def load_content_filter(opts: JobOptions):
+    """The job's `ContentFilter`, or None without --content-filter."""
+    if not opts.content_filter:
+        return None
+    from tfchat.inference.classifier import ContentFilter
+
+    return ContentFilter.load(opts.content_filter, opts.filter_threshold)
+
+
+def write_filter_report(out: str, content_filter, unit: str, counts: dict | None) -> None:
+    """Logs what the filter dropped ({split: {"total", "dropped"}}; None: unknown) and writes RUN/content_filter.json."""
+    for split, c in (counts or {}).items():
+        log.info("content filter: dropped %d of %d %s in the %s split (%.2f%%)", c["dropped"], c["total"], unit, split,
+                 100 * c["dropped"] / max(c["total"], 1))
+    atomic.write_json(os.path.join(out, "content_filter.json"),
+                      {**content_filter.describe(), "unit": unit, "splits": counts})
+
+
+def report_pretrain_filter(opts: JobOptions, content_filter) -> None:
+    """Filters a local source once (cached) and reports its counts; TFDS and table sources are filtered as
+    they stream."""
+    import json
+
+    from tfchat.data import sources
+
+    from tfchat.data import mixture
+
+    spec = opts.data or sources.default_pretrain_source()
+    if mixture.is_mixture(spec):
+        log.warning("content filter: %s is a mixture, filtered part by part; the counts are not reported", spec)
+        write_filter_report(opts.out, content_filter, "documents", None)
+        return
+    parsed = sources.parse_source(spec, opts.columns.text, opts.convert_script)
+    if parsed.tfds_name or parsed.table:
+        log.warning("content filter: %s is filtered as it streams; the counts are not known in advance", opts.data)
+        write_filter_report(opts.out, content_filter, "documents", None)
+        return
+    with open(os.path.join(sources.filter_documents(parsed, content_filter), "meta.json"), encoding="utf-8") as f:
+        counts = json.load(f)["content_filter"]["splits"]
+    write_filter_report(opts.out, content_filter, "documents", counts)
+
+
+def report_finetune_filter(opts: JobOptions, content_filter) -> None:
+    """Flags every conversation of the data once (memoized for the pipelines) and reports the counts."""
+    from tfchat.data import dialogues
+    from tfchat.inference.classifier import chunks
+
+    counts = {split: {"total": 0, "dropped": 0} for split in ("train", "validation")}
+    conversations = dialogues.iter_conversations(opts.data or dialogues.default_dialogue_source(), columns=opts.columns)
+    for part in chunks(conversations, 512):
+        for conversation, flagged in zip(part, content_filter.flag_conversations(part)):
+            c = counts[dialogues.split_of(conversation)]
+            c["total"] += 1
+            c["dropped"] += int(flagged)
+    write_filter_report(opts.out, content_filter, "conversations", counts)
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> int:
+    """CRC32 of the tokenizer's saved files."""
+    crc = 0
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(d)
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), "rb") as f:
+                crc = zlib.crc32(f.read(), crc)
+    return crc
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str) -> None:
+    """Writes the run's tokenizer atomically (a kill leaves none or a complete one)."""
+    tmp = atomic.temp_path(directory)
+    tokenizer.save(tmp)
+    shutil.rmtree(directory, ignore_errors=True)  # an incomplete one (no tokenizer.json) left by an older tfchat
+    os.rename(tmp, directory)
+
+
+def _sample_prompts(first_texts, english: tuple, chinese_prompts: tuple, convert_script: str | None) -> list[str]:
+    """The prompts a run shows samples for: Chinese ones (converted like the data) when the first texts of the
+    data are Chinese, else English ones."""
+    if not chinese.is_chinese("".join(first_texts)[:20_000]):
+        return list(english)
+    return [chinese.convert_script(p, convert_script) if convert_script else p for p in chinese_prompts]
+
+
 def pretrain(opts: JobOptions) -> dict:
     """Pretrains a GPT on a text source; returns the final metrics."""
     chinese.check_conversion(opts.convert_script)  # OpenCC missing or a bad name: fail before any work
     strategy = make_strategy(opts.strategy)
-    if is_chief(strategy):
-        check_writable(opts.out)
-    run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
-    tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
-    if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
-        tokenizer.save(run_tokenizer_dir)
-    config = GPTConfig.from_preset(opts.preset, **opts.architecture, vocab_size=tokenizer.vocab_size)
-    cfg = opts.train
-    check_seq_len(cfg.seq_len, config, opts.preset)
+    content_filter = load_content_filter(opts)
+    with run_lock(opts.out, strategy):
+        if content_filter is not None and is_chief(strategy):
+            report_pretrain_filter(opts, content_filter)
+        run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
+        tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
+        if len(set(gather(strategy, tokenizer_fingerprint(tokenizer)))) > 1:
+            raise TrainingError("the workers built different tokenizers; give every worker the same one with "
+                                "--tokenizer (e.g. the chief's RUN/tokenizer)")
+        if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
+            save_tokenizer(tokenizer, run_tokenizer_dir)
+        config = GPTConfig.from_preset(opts.preset, **opts.architecture, vocab_size=tokenizer.vocab_size)
+        cfg = opts.train
+        check_seq_len(cfg.seq_len, config, opts.preset)
 
-    def data(split):
-        def fn(ctx, batch):
-            return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
-                                    convert_script=opts.convert_script)
-        return fn
+        def data(split):
+            def fn(ctx, batch):
+                return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
+                                        input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
+                                        content_filter=content_filter, convert_script=opts.convert_script)
+            return fn
 
-    first = documents_dataset(opts.data, "train", text_column=opts.columns.text,
-                              convert_script=opts.convert_script).take(8)
-    prompts = _sample_prompts((t.decode("utf-8") for t in first.as_numpy_iterator()), PRETRAIN_PROMPTS,
-                              PRETRAIN_PROMPTS_ZH, opts.convert_script)
-    trainer = Trainer(
-        config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
-        sample_prompts=[tokenizer.encode(p) for p in prompts],
-        metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data,
-                  **({"convert_script": opts.convert_script} if opts.convert_script else {})},
-    )
-    return trainer.train(resume=opts.resume, progress=opts.progress)
+        first = documents_dataset(opts.data, "train", text_column=opts.columns.text,
+                                  convert_script=opts.convert_script).take(8)
+        prompts = _sample_prompts((t.decode("utf-8") for t in first.as_numpy_iterator()), PRETRAIN_PROMPTS,
+                                  PRETRAIN_PROMPTS_ZH, opts.convert_script)
+        trainer = Trainer(
+            config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
+            sample_prompts=[tokenizer.encode(p) for p in prompts],
+            metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data,
+                      **({"convert_script": opts.convert_script} if opts.convert_script else {})},
+        )
+        return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
 
 
 def find_model_dir(init_from: str) -> str:
     """The model directory a fine-tuning stage starts from, with an error that says how to make one."""
     path = resolve_model_dir(init_from)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"model directory not found: {init_from}. Create it with `python -m training.pretrain --out {init_from}` "
-            "(or import GPT-2 with `python -m tfchat.convert`)"
-        )
+        raise not_found(init_from)
     return path
+
+
+def check_dialogue_files(data: str | None) -> None:
+    """Fails early, naming the converter, when a dialogue file of `data` does not exist."""
+    from tfchat.data.dialogues import default_dialogue_source, parse_dialogue_source
+
+    for fmt, path in parse_dialogue_source(data or default_dialogue_source()):
+        if fmt != "table" and not path.startswith("tfds:") and not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path}: no such file; convert your dialogues into messages JSONL with "
+                f"`python -m training.convert_dialogues --format FORMAT --input FILE --out {path}`")
 
 
 def finetune(opts: JobOptions) -> dict:
     """Fine-tunes a model directory on dialogues into a chat model (language modelling on assistant tokens)."""
     chinese.check_conversion(opts.convert_script)
     strategy = make_strategy(opts.strategy)
-    if is_chief(strategy):
-        check_writable(opts.out)
     source_dir = find_model_dir(opts.init_from)
-    start = load_model(source_dir)
-    config = start.config
-    if opts.dropout is not None:
-        config = config.replace(dropout=opts.dropout)
-    tokenizer, cfg = start.tokenizer, opts.train
-    check_seq_len(cfg.seq_len, config, "model's")
-    weights = start.model.get_weights()
-    del start
+    check_dialogue_files(opts.data)
+    content_filter = load_content_filter(opts)
+    with run_lock(opts.out, strategy):
+        if content_filter is not None and is_chief(strategy):
+            report_finetune_filter(opts, content_filter)
+        start = load_model(source_dir)
+        config = start.config
+        if opts.dropout is not None:
+            config = config.replace(dropout=opts.dropout)
+        tokenizer, cfg = start.tokenizer, opts.train
+        check_seq_len(cfg.seq_len, config, "model's")
+        weights = start.model.get_weights()
+        del start
+        built: dict = {}  # conversations are read and tokenized once per split and pipeline, not at every evaluation
 
-    def data(split):
+        def data(split):
+            def fn(ctx, batch):
+                key = (split, ctx.num_input_pipelines, ctx.input_pipeline_id, batch)
+                if key not in built:
+                    built[key] = finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
+                                                  input_context=ctx, repeat=split == "train", pack=opts.pack,
+                                                  columns=opts.columns, content_filter=content_filter,
+                                                  convert_script=opts.convert_script)
+                return built[key]
+            return fn
+
+        first = itertools.islice(iter_conversations(opts.data or default_dialogue_source(), columns=opts.columns), 8)
+        questions = _sample_prompts((m["content"] for c in first for m in c), CHAT_PROMPTS, CHAT_PROMPTS_ZH,
+                                    opts.convert_script)
+        prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2)
+                   for p in questions]
+        trainer = Trainer(
+            config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
+            init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
+            metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data,
+                      **({"convert_script": opts.convert_script} if opts.convert_script else {})},
+        )
+        return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
+
+
+@dataclasses.dataclass
+class ClassifyOptions:
+    """What `classify` needs (see `training.classify` for the flags)."""
+
+    out: str
+    task: str
+    data: list[str]
+    train: TrainConfig
+    model: dict = dataclasses.field(default_factory=dict)  # ClassifierConfig fields besides the labels
+    balance: float = 0.0  # source balancing of training batches (`labelled_batches`)
+    strategy: str = "auto"
+    resume: bool = True
+    override: bool = False
+    progress: bool = True
+
+
+def classify(opts: ClassifyOptions) -> dict:
+    """Trains a text classifier on labelled data; stores per-label thresholds chosen on the held-out split.
+
+    Returns the final training metrics plus `held_out`: `tfchat.eval.classification` metrics of the
+    held-out split at the stored thresholds.
+    """
+    from tfchat.data import labelled
+    from tfchat.data.batches import labelled_batches
+    from tfchat.eval.classification import best_thresholds, classification_metrics
+    from tfchat.inference.classifier import batched_scores, keras_score_fn
+    from tfchat.model.classifier import ClassifierConfig
+    from training.objectives import Classification
+
+    task = labelled.TASKS[opts.task]
+    data = opts.data or [task.default_data]
+    strategy = make_strategy(opts.strategy)
+    examples, labels = task.prepare(labelled.load_examples(data))
+    split = {s: [e for e in examples if e.resolved_split() == s] for s in ("train", "validation")}
+    for s, part in split.items():
+        if not part:
+            raise ValueError(f"{', '.join(data)}: no examples in the {s!r} split ({len(examples)} in all; the held-out "
+                             "split is 5% of texts by hash, so a tiny set may have none: give some \"split\": "
+                             "\"validation\")")
+    config = ClassifierConfig(labels=tuple(labels), multi_label=task.multi_label, **opts.model)
+    cfg = opts.train
+    counts = {s: len(part) for s, part in split.items()}
+    log.info("classify %s on %s: %d labels (%s); %d train / %d held-out examples", task.name, ", ".join(data),
+             len(labels), ", ".join(labels), counts["train"], counts["validation"])
+
+    def batches(part):
+        texts, targets = [e.text for e in split[part]], labelled.targets(split[part], labels)
+        sources = [e.source for e in split[part]]
+
         def fn(ctx, batch):
-            return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", pack=opts.pack,
-                                    columns=opts.columns, convert_script=opts.convert_script)
+            return labelled_batches(texts, targets, batch, sources=sources, balance=opts.balance, seed=cfg.seed,
+                                    input_context=ctx, repeat=part == "train")
         return fn
 
-    first = itertools.islice(iter_conversations(opts.data or default_dialogue_source(), columns=opts.columns), 8)
-    questions = _sample_prompts((m["content"] for c in first for m in c), CHAT_PROMPTS, CHAT_PROMPTS_ZH,
-                                opts.convert_script)
-    prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in questions]
-    trainer = Trainer(
-        config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
-        init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
-        metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data,
-                  **({"convert_script": opts.convert_script} if opts.convert_script else {})},
-    )
-    return trainer.train(resume=opts.resume, progress=opts.progress)
+    with run_lock(opts.out, strategy):
+        metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
+                    "label_counts": {label: int(n)
+                                     for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
+        trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
+                          metadata=metadata, objective=Classification(task.multi_label))
+        metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
+        # Thresholds and held-out metrics of the final weights.
+        held_out = split["validation"]
+        scores = batched_scores(keras_score_fn(trainer.model, task.multi_label), [e.text for e in held_out], len(labels))
+        targets = labelled.targets(held_out, labels)
+        thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
+        result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
+                                        sources=[e.source for e in held_out], primary=labelled.FLAGGED)
+        trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result),
+                                **figures(metrics)})
+        return {**metrics, "held_out": result}
+
+
+def _summary(result: dict) -> dict:
+    """The headline numbers of `classification_metrics` (stored with the model)."""
+    keep = ("precision", "recall", "f1", "roc_auc", "pr_auc", "threshold", "support")
+    return {"examples": result["examples"], "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+            "labels": {label: {k: m[k] for k in keep} for label, m in result["labels"].items()}}

@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from tfchat import cli
-from training.cli import add_convert_script_flag, add_training_flags, run_job, train_config
+from training.cli import (add_content_filter_flags, add_convert_script_flag, add_training_flags,
+                          check_content_filter_flags, exit_process, run_job, train_config)
 
 DEFAULTS = dict(steps=1500, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=250, save_every=250, out="runs/pretrain")
 PRESETS = ("tiny", "small", "gpt2", "gpt2-medium")  # tfchat.config.PRESETS, without importing it
@@ -48,6 +48,7 @@ def parser():
     g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="the LM head is the token table transposed")
     g.add_argument("--logit-softcap", type=cli.non_negative_float, default=None, help="cap * tanh(logits / cap); 0 = off")
+    add_content_filter_flags(p, "documents")
     add_training_flags(p, DEFAULTS)
     return p
 
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.tokenizer and args.vocab_size:
         p.error("--tokenizer and --vocab-size exclude each other: reuse a tokenizer or train a new one")
+    check_content_filter_flags(p, args)
 
     def job() -> dict:
         from tfchat.config import GPTConfig
@@ -73,9 +75,10 @@ def main(argv=None) -> int:
         seq_len = args.seq_len or GPTConfig.from_preset(args.preset, **architecture).block_size
         return pretrain(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, progress=args.progress, preset=args.preset, tokenizer=args.tokenizer,
-            vocab_size=args.vocab_size, architecture=architecture, columns=Columns(text=args.text_column),
-            convert_script=args.convert_script,
+            resume=args.resume, override=args.override, progress=args.progress, preset=args.preset,
+            tokenizer=args.tokenizer, vocab_size=args.vocab_size, architecture=architecture,
+            columns=Columns(text=args.text_column), content_filter=args.content_filter,
+            filter_threshold=args.filter_threshold, convert_script=args.convert_script,
         ))
 
     def next_commands(out: str) -> list[str]:
@@ -86,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

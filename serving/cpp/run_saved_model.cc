@@ -1,15 +1,18 @@
 // run_saved_model: loads an exported tfchat SavedModel the way tensorflow_model_server does
 // (C++ LoadSavedModel, tag "serve", XLA compilation disabled, TF Text ops from their op
-// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding.
+// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding, or, with
+// --classify, a classifier export's `classify` signature.
 //
 // Build (see tests/test_tf_serving_cpp.py):
 //   g++ run_saved_model.cc $(python -c "import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())") \
 //       -L$TF -l:libtensorflow_cc.so.2 -l:libtensorflow_framework.so.2 -Wl,-rpath,$TF -o run_saved_model
 // Usage:
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --max-new N --user TEXT --prompt TEXT [--prompt ...]
+//   run_saved_model CLASSIFIER_EXPORT_VERSION_DIR --classify TEXT [--classify TEXT ...]
 // Output, one line per result (texts hex-encoded so any bytes survive):
 //   generate <row> <num_tokens> <id,id,...> <hex text>
 //   chat <row> <num_tokens> <id,id,...> <hex reply>
+//   classify <row> <score,score,...> <hex label>,<hex label>,... <predicted 0/1,...>
 
 #include <cstdio>
 #include <iostream>
@@ -102,7 +105,7 @@ int main(int argc, char** argv) {
   tensorflow::DisableXlaCompilation();
 
   std::string export_dir = argv[1];
-  std::vector<std::string> prompts;
+  std::vector<std::string> prompts, classify;
   std::string user = "Hello";
   int max_new = 8;
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -113,6 +116,8 @@ int main(int argc, char** argv) {
       if (!status.ok()) return Fail("loading op library " + value, status);
     } else if (flag == "--prompt") {
       prompts.push_back(value);
+    } else if (flag == "--classify") {
+      classify.push_back(value);
     } else if (flag == "--user") {
       user = value;
     } else if (flag == "--max-new") {
@@ -129,6 +134,30 @@ int main(int argc, char** argv) {
   auto status = tensorflow::LoadSavedModel(session_options, run_options, export_dir, {"serve"}, &bundle);
   if (!status.ok()) return Fail("LoadSavedModel", status);
   std::cout << "loaded " << bundle.meta_graph_def.signature_def().size() << " signatures" << std::endl;
+
+  if (!classify.empty()) {
+    // classify: text [B] -> scores [B, L], labels [B, L], predicted [B, L].
+    const int b = static_cast<int>(classify.size());
+    Tensor text(tensorflow::DT_STRING, tensorflow::TensorShape({b}));
+    for (int i = 0; i < b; ++i) text.flat<tensorflow::tstring>()(i) = classify[i];
+    std::vector<Tensor> out;
+    status = RunSignature(bundle, "classify", {{"text", text}}, {"scores", "labels", "predicted"}, &out);
+    if (!status.ok()) return Fail("classify", status);
+    const auto scores = out[0].matrix<float>();
+    const auto labels = out[1].matrix<tensorflow::tstring>();
+    const auto predicted = out[2].matrix<bool>();
+    for (int row = 0; row < b; ++row) {
+      std::ostringstream line, names, flags;
+      line << "classify " << row << " ";
+      for (int j = 0; j < scores.dimension(1); ++j) {
+        line << (j ? "," : "") << scores(row, j);
+        names << (j ? "," : "") << Hex(std::string(labels(row, j)));
+        flags << (j ? "," : "") << (predicted(row, j) ? 1 : 0);
+      }
+      std::cout << line.str() << " " << names.str() << " " << flags.str() << std::endl;
+    }
+    return 0;
+  }
 
   auto sampling = [&](int n) {
     return std::vector<std::pair<std::string, Tensor>>{

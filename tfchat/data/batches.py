@@ -23,6 +23,8 @@ conversation padded to `seq_len` (padding has mask 0), or with `pack=True`
 concatenated and cut into `seq_len + 1` windows like pretraining (each
 conversation starts with `eot_id`; only the final window is padded).
 
+Classifiers: `labelled_batches` batches texts with their label targets.
+
 Everything is deterministic for a given `seed`, so a resumed run replays the
 pipeline to where it stopped; pipelines are built from native tf.data ops
 (checkpointable with `tf.train.Checkpoint(iterator=iter(ds))`), except that
@@ -45,7 +47,6 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from tfchat.data import dialogues, mixture, sources
 from tfchat.data.io import ReadStats, check_split, shard_of
@@ -86,6 +87,7 @@ def pretrain_dataset(
     repeat: bool = True,
     shuffle_buffer: int = 1024,
     cache_dir: str | None = None,
+    content_filter=None,
     text_column: str = Columns.text,
     convert_script: str | None = None,
 ) -> tf.data.Dataset:
@@ -106,6 +108,7 @@ def pretrain_dataset(
         shuffle_buffer: windows in the shuffle buffer; 0 = no shuffling at all
             (documents and windows in source order).
         cache_dir: where local sources' extracted text is cached.
+        content_filter: drop the documents it flags (`sources.filter_documents`).
         text_column: the text field of JSONL, Parquet, `hf:` and TFDS sources.
         convert_script: an OpenCC Simplified/Traditional conversion (`tfchat.data.sources`).
     """
@@ -117,7 +120,7 @@ def pretrain_dataset(
     def windows_of(name: str) -> tf.data.Dataset:
         docs = sources.documents_dataset(
             name, split, cache_dir=cache_dir, input_context=input_context, seed=seed if shuffle else None,
-            text_column=text_column, convert_script=convert_script,
+            text_column=text_column, convert_script=convert_script, content_filter=content_filter,
         )
         if shuffle:
             docs = docs.shuffle(DOC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
@@ -150,22 +153,20 @@ def render_conversations(
     """
     all_ids, all_masks, skipped = [], [], 0
     stream = iter(conversations)
-    total = len(conversations) if hasattr(conversations, "__len__") else None
-    with tqdm(total=total, desc="tokenizing conversations", unit="conv", disable=None, leave=False) as bar:
-        while part := list(itertools.islice(stream, chunk)):
-            contents = [m["content"] for conv in part for m in conv]
-            encoded = tokenizer.tf_encode_batch(tf.constant(contents, tf.string)).to_list()
-            pos = 0
-            for conv in part:
-                ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
-                                                         tokenizer, max_len)
-                pos += len(conv)
-                if not any(mask):
-                    skipped += 1
-                    continue
-                all_ids.append(np.asarray(ids, np.int32))
-                all_masks.append(np.asarray(mask, np.int8))
-            bar.update(len(part))
+    # No progress bar of its own: this runs inside a command's bar (one bar per command).
+    while part := list(itertools.islice(stream, chunk)):
+        contents = [m["content"] for conv in part for m in conv]
+        encoded = tokenizer.tf_encode_batch(tf.constant(contents, tf.string)).to_list()
+        pos = 0
+        for conv in part:
+            ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
+                                                     tokenizer, max_len)
+            pos += len(conv)
+            if not any(mask):
+                skipped += 1
+                continue
+            all_ids.append(np.asarray(ids, np.int32))
+            all_masks.append(np.asarray(mask, np.int8))
     return all_ids, all_masks, skipped
 
 
@@ -181,6 +182,7 @@ def finetune_dataset(
     repeat: bool = True,
     pack: bool = False,
     shuffle_buffer: int = 10_000,
+    content_filter=None,
     columns: Columns | None = None,
     convert_script: str | None = None,
 ) -> tf.data.Dataset:
@@ -200,6 +202,8 @@ def finetune_dataset(
         pack: concatenate conversations into full windows instead of padding
             each one.
         shuffle_buffer: conversations in the shuffle buffer; 0 = no shuffling.
+        content_filter: drop the conversations it flags (any message;
+            `tfchat.inference.classifier.ContentFilter.unflagged_conversations`).
         columns: where rows of JSONL and table sources hold their conversation.
         convert_script: an OpenCC Simplified/Traditional conversion of every
             message (`tfchat.text.chinese.SCRIPT_CONVERSIONS`); the split is
@@ -213,6 +217,8 @@ def finetune_dataset(
     stats = ReadStats()
     num, index = shard_of(input_context)
     in_split = (c for c in dialogues.iter_conversations(source, stats, columns) if dialogues.split_of(c) == split)
+    if content_filter is not None:
+        in_split = content_filter.unflagged_conversations(in_split)
     chosen = itertools.islice(in_split, index, None, num)  # disjoint conversations per input pipeline
     if convert_script:
         chosen = (dialogues.convert_script(c, convert_script) for c in chosen)
@@ -278,3 +284,53 @@ def conversation_batches(
         drop_remainder=repeat,
     )
     return _with_options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def labelled_batches(
+    texts: list[str],
+    targets: np.ndarray,
+    batch_size: int,
+    *,
+    sources: list[str] | None = None,
+    balance: float = 0.0,
+    seed: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool = True,
+    shuffle_buffer: int = 100_000,
+) -> tf.data.Dataset:
+    """Classifier batches `{"text": string [B], "labels": float32 [B, L]}` from texts and their
+    multi-hot (or one-hot) targets [N, L]; each input pipeline reads every n-th example.
+
+    Args:
+        sources: each text's source; with `balance` > 0 (and `repeat`), sources
+            are sampled with probability proportional to size^(1 - balance):
+            0 keeps the data's own mix, 1 samples every source equally often
+            (a small source of rare examples is seen more often, a big one less).
+        repeat: loop forever with full batches; False = one pass, the last batch may be smaller.
+    """
+    if len(texts) != len(targets) or not len(texts):
+        raise ValueError(f"need as many targets as texts, and at least one (got {len(texts)} and {len(targets)})")
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance must be in [0, 1], got {balance}")
+    num, index = shard_of(input_context)
+    groups = {"": np.arange(len(texts))}
+    if sources is not None and balance > 0 and repeat:
+        names = np.array(sources)
+        groups = {s: np.flatnonzero(names == s) for s in sorted(set(sources))}
+
+    def part(rows: np.ndarray, k: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices({"text": tf.constant([texts[i] for i in rows], tf.string),
+                                                 "labels": tf.constant(targets[rows], tf.float32)})
+        if num > 1:
+            ds = ds.shard(num, index)
+        if shuffle_buffer > 0:
+            ds = ds.shuffle(min(shuffle_buffer, len(rows)), seed=seed + k, reshuffle_each_iteration=True)
+        return ds.repeat() if repeat else ds
+
+    parts = [part(rows, k) for k, rows in enumerate(groups.values())]
+    if len(parts) == 1:
+        ds = parts[0]
+    else:
+        weights = np.array([len(rows) for rows in groups.values()], np.float64) ** (1.0 - balance)
+        ds = tf.data.Dataset.sample_from_datasets(parts, weights=(weights / weights.sum()).tolist(), seed=seed)
+    return _with_options(ds.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE))

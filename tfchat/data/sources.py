@@ -50,6 +50,13 @@ native TF readers: fast, and checkpointable with
 `tf.train.Checkpoint(iterator=...)`. Counts of read/skipped records are
 logged and kept in the cache's `meta.json` (`source_stats`).
 
+With a content filter (`tfchat.inference.classifier.ContentFilter`),
+`filter_documents` writes a second cache next to the first, without the
+flagged documents, keyed by the filter (model and threshold), with the
+counts in its `meta.json`; `documents_dataset(..., content_filter=...)`
+reads it. TFDS and table sources are filtered as they stream (no counts up
+front).
+
 Example:
 
 >>> ds = documents_dataset("wikipedia-sample", split="validation")  # doctest: +SKIP
@@ -68,13 +75,13 @@ import os
 import re
 import shutil
 import time
-import uuid
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfchat import atomic
 from tfchat.data import mixture, tables, wikiextractor, wikipedia
 from tfchat.data.filters import DocumentFilter
 from tfchat.data.io import (
@@ -411,7 +418,8 @@ def prepare_cache(source: str | Source, cache_dir: str | None = None) -> str:
     if os.path.exists(os.path.join(final, "meta.json")):
         return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    atomic.remove_stale_temps(os.path.dirname(final))  # what killed extractions left
+    tmp = atomic.temp_path(final)
     os.makedirs(tmp)
     start = time.time()
     log.info("extracting %s into %s (once; later runs read the cache)", source.spec, final)
@@ -447,6 +455,16 @@ def prepare_cache(source: str | Source, cache_dir: str | None = None) -> str:
     return final
 
 
+def cached_documents(source: str | Source, cache_dir: str | None = None) -> Iterator[str]:
+    """Every document of a local source, both splits, read from its cache (extracted once)."""
+    directory = prepare_cache(source, cache_dir)
+    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+        shards = json.load(f)["shards"]
+    files = [os.path.join(directory, name) for split in SPLITS for name in shards[split]]
+    for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        yield record.decode("utf-8")
+
+
 def source_stats(source: str | Source, cache_dir: str | None = None) -> dict:
     """The cache's metadata for a local source (extracting it if needed)."""
     with open(os.path.join(prepare_cache(source, cache_dir), "meta.json"), encoding="utf-8") as f:
@@ -463,6 +481,7 @@ def documents_dataset(
     cache_dir: str | None = None,
     input_context: tf.distribute.InputContext | None = None,
     seed: int | None = None,
+    content_filter=None,
     text_column: str = tables.Columns.text,
     convert_script: str | None = None,
 ) -> tf.data.Dataset:
@@ -476,6 +495,7 @@ def documents_dataset(
             pipeline reads a disjoint part (whole shard files when there are
             at least as many as pipelines, else every n-th document).
         seed: shuffles the order of shard files (each epoch); None keeps it.
+        content_filter: drop the documents it flags (`filter_documents`).
         text_column: the text field of JSONL records, tables and TFDS features.
         convert_script: an OpenCC conversion applied to the text (see the module docstring).
 
@@ -487,17 +507,23 @@ def documents_dataset(
         parts = mixture.parse_mixture(source)
         return mixture.sample(
             [documents_dataset(name, split, cache_dir=cache_dir, input_context=input_context, seed=seed,
-                               text_column=text_column, convert_script=convert_script) for name, _ in parts],
+                               text_column=text_column, convert_script=convert_script, content_filter=content_filter)
+             for name, _ in parts],
             [w for _, w in parts], seed)
     parsed = parse_source(source, text_column, convert_script)
     num, index = shard_of(input_context)
     if parsed.table:
-        return _table_documents(parsed.table, split, text_column, num, index, seed, convert_script)
+        ds = _table_documents(parsed.table, split, text_column, num, index, seed, convert_script)
+        return ds.filter(_keep_fn(content_filter)) if content_filter is not None else ds
     if parsed.tfds_name:
         ds = _tfds_documents(parsed.tfds_name, split, text_column)
+        if content_filter is not None:
+            ds = ds.filter(_keep_fn(content_filter))
         return ds.shard(num, index) if num > 1 else ds
 
     directory = prepare_cache(parsed, cache_dir)
+    if content_filter is not None:
+        directory = filter_documents(parsed, content_filter, cache_dir)
     with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     stats = meta["stats"]
@@ -560,6 +586,60 @@ def _table_documents(spec: tables.TableSpec, split: str, text_column: str, num: 
     if num > 1 and not by_chunk:
         ds = ds.shard(num, index)
     return ds
+
+
+def _keep_fn(content_filter):
+    """A tf.data predicate: True for a document `content_filter` does not flag (streamed sources)."""
+    keep = lambda text: not content_filter.flag_documents([text.decode("utf-8")])[0]  # noqa: E731
+    return lambda text: tf.numpy_function(keep, [text], tf.bool, stateful=False)
+
+
+def filter_documents(source: str | Source, content_filter, cache_dir: str | None = None) -> str:
+    """Writes (once) the cache of a local source without the documents `content_filter` flags; returns its
+    directory. Its `meta.json` has `content_filter`: the filter and `splits` ({split: {"total", "dropped"}})."""
+    source = parse_source(source) if isinstance(source, str) else source
+    if source.tfds_name or source.table:
+        raise ValueError(f"{source.spec}: TFDS and table sources are filtered as they stream (documents_dataset)")
+    original = prepare_cache(source, cache_dir)
+    final = f"{original}-filter-{hashlib.sha256(content_filter.fingerprint.encode()).hexdigest()[:12]}"
+    if os.path.exists(os.path.join(final, "meta.json")):
+        return final
+    with open(os.path.join(original, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    tmp = atomic.temp_path(final)
+    os.makedirs(tmp)
+    counts = {}
+    try:
+        total = sum(meta["stats"]["kept"].get(split, 0) for split in SPLITS)
+        with tqdm(total=total, desc="content filter", unit="doc", disable=None, leave=False) as bar:
+            for split in SPLITS:
+                writer, counts[split] = _ShardWriter(tmp, split), {"total": 0, "dropped": 0}
+                files = [os.path.join(original, name) for name in meta["shards"][split]]
+                batches = tf.data.TFRecordDataset(files).batch(64).as_numpy_iterator() if files else []
+                for batch in batches:
+                    flags = content_filter.flag_documents([t.decode("utf-8") for t in batch])
+                    for text, flagged in zip(batch, flags):
+                        if not flagged:
+                            writer.write(text)
+                    counts[split]["total"] += len(batch)
+                    counts[split]["dropped"] += int(flags.sum())
+                    bar.update(len(batch))
+                writer.close()
+                meta["shards"][split] = writer.paths
+                meta["stats"]["kept"][split] = counts[split]["total"] - counts[split]["dropped"]
+        meta["content_filter"] = {**content_filter.describe(), "splits": counts}
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, ensure_ascii=False)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first
+            if not os.path.exists(os.path.join(final, "meta.json")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("content filter on %s: %s", source.spec,
+             ", ".join(f"{split}: dropped {c['dropped']} of {c['total']} documents" for split, c in counts.items()))
+    return final
 
 
 # Marker cleanup for wiki40b, in graph: same layout as dump text.

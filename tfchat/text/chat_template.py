@@ -5,8 +5,9 @@ A conversation is a list of messages `{"role": "system"|"user"|"assistant",
 
     <|endoftext|>                                   start of a conversation
     <|system|> enc(system) <|end|>                  only if messages[0] is a system message
+    <|knowledge|> enc(knowledge) <|end|>            only with `knowledge=` (retrieved passages)
     <|user|> enc(user) <|end|>
-    <|assistant|> enc(reply) <|end|>
+    <|assistant|> <|control_i|>... enc(reply) <|end|>   control ids only for tagged replies
     <|user|> ...                                    one block per further message
 
 so `[eot_id, system_id, *enc(system), end_id, user_id, *enc(user), end_id,
@@ -21,13 +22,19 @@ inference we write it ourselves). Inference (`prompt`, and its graph twin
 `tf_prompt` for SavedModel signatures) renders the history the same way and
 ends with `<|assistant|>`, asking the model for the next reply.
 
+The knowledge segment and the control ids (`tfchat.text.control_tags`: a
+reply's tags such as `{"style": "happy"}`, each a reserved `<|control_i|>`
+id) are context: never in the loss, and no text can produce their ids.
+
 Fitting into `max_len` tokens:
 
 1. The system block is capped at `max_len // 2` tokens (its content is cut at
    the end), so a huge system prompt cannot crowd out the conversation.
-2. The oldest whole exchanges (a user message and the replies that follow it)
+2. The knowledge segment gets the room the whole dialogue leaves (its tail
+   is cut, or the segment dropped): knowledge is cut before the dialogue is.
+3. The oldest whole exchanges (a user message and the replies that follow it)
    are dropped until the rest fits; the system prompt is always kept.
-3. If even the last exchange does not fit:
+4. If even the last exchange does not fit:
    - `prompt`/`tf_prompt`: its oldest tokens are cut (the start of the user
      message; its `<|user|>` marker is kept), so the model sees the end of
      the question, next to where it answers.
@@ -53,7 +60,9 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from tfchat.text.control_tags import TagVocabulary
 from tfchat.text.special_tokens import ROLES
+
 # eot + system block + one user block + assistant marker need a few ids.
 MIN_MAX_LEN = 8
 
@@ -74,41 +83,89 @@ def _check_messages(messages: Sequence[Mapping[str, str]]) -> tuple[list[str], l
 
 
 def render(
-    messages: Sequence[Mapping[str, str]], tokenizer, max_len: int
+    messages: Sequence[Mapping[str, str]],
+    tokenizer,
+    max_len: int,
+    *,
+    knowledge: str | None = None,
+    tags: TagVocabulary | None = None,
 ) -> tuple[list[int], list[int]]:
     """Renders a conversation for training.
 
     Args:
-        messages: `[{"role": ..., "content": ...}, ...]`.
+        messages: `[{"role": ..., "content": ...}, ...]`; an assistant message
+            may carry `"tags": {"style": "happy", ...}` (needs `tags`).
         tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
         max_len: the most ids to return (see the module docstring for cuts).
+        knowledge: text for the knowledge segment (never in the loss).
+        tags: the model's tag vocabulary, turning message tags into control ids.
 
     Returns:
         (ids, loss_mask), equal length <= max_len; loss_mask is 1 exactly on
         assistant content tokens and the assistant's `end_id`.
     """
     roles, contents = _check_messages(messages)
-    return render_encoded(roles, [tokenizer.encode(c) for c in contents], tokenizer, max_len)
+    return render_encoded(roles, [tokenizer.encode(c) for c in contents], tokenizer, max_len,
+                          knowledge=_encode_knowledge(knowledge, tokenizer),
+                          controls=_message_controls(messages, tags))
 
 
 def render_encoded(
-    roles: Sequence[str], encoded: Sequence[Sequence[int]], tokenizer, max_len: int
+    roles: Sequence[str],
+    encoded: Sequence[Sequence[int]],
+    tokenizer,
+    max_len: int,
+    *,
+    knowledge: Sequence[int] | None = None,
+    controls: Sequence[Sequence[int] | None] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """`render` for contents already tokenized (the pipeline batch-encodes)."""
-    return _assemble(roles, encoded, tokenizer, max_len, generation=False)
+    """`render` for contents already tokenized (the pipeline batch-encodes): `knowledge` as ids, and
+    `controls`, one list of control ids (or None) per message, put after that assistant message's marker."""
+    return _assemble(roles, encoded, tokenizer, max_len, generation=False, knowledge=knowledge, controls=controls)
 
 
-def prompt(messages: Sequence[Mapping[str, str]], tokenizer, max_len: int) -> list[int]:
-    """The inference prompt: the rendered history followed by `assistant_id`.
+def prompt(
+    messages: Sequence[Mapping[str, str]],
+    tokenizer,
+    max_len: int,
+    *,
+    knowledge: str | None = None,
+    tags: TagVocabulary | None = None,
+    reply_tags: Mapping[str, str] | None = None,
+) -> list[int]:
+    """The inference prompt: the rendered history followed by `assistant_id` and the control ids of `reply_tags`.
 
-    Same code path as `render`; at most `max_len` ids.
+    Same code path as `render`; at most `max_len` ids. `reply_tags` (e.g.
+    `{"topic": "music"}`) asks for a reply of those tags; unknown names or
+    values are a `ValueError`.
     """
     roles, contents = _check_messages(messages)
-    ids, _ = _assemble(roles, [tokenizer.encode(c) for c in contents], tokenizer, max_len, generation=True)
+    if reply_tags and tags is None:
+        raise ValueError("reply tags need the model's tag vocabulary (this model was trained without tags)")
+    ids, _ = _assemble(roles, [tokenizer.encode(c) for c in contents], tokenizer, max_len, generation=True,
+                       knowledge=_encode_knowledge(knowledge, tokenizer), controls=_message_controls(messages, tags),
+                       reply_controls=tags.ids(reply_tags) if tags is not None else [])
     return ids
 
 
-def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool):
+def _encode_knowledge(knowledge: str | None, tokenizer) -> list[int] | None:
+    if knowledge is None or knowledge == "":
+        return None
+    if not isinstance(knowledge, str):
+        raise ValueError(f"knowledge must be a str, got {type(knowledge).__name__}")
+    return tokenizer.encode(knowledge)
+
+
+def _message_controls(messages, tags: TagVocabulary | None) -> list[list[int] | None] | None:
+    if not any(isinstance(m, Mapping) and m.get("tags") for m in messages):
+        return None
+    if tags is None:
+        raise ValueError("messages carry tags but the model has no tag vocabulary (train it with tagged data)")
+    return [tags.ids(m.get("tags")) if m.get("role") == "assistant" else None for m in messages]
+
+
+def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool, knowledge=None, controls=None,
+              reply_controls=()):
     if max_len < MIN_MAX_LEN:
         raise ValueError(f"max_len must be at least {MIN_MAX_LEN}, got {max_len}")
     special = tokenizer.special
@@ -123,13 +180,24 @@ def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool):
     # Blocks of (exchange index, ids, mask); an exchange starts at each user message.
     blocks = []
     group = 0
-    for role, content in zip(roles[start:], encoded[start:]):
+    for i, (role, content) in enumerate(zip(roles[start:], encoded[start:]), start):
         if role == "user":
             group += 1
-        ids = [special.role_id(role), *content, end]
+        marker = [special.role_id(role), *((controls[i] or []) if controls and role == "assistant" else [])]
+        ids = [*marker, *content, end]
         is_reply = 1 if role == "assistant" else 0
-        blocks.append((group, ids, [0] + [is_reply] * (len(ids) - 1)))
-    suffix = [special.assistant] if generation else []
+        blocks.append((group, ids, [0] * len(marker) + [is_reply] * (len(ids) - len(marker))))
+    suffix = [special.assistant, *reply_controls] if generation else []
+
+    # Knowledge gets the room the whole dialogue leaves, so it is cut before the dialogue is.
+    if knowledge:
+        if special.knowledge is None:
+            raise ValueError("this tokenizer has no <|knowledge|> token (trained before tfchat 0.2): "
+                             "train a new one to use knowledge")
+        room = max_len - len(prefix) - len(suffix) - sum(len(ids) for _, ids, _ in blocks) - 2
+        if room > 0:
+            prefix += [special.knowledge, *list(knowledge)[:room], end]
+            prefix_mask += [0] * (min(len(knowledge), room) + 2)
 
     # Keep the longest tail of whole exchanges that fits.
     budget = max_len - len(prefix) - len(suffix)
@@ -167,7 +235,7 @@ def _assemble(roles, encoded, tokenizer, max_len: int, generation: bool):
     return ids, mask
 
 
-def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.Tensor:
+def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len, knowledge=None, controls=None) -> tf.Tensor:
     """Graph version of `prompt` for SavedModel signatures; same ids.
 
     Args:
@@ -175,6 +243,9 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
         contents: string [N], the messages' text.
         tokenizer: a `tfchat.text.tokenizer.Tokenizer` (tracked by the module).
         max_len: int or int32 scalar tensor.
+        knowledge: optional string scalar for the knowledge segment ("" = none).
+        controls: optional int32 [C], control ids for the reply (after the final `<|assistant|>`; history
+            turns carry none here).
 
     Returns:
         int32 [T], T <= max_len.
@@ -219,6 +290,10 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
         0,
     )
 
+    suffix = i32(special.assistant)
+    if controls is not None:
+        suffix = tf.concat([suffix, tf.reshape(tf.cast(controls, tf.int32), [-1])], 0)
+
     rest_roles = roles[start:]
     rest = encoded[start:]
     n = tf.size(rest_roles)
@@ -233,7 +308,15 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
     num_groups = tf.reduce_max(tf.concat([group, [0]], 0)) + 1
     group_len = tf.math.unsorted_segment_sum(tf.cast(blocks.row_lengths(), tf.int32), group, num_groups)
     tail_len = tf.cumsum(group_len, reverse=True)  # ids in exchanges g, g+1, ...
-    budget = max_len - tf.size(prefix) - 1
+    if knowledge is not None and special.knowledge is not None:
+        # As in `prompt`: the room the whole dialogue leaves, so knowledge is cut before the dialogue is.
+        k = tokenizer.tf_encode_batch(tf.reshape(tf.convert_to_tensor(knowledge, tf.string), [1])).flat_values
+        room = max_len - tf.size(prefix) - tf.size(suffix) - tf.reduce_sum(group_len) - 2
+        has = tf.logical_and(room > 0, tf.size(k) > 0)
+        block = tf.cond(has, lambda: tf.concat([i32(special.knowledge), k[: tf.maximum(room, 0)], i32(special.end)], 0),
+                        lambda: tf.zeros([0], tf.int32))
+        prefix = tf.concat([prefix, block], 0)
+    budget = max_len - tf.size(prefix) - tf.size(suffix)
     fits = tail_len <= budget
     keep_from = tf.where(
         tf.reduce_any(fits), tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32), num_groups - 1
@@ -244,4 +327,4 @@ def tf_prompt(roles: tf.Tensor, contents: tf.Tensor, tokenizer, max_len) -> tf.T
         lambda: tf.concat([body[:1], body[tf.size(body) - (budget - 1):]], 0),
         lambda: body,
     )
-    return tf.concat([prefix, body, i32(special.assistant)], 0)
+    return tf.concat([prefix, body, suffix], 0)

@@ -1,0 +1,105 @@
+"""Train a text classifier: moderation (the content filter), or any labels in labelled JSONL.
+
+    python -m training.classify --task moderation                       # bundled moderation data -> runs/moderation
+    python -m training.classify --task moderation --data moderation-sample --data extra.jsonl --out runs/mod2
+    python -m training.classify --task single-label --data clinc150:data_full.json@train,val --out runs/intents
+
+`--data` (repeatable): a bundled set (moderation-sample), labelled JSONL
+(`{"text": ..., "labels": [...]}`), `FORMAT:PATH` for a public dataset, or
+`benign:SOURCE` for unlabelled text (see `tfchat/data/labelled.py` and
+`python -m training.convert_labelled`). 5% of texts (by hash) are held out;
+when training ends, each label's threshold is the one with the best F1 on
+them, stored with the model, and the held-out metrics are printed. The run
+directory has TensorBoard logs and checkpoints: re-running resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from tfchat import cli
+from training.cli import add_training_flags, train_config
+
+TASKS = ("moderation", "multi-label", "single-label")  # tfchat.data.labelled.TASKS, without importing it
+DEFAULTS = dict(steps=2500, batch_size=64, lr=5e-3, warmup_steps=100, eval_every=500, save_every=500,
+                out="runs/moderation")
+
+
+def _ngram_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'lo,hi' such as 3,5 (or 0,0 for none), got {text!r}") from None
+    if (lo, hi) != (0, 0) and not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 1 <= lo <= hi, or 0,0; got {text}")
+    return lo, hi
+
+
+def parser():
+    p = cli.parser("python -m training.classify", __doc__)
+    g = p.add_argument_group("task and data")
+    g.add_argument("--task", choices=TASKS, default="moderation",
+                   help="moderation: multi-label OpenAI-style categories plus 'flagged'; multi-label: any labels, "
+                        "sigmoid each; single-label: exactly one label per text, softmax")
+    g.add_argument("--data", action="append", default=None,
+                   help="labelled source (repeat to combine); default for moderation: moderation-sample (bundled)")
+    g.add_argument("--balance", type=cli.unit_interval, default=0.5,
+                   help="sample each data source with probability ~ size^(1 - balance): 0 = the data's own mix, "
+                        "1 = every source equally; lifts small sources of rare examples (harmful requests)")
+    g = p.add_argument_group("model (fastText-style hashed n-grams)")
+    g.add_argument("--buckets", type=cli.positive_int, default=1 << 18, help="hashed feature ids")
+    g.add_argument("--dim", type=cli.positive_int, default=16, help="embedding width")
+    g.add_argument("--hidden", type=cli.non_negative_int, default=0, help="ReLU layer width; 0 = linear")
+    g.add_argument("--word-ngrams", type=cli.positive_int, default=2, help="longest word n-gram")
+    g.add_argument("--char-ngrams", type=_ngram_range, default=(3, 5), metavar="LO,HI",
+                   help="character n-gram lengths of each word; 0,0 = none")
+    add_training_flags(p, DEFAULTS, sequences=False)
+    p.set_defaults(weight_decay=0.0)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.task != "moderation" and not args.data:
+        p.error(f"--task {args.task} needs --data (labelled JSONL or FORMAT:PATH)")
+    start = time.perf_counter()
+
+    def body() -> int:
+        cli.setup(args.verbose)
+        from training.jobs import ClassifyOptions, classify
+
+        model = dict(buckets=args.buckets, dim=args.dim, hidden=args.hidden, word_ngrams=args.word_ngrams,
+                     char_ngrams=args.char_ngrams, dropout=args.dropout or 0.0)
+        metrics = classify(ClassifyOptions(
+            out=args.out, task=args.task, data=args.data or [], train=train_config(args, seq_len=1), model=model,
+            balance=args.balance, strategy=args.strategy, resume=args.resume, override=args.override,
+            progress=args.progress,
+        ))
+        print_summary(metrics, args.out, time.perf_counter() - start)
+        cli.print_next(f"python -m training.evaluate --classifier {args.out} --data moderation-requests",
+                       f"python -m serving.export --classifier {args.out} --out exports/{os.path.basename(args.out)}",
+                       f"tensorboard --logdir {os.path.join(args.out, 'logs')}")
+        return 0
+
+    return cli.run(body)
+
+
+def print_summary(metrics: dict, out: str, wall: float) -> None:
+    held = metrics["held_out"]
+    lines = [f"\nDone in {wall / 60:.1f} min: step {metrics.get('step')}, train loss {metrics.get('loss', float('nan')):.4f}, "
+             f"held-out accuracy {held['accuracy']:.3f} on {held['examples']} examples."]
+    for label, m in held["labels"].items():
+        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        threshold = "" if m["threshold"] is None else f" at threshold {m['threshold']:.2f}"
+        lines.append(f"  {label:<12} ROC-AUC {auc}, precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+                     f"F1 {m['f1']:.3f}{threshold} ({m['support']} positive)")
+    lines.append(f"Classifier: {os.path.join(out, 'model')}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
