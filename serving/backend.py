@@ -9,7 +9,11 @@ answer the request would get alone.
 
 Generation runs the `prefill` + `decode` signatures, one call per token,
 streaming or not: a row whose client is gone (`request.cancelled`) stops at
-the next token, a streaming row pushes its text deltas as they are decoded,
+the next token, a streaming row pushes its text deltas as they are decoded
+(each token's bytes, from the `token_bytes` signature read once, go through
+`tfchat.inference.streaming.Detokenizer`, so a character spelt in several
+byte-fallback tokens appears whole, never as U+FFFD; exports made before
+that signature existed decode the whole reply each step instead),
 and each step's logits give OpenAI-style log-probabilities
 (`GenRequest.logprobs`) through `tfchat.eval.logprobs.token_log_probs`.
 The in-graph `generate`/`chat` loops serve `:predict` (and stock TF Serving).
@@ -49,6 +53,7 @@ from serving.errors import BadRequest, NotFound
 from tfchat.cli import tf_error_message
 from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.sampling import SamplingParams
+from tfchat.inference.streaming import Detokenizer
 from tfchat.text.chat_template import MIN_MAX_LEN
 from tfchat.text.special_tokens import ROLES, SpecialIds
 
@@ -163,6 +168,7 @@ class Backend:
         t0 = time.perf_counter()
         self._saved = tf.saved_model.load(version_dir)
         self.signatures = dict(self._saved.signatures)
+        self.token_bytes = self._token_bytes()
         log.info("loaded %s version %d (%d signatures) in %.1fs", self.name, self.version, len(self.signatures), time.perf_counter() - t0)
         self.max_batch = max(1, int(max_batch))
         self.batch_wait = batch_wait_ms / 1000.0
@@ -282,6 +288,14 @@ class Backend:
 
     # ------------------------------------------------------------------ worker
 
+    def _token_bytes(self) -> tuple[bytes, ...] | None:
+        """Every id's bytes, from the export's `token_bytes` signature (None for exports without it)."""
+        if "token_bytes" not in self.signatures:
+            return None
+        vocab = int(self.metadata["config"]["vocab_size"])
+        out = self.signatures["token_bytes"](token_ids=tf.range(vocab, dtype=tf.int32)[None, :])
+        return tuple(out["token_bytes"].numpy()[0].tolist())
+
     def _signature(self, name: str):
         if name not in self.signatures:
             raise NotFound(f'Serving signature name: "{name}" not found in signature def')
@@ -398,7 +412,7 @@ class Backend:
         if top_k is not None and logits is None:
             raise BadRequest("this export has no logprobs support (its prefill/decode return no logits); "
                              "re-export the model with python -m serving.export")
-        rows = [_Row(r) for r in batch]
+        rows = [_Row(r, self.token_bytes) for r in batch]
         limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):
             new = token.numpy()
@@ -439,8 +453,13 @@ class Backend:
             self._piece_bytes.update(zip(missing, out))
 
     def _emit(self, rows: list["_Row"]) -> None:
-        """Decodes every row's ids so far (one detokenize call) and passes on the new text."""
+        """Passes on each row's new text: what its detokenizer completed, or (exports without token bytes)
+        the decoded ids so far (one detokenize call for all)."""
         fresh = [row for row in rows if row.pending]
+        ready = [row for row in rows if row.ready or (row.done and row.unplaced)]
+        self._pieces({i for row in fresh + ready for i in row.alternatives()})
+        for row in ready:
+            row.send(row.ready, self._piece_bytes)
         if not fresh:
             return
         width = max(len(row.content) for row in fresh)
@@ -449,15 +468,18 @@ class Backend:
             ids[b, : len(row.content)] = row.content
         n = np.array([len(row.content) for row in fresh], np.int32)
         texts = self.signatures["detokenize"](token_ids=tf.constant(ids), num_tokens=tf.constant(n))["text"].numpy()
-        self._pieces({i for row in fresh for i in row.alternatives()})
         for row, text in zip(fresh, texts):
             row.update(text.decode("utf-8", errors="replace"), self._piece_bytes)
 
 
 class _Row:
-    """Per-request decoding state: ids so far, text so far, log-probabilities waiting for their bytes."""
+    """Per-request decoding state: ids so far, text so far, log-probabilities waiting for their bytes.
 
-    def __init__(self, request: GenRequest):
+    With the export's token bytes, each content token goes through a `Detokenizer` and the text it completes
+    waits in `ready` for `Backend._emit`; without (older exports), `pending` asks `_emit` to decode every id
+    so far."""
+
+    def __init__(self, request: GenRequest, token_bytes: tuple[bytes, ...] | None = None):
         self.request = request
         self.per_step = request.events is not None or request.logprobs is not None
         self.tokens: list[int] = []
@@ -467,6 +489,8 @@ class _Row:
         self.pending = False
         self.logprobs: list[TokenLogprob] = []
         self._unplaced: list[tuple[int, float, list]] = []  # content tokens whose text has not appeared yet
+        self.detokenizer = Detokenizer(token_bytes) if token_bytes is not None else None
+        self.ready = ""  # text the detokenizer completed, not yet sent
 
     def add(self, token: int, stop_ids: set, score: tuple[float, list] | None) -> None:
         if self.done:
@@ -475,29 +499,41 @@ class _Row:
             self.done = True
             return
         self.tokens.append(token)
-        self.pending = True
         if token in stop_ids:
             self.done = True
         else:
             self.content.append(token)
             if score is not None:
                 self._unplaced.append((token, *score))
+            if self.detokenizer is not None:
+                self.ready += self.detokenizer.add(token)
+        self.pending = self.detokenizer is None
         if len(self.tokens) >= self.request.sampling.max_new_tokens:
             self.done = True
+        if self.done and self.detokenizer is not None:
+            self.detokenizer.finish()  # a character cut off by the length limit is left out
+
+    @property
+    def unplaced(self) -> bool:
+        return bool(self._unplaced)
 
     def alternatives(self) -> set[int]:
         return {i for _, _, top in self._unplaced for i, _ in top}
 
     def update(self, text: str, pieces: dict[int, bytes]) -> None:
+        """Passes on what `text`, the decoded reply so far, adds."""
         self.pending = False
         # A multi-byte character split across tokens decodes as U+FFFD until its last byte arrives.
         stable = text if self.done else text.rstrip("\ufffd")
-        if not (len(stable) > len(self.text) and stable.startswith(self.text)):
-            return
-        delta = stable[len(self.text):]
-        placed = self._place(delta, pieces)
-        self.text = stable
-        if self.request.events is not None:
+        if len(stable) > len(self.text) and stable.startswith(self.text):
+            self.send(stable[len(self.text):], pieces)
+
+    def send(self, delta: str, pieces: dict[int, bytes]) -> None:
+        """Passes on new text with the log-probabilities of the tokens that spelt it."""
+        self.ready = ""
+        placed = self._place(delta, pieces)  # at the end, tokens that spelt nothing get empty bytes
+        self.text += delta
+        if delta and self.request.events is not None:
             self.request.events.put(("delta", delta, placed))
 
     def _place(self, text: str, pieces: dict[int, bytes]) -> list[TokenLogprob]:

@@ -17,6 +17,10 @@ always given, per row):
   total_log_prob [B], loss [B] (mean negative log-likelihood per token).
 * `tokenize`: text [B] -> token_ids [B, T] (right-padded), num_tokens [B].
 * `detokenize`: token_ids [B, T], num_tokens [B] -> text [B] (special ids dropped).
+* `token_bytes`: token_ids [B, T] -> token_bytes string [B, T]: each id's UTF-8
+  bytes (special ids ""), for streaming clients: `tfchat.inference.streaming`
+  joins them and holds back a character until its last byte-fallback id
+  arrives (decoding a prefix of ids with `detokenize` shows it as U+FFFD).
 * `chat_prompt`: roles, contents [B, M], max_new_tokens [B] -> token_ids, num_tokens.
 * `prefill`: token_ids [B, T] right-padded prompt ids, num_tokens [B] + the
   sampling inputs -> next_token [B], logits [B, V], cache
@@ -57,7 +61,8 @@ from tfchat.text import chat_template
 
 log = logging.getLogger(__name__)
 
-SIGNATURES = ("serving_default", "generate", "chat", "score", "tokenize", "detokenize", "chat_prompt", "prefill", "decode")
+SIGNATURES = ("serving_default", "generate", "chat", "score", "tokenize", "detokenize", "token_bytes", "chat_prompt",
+              "prefill", "decode")
 METADATA_FILE = os.path.join("assets.extra", "tfchat.json")
 
 _vec = lambda dtype, name: tf.TensorSpec([None], dtype, name=name)  # noqa: E731
@@ -179,6 +184,15 @@ class ServingModule(tf.Module):
     def detokenize(self, token_ids, num_tokens):
         ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
         return {"text": self.tokenizer.tf_decode(ragged)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+    def token_bytes(self, token_ids):
+        table = tf.constant(list(self.tokenizer.token_bytes()), tf.string)  # [vocab_size]
+        vocab = self.tokenizer.vocab_size
+        checks = [tf.debugging.assert_non_negative(token_ids, message=f"token ids must be in 0 .. {vocab - 1}"),
+                  tf.debugging.assert_less(token_ids, vocab, message=f"token ids must be in 0 .. {vocab - 1}")]
+        with tf.control_dependencies(checks):
+            return {"token_bytes": tf.gather(table, token_ids)}  # "_bytes": TF Serving REST sends base64
 
     @tf.function(
         input_signature=[

@@ -131,6 +131,46 @@ def tiny_reward_export(root, block_size: int = 64, **architecture):
     return loaded, export(loaded, str(root / "reward-export"))
 
 
+ZH_QUESTION = "你是谁？"
+# 小明, 🙂 and 龘 are not in the tokenizer's training text: they are spelt in byte-fallback ids (3 and 4 bytes).
+ZH_REPLY = "你好！我是小明🙂，龘龘。"
+
+
+def chinese_chat_export(root, steps: int = 300):
+    """A tiny chat model that answers ZH_QUESTION with ZH_REPLY (trained to memorise it), saved under `root/model`
+    and exported to `root/tfchat`: (LoadedModel, version dir)."""
+    import keras
+
+    from serving.exporter import export
+    from tfchat.checkpoint.model_dir import load_model, save_model
+    from tfchat.model import build_gpt
+    from tfchat.text import chat_template
+
+    tok = train_tokenizer(SERVING_TEXTS + ["你好，我是谁？"] * 30, vocab_size=400)
+    keras.utils.set_random_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    model = build_gpt(cfg)
+    messages = [{"role": "user", "content": ZH_QUESTION}, {"role": "assistant", "content": ZH_REPLY}]
+    ids, _ = chat_template.render(messages, tok, max_len=cfg.block_size)
+    x, y = tf.constant([ids[:-1]]), tf.constant([ids[1:]])
+    optimizer = keras.optimizers.Adam(0.01)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True),
+                                                                               from_logits=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    for _ in range(steps):
+        step()
+    save_model(str(root / "model"), model, tok, cfg)
+    loaded = load_model(str(root / "model"))
+    return loaded, export(loaded, str(root / "tfchat"))
+
+
 # A tiny moderation task a classifier separates perfectly: insults and threats vs friendly small talk.
 _FLAGGED = ["you are a worthless idiot {}", "I will hurt you {}", "shut up you stupid moron {}",
             "{} is a disgusting loser", "go die in a fire {}"]

@@ -1,6 +1,7 @@
 """The benchmarks run at tiny sizes and print the documented JSON."""
 
 import json
+import os
 
 import pytest
 
@@ -46,6 +47,28 @@ def test_generate_benchmark_cli_prints_json(capsys):
     record = lines[0]
     assert record["batch_1"]["tokens_per_s"] > 0 and record["batch_2"]["tokens_per_s"] > 0
     assert record["time_to_first_token_ms"] > 0 and "machine" in record
+
+
+def test_tokenizers_benchmark_cli_prints_json(capsys, tmp_path):
+    from benchmarks import tokenizers as tokenizers_bench
+
+    zh = tmp_path / "zh.jsonl"
+    sentences = ["漢語維基百科是一個自由的百科全書。", "北京市是中华人民共和国的首都。", "今天天气很好，我们去公园散步吧！"]
+    zh.write_text("".join(json.dumps({"id": f"z{i}", "text": sentences[i % 3] * (1 + i % 5)}, ensure_ascii=False) + "\n"
+                          for i in range(400)), encoding="utf-8")
+    assert tokenizers_bench.main(["--en", "wikipedia-sample", "--zh", str(zh), "--vocab-size", "600",
+                                  "--chars", "30000", "--heldout-chars", "3000", "--out", str(tmp_path / "out")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    text = next(r for r in records if r["record"] == "text")
+    assert text["xz_bits_per_char_zh"] > text["xz_bits_per_char_en"] > 0
+    rows = {(r["tokenizer"], r["language"]): r for r in records if r["record"] == "tokenizer"}
+    assert set(rows) == {(t, lang) for t in ("en", "zh", "mixed") for lang in ("en", "zh")}
+    assert all(r["bytes_per_token"] > 0 and 0 <= r["byte_fallback_share"] <= 1 and "machine" in r for r in rows.values())
+    # Each language's own tokenizer codes it more densely than the other language's.
+    assert rows["zh", "zh"]["bytes_per_token"] > rows["en", "zh"]["bytes_per_token"]
+    assert rows["en", "en"]["bytes_per_token"] > rows["zh", "en"]["bytes_per_token"]
+    assert rows["zh", "zh"]["ratio_to_own"] == 1.0 and rows["mixed", "zh"]["ratio_to_own"] > 0
+    assert os.path.isfile(tmp_path / "out" / "tokenizer-mixed" / "tokenizer.json")
 
 
 def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):

@@ -133,6 +133,25 @@ def test_tf_prompt_matches_prompt(data_tokenizer):
         graph_prompt(tf.constant(["robot"]), tf.constant(["x"]), 64)
 
 
+def test_a_chinese_conversation_with_knowledge(data_tokenizer):
+    """KdConv-style messages: Simplified and Traditional text, `knowledge` triples that the template ignores."""
+    tok = data_tokenizer
+    conv = [msg("system", "你是一個樂於助人的助手。"), msg("user", "你知道恋恋笔记本这部电影吗？"),
+            {**msg("assistant", "知道呀，导演是尼克·卡索维茨。"), "knowledge": [["恋恋笔记本", "导演", "尼克·卡索维茨"]]},
+            msg("user", "是哪年上映的呀？"), msg("assistant", "2004年06月25日。")]
+    ids, mask = ct.render(conv, tok, max_len=512)
+    plain = [{"role": m["role"], "content": m["content"]} for m in conv]
+    assert (ids, mask) == ct.render(plain, tok, max_len=512)
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "知道呀，导演是尼克·卡索维茨。2004年06月25日。"
+    assert tok.decode(ids) == "".join(m["content"] for m in conv)  # markers decode to nothing
+    # Too long: the oldest exchange goes, the system prompt stays, in Chinese as in English.
+    limit = len(ct.render(plain[:1] + plain[3:], tok, 512)[0])
+    ids, mask = ct.render(plain, tok, max_len=limit)
+    assert tok.decode(ids) == "你是一個樂於助人的助手。是哪年上映的呀？2004年06月25日。"
+    prompt = ct.prompt(plain[:-1], tok, max_len=64)
+    assert prompt[-1] == tok.assistant_id and tok.decode(prompt).endswith("是哪年上映的呀？")
+
+
 # ----------------------------------------------------------------------------- knowledge and control tags
 
 def _tags(tok):

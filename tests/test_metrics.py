@@ -183,6 +183,29 @@ def test_rouge_l_by_hand():
     assert metrics.rouge_l(["words"], [""]) == 0.0
 
 
+def test_chinese_bleu_and_rouge_count_characters_by_hand():
+    # BLEU-4 over characters (。 included), computed here from clipped n-gram counts and the brevity penalty.
+    ref, hyp = "我们去公园散步吧。", "我们去公园吧。"
+    r, h = list(ref), list(hyp)
+    precisions = []
+    for n in range(1, 5):
+        grams = lambda xs: [tuple(xs[i:i + n]) for i in range(len(xs) - n + 1)]  # noqa: E731
+        ref_grams = grams(r)
+        matched = sum(min(grams(h).count(g), ref_grams.count(g)) for g in set(grams(h)))
+        precisions.append(matched / len(grams(h)))
+    want = math.exp(1 - len(r) / len(h)) * math.prod(precisions) ** 0.25
+    assert metrics.bleu([ref], [hyp]) == pytest.approx(want, rel=1e-5) and want > 0.3
+    assert metrics.bleu([ref], [hyp], tokenize="13a") == 0.0  # one "word" each: nothing matches
+    # ROUGE-L over characters (punctuation dropped): LCS 6 of 8 and 6 -> F1 2 * 1 * 0.75 / 1.75.
+    assert metrics.rouge_l([ref], [hyp]) == pytest.approx(2 * 0.75 / 1.75, rel=1e-6)
+    assert metrics.rouge_l([ref], [hyp], tokenize="13a") == 0.0  # rouge-score drops every Han character
+    # Latin words and numbers inside Chinese stay words; Traditional characters are characters too.
+    assert metrics.rouge_l(["我喜欢iPhone 12"], ["我喜歡iPhone 12"]) == pytest.approx(2 * (4 / 5) ** 2 / (8 / 5))
+    assert metrics.metric_tokenization(["The cat sat."]) == "13a" and metrics.metric_tokenization([ref]) == "zh"
+    with pytest.raises(ValueError, match="tokenize"):
+        metrics.bleu([ref], [hyp], tokenize="jieba")
+
+
 def test_token_log_probs_is_the_masked_log_softmax():
     logits = np.random.default_rng(0).normal(size=(2, 3, 5)).astype("float32")
     targets = np.array([[0, 4, 2], [1, 1, 3]])

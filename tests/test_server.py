@@ -142,7 +142,10 @@ def test_chat_completions_plain_and_streamed_agree(setup):
 
 def test_completions_batch_and_stream(setup):
     loaded, _, client = setup
-    expected = generate_text(loaded, prompts=["Hello", "The quick"], max_new_tokens=6)
+    # The server leaves out a character cut off by max_tokens (tfchat.inference.streaming); the library's
+    # decode shows it as U+FFFD.
+    library = generate_text(loaded, prompts=["Hello", "The quick"], max_new_tokens=6)
+    expected = [t.removesuffix("\ufffd") for t in library]
     r = client.post("/v1/completions", json={"prompt": ["Hello", "The quick"], "max_tokens": 6, "temperature": 0})
     out = r.json()
     assert out["object"] == "text_completion" and [c["text"] for c in out["choices"]] == expected

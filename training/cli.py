@@ -22,6 +22,16 @@ SCHEDULES = ("cosine", "wsd")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
+def add_convert_script_flag(group) -> None:
+    """`--convert-script`: Simplified/Traditional conversion of the data (none by default: text as written)."""
+    from tfchat.text.chinese import SCRIPT_CONVERSIONS
+
+    group.add_argument("--convert-script", choices=tuple(SCRIPT_CONVERSIONS), default=None,
+                       help="convert Chinese text with OpenCC as it is read: " + "; ".join(
+                           f"{k} = {v}" for k, v in SCRIPT_CONVERSIONS.items() if k in ("s2t", "t2s"))
+                       + "; also Taiwan/Hong Kong standards (default: keep Simplified and Traditional as written)")
+
+
 def _profile_steps(text: str) -> tuple[int, int]:
     try:
         a, b = (int(x) for x in text.split(","))

@@ -7,6 +7,7 @@
     python -m training.convert_dialogues --format messages --input mine.jsonl --out clean.jsonl
     python -m training.convert_dialogues --format hh-rlhf --input harmless-base/train.jsonl.gz --out hh.jsonl
     python -m training.convert_dialogues --format oasst-pairs --input trees.jsonl.gz --out oasst-pairs.jsonl
+    python -m training.convert_dialogues --format kdconv --input KdConv/data/film/train.json --out kdconv-film.jsonl
 
 Writes atomically (temp file, then rename; `.gz` output is compressed) and
 prints the counts as JSON. Skipped records are logged with file and line.

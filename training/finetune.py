@@ -3,13 +3,14 @@
     python -m training.finetune                                   # runs/pretrain -> runs/chat on the bundled dialogues
     python -m training.finetune --from runs/gpt2 --data my_chats.jsonl --out runs/gpt2-chat
     python -m training.finetune --data hf:HuggingFaceH4/ultrachat_200k@train_sft --seq-len 256
+    python -m training.finetune --from runs/zh --data dialogues-sample-zh --out runs/zh-chat   # Chinese
 """
 
 from __future__ import annotations
 
 from tfchat import cli
-from training.cli import (add_content_filter_flags, add_training_flags, check_content_filter_flags, exit_process,
-                          run_job, train_config)
+from training.cli import (add_content_filter_flags, add_convert_script_flag, add_training_flags,
+                          check_content_filter_flags, exit_process, run_job, train_config)
 
 DEFAULTS = dict(steps=300, batch_size=16, lr=5e-4, warmup_steps=30, eval_every=100, save_every=100, out="runs/chat")
 
@@ -20,7 +21,8 @@ def parser():
     g.add_argument("--from", dest="init_from", default="runs/pretrain",
                    help="model directory (or run directory) to start from, e.g. a pretraining run or an imported GPT-2")
     g.add_argument("--data", default="dialogues-sample",
-                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), messages-JSONL files "
+                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), dialogues-sample-zh "
+                        "(bundled Chinese KdConv + LCCC), messages-JSONL files "
                         "(see python -m training.convert_dialogues), or a table: hf:NAME[:CONFIG][@SPLIT] "
                         "(pip install 'tfchat[hf]') or .parquet files, one conversation per row")
     g.add_argument("--messages-column", default=None,
@@ -30,6 +32,7 @@ def parser():
                    help="column of the user's turn, for one exchange per row (with --response-column; default: "
                         "recognised, e.g. Alpaca's instruction + input -> output)")
     g.add_argument("--response-column", default=None, help="column of the assistant's reply (with --prompt-column)")
+    add_convert_script_flag(g)
     g.add_argument("--pack", action="store_true", help="pack several conversations per sequence instead of padding")
     add_content_filter_flags(p, "conversations (any message flagged)")
     add_training_flags(p, DEFAULTS)
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
             resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
             dropout=args.dropout, pack=args.pack, columns=columns, content_filter=args.content_filter,
-            filter_threshold=args.filter_threshold,
+            filter_threshold=args.filter_threshold, convert_script=args.convert_script,
         ))
 
     return run_job(job, args, lambda out: [f"python -m serving.export --model {out} --out exports/tfchat",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -28,9 +29,10 @@ from tfchat.checkpoint.model_dir import (
 )
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
+from tfchat.data.dialogues import default_dialogue_source, iter_conversations
 from tfchat.data.sources import documents_dataset
 from tfchat.data.tables import Columns
-from tfchat.text import chat_template
+from tfchat.text import chat_template, chinese
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.run_dir import RunDirectory, figures
 from training.strategy import gather, is_chief, make_strategy
@@ -45,6 +47,8 @@ PRETRAIN_PROMPTS = ("The history of", "In mathematics, a", "Autism is")
 # Characters of the training split a new tokenizer learns from (SentencePiece's time grows with them).
 TOKENIZER_CHARS = 10_000_000
 CHAT_PROMPTS = ("What is the capital of France?", "Can you suggest a good book to read?", "How do I boil an egg?")
+PRETRAIN_PROMPTS_ZH = ("中国的历史", "數學是", "北京市是")
+CHAT_PROMPTS_ZH = ("你好，你是谁？", "你知道恋恋笔记本这部电影吗？", "周末去哪里玩比较好？")
 
 
 @dataclasses.dataclass
@@ -59,6 +63,7 @@ class JobOptions:
     progress: bool = True
     columns: Columns = Columns()  # where table/JSONL rows hold the text or the conversation
     override: bool = False  # resume although result-changing flags differ from run.json's
+    convert_script: str | None = None  # an OpenCC Simplified/Traditional conversion of the data (t2s, s2t...)
     # pretrain only
     preset: str = "tiny"
     tokenizer: str | None = None
@@ -96,18 +101,18 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
         path = opts.tokenizer
         if is_model_dir(path) or is_model_dir(os.path.join(path, "model")):
             path = os.path.join(resolve_model_dir(path), TOKENIZER_DIR)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"tokenizer not found: {path}; --tokenizer takes a run or model directory (e.g. one written by "
-                "`python -m training.pretrain`) or its tokenizer/ folder; leave it out to train a new one")
         return load_tokenizer(path)
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
     log.info("Training a %d-token SentencePiece tokenizer on the first %s characters of %s",
              vocab_size, f"{TOKENIZER_CHARS:,}", opts.data)
     start = time.perf_counter()
-    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text).take(TOKENIZER_DOCUMENTS)
+    docs = documents_dataset(opts.data, "train", text_column=opts.columns.text,
+                             convert_script=opts.convert_script).take(TOKENIZER_DOCUMENTS)
     tok = train_tokenizer(_first_chars(docs, TOKENIZER_CHARS), vocab_size=vocab_size)
-    log.info("Tokenizer trained in %.1fs (%d ids)", time.perf_counter() - start, tok.vocab_size)
+    tok.record_training({**tok.training, "data": opts.data, "convert_script": opts.convert_script})
+    log.info("Tokenizer trained in %.1fs (%d ids, character coverage %s, %.0f%% Han characters)",
+             time.perf_counter() - start, tok.vocab_size, tok.training["settings"]["character_coverage"],
+             100 * tok.training["han_share"])
     return tok
 
 
@@ -147,7 +152,14 @@ def report_pretrain_filter(opts: JobOptions, content_filter) -> None:
 
     from tfchat.data import sources
 
-    parsed = sources.parse_source(opts.data or sources.default_pretrain_source(), opts.columns.text)
+    from tfchat.data import mixture
+
+    spec = opts.data or sources.default_pretrain_source()
+    if mixture.is_mixture(spec):
+        log.warning("content filter: %s is a mixture, filtered part by part; the counts are not reported", spec)
+        write_filter_report(opts.out, content_filter, "documents", None)
+        return
+    parsed = sources.parse_source(spec, opts.columns.text, opts.convert_script)
     if parsed.tfds_name or parsed.table:
         log.warning("content filter: %s is filtered as it streams; the counts are not known in advance", opts.data)
         write_filter_report(opts.out, content_filter, "documents", None)
@@ -191,8 +203,17 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str) -> None:
     os.rename(tmp, directory)
 
 
+def _sample_prompts(first_texts, english: tuple, chinese_prompts: tuple, convert_script: str | None) -> list[str]:
+    """The prompts a run shows samples for: Chinese ones (converted like the data) when the first texts of the
+    data are Chinese, else English ones."""
+    if not chinese.is_chinese("".join(first_texts)[:20_000]):
+        return list(english)
+    return [chinese.convert_script(p, convert_script) if convert_script else p for p in chinese_prompts]
+
+
 def pretrain(opts: JobOptions) -> dict:
     """Pretrains a GPT on a text source; returns the final metrics."""
+    chinese.check_conversion(opts.convert_script)  # OpenCC missing or a bad name: fail before any work
     strategy = make_strategy(opts.strategy)
     content_filter = load_content_filter(opts)
     with run_lock(opts.out, strategy):
@@ -213,13 +234,18 @@ def pretrain(opts: JobOptions) -> dict:
             def fn(ctx, batch):
                 return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
                                         input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
-                                        content_filter=content_filter)
+                                        content_filter=content_filter, convert_script=opts.convert_script)
             return fn
 
+        first = documents_dataset(opts.data, "train", text_column=opts.columns.text,
+                                  convert_script=opts.convert_script).take(8)
+        prompts = _sample_prompts((t.decode("utf-8") for t in first.as_numpy_iterator()), PRETRAIN_PROMPTS,
+                                  PRETRAIN_PROMPTS_ZH, opts.convert_script)
         trainer = Trainer(
             config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
-            sample_prompts=[tokenizer.encode(p) for p in PRETRAIN_PROMPTS],
-            metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data},
+            sample_prompts=[tokenizer.encode(p) for p in prompts],
+            metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data,
+                      **({"convert_script": opts.convert_script} if opts.convert_script else {})},
         )
         return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
 
@@ -245,6 +271,7 @@ def check_dialogue_files(data: str | None) -> None:
 
 def finetune(opts: JobOptions) -> dict:
     """Fine-tunes a model directory on dialogues into a chat model (language modelling on assistant tokens)."""
+    chinese.check_conversion(opts.convert_script)
     strategy = make_strategy(opts.strategy)
     source_dir = find_model_dir(opts.init_from)
     check_dialogue_files(opts.data)
@@ -268,16 +295,21 @@ def finetune(opts: JobOptions) -> dict:
                 if key not in built:
                     built[key] = finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
                                                   input_context=ctx, repeat=split == "train", pack=opts.pack,
-                                                  columns=opts.columns, content_filter=content_filter)
+                                                  columns=opts.columns, content_filter=content_filter,
+                                                  convert_script=opts.convert_script)
                 return built[key]
             return fn
 
+        first = itertools.islice(iter_conversations(opts.data or default_dialogue_source(), columns=opts.columns), 8)
+        questions = _sample_prompts((m["content"] for c in first for m in c), CHAT_PROMPTS, CHAT_PROMPTS_ZH,
+                                    opts.convert_script)
         prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2)
-                   for p in CHAT_PROMPTS]
+                   for p in questions]
         trainer = Trainer(
             config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
             init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
-            metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
+            metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data,
+                      **({"convert_script": opts.convert_script} if opts.convert_script else {})},
         )
         return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
 

@@ -3,6 +3,8 @@
     python -m training.pretrain                       # tiny preset, bundled sample, ~10 min on 2 CPU cores
     python -m training.pretrain --preset small --data tfds:wikipedia/20230601.en --steps 20000
     python -m training.pretrain --preset small --data hf:wikimedia/wikipedia:20231101.en --steps 20000
+    python -m training.pretrain --data zhwiki-sample --out runs/zh             # Chinese (bundled zhwiki articles)
+    python -m training.pretrain --data enwiki-2018:0.7,zhwiki-sample:0.3      # a mixture: 70% of tokens English
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from tfchat import cli
-from training.cli import (add_content_filter_flags, add_training_flags, check_content_filter_flags, exit_process,
-                          run_job, train_config)
+from training.cli import (add_content_filter_flags, add_convert_script_flag, add_training_flags,
+                          check_content_filter_flags, exit_process, run_job, train_config)
 
 DEFAULTS = dict(steps=1500, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=250, save_every=250, out="runs/pretrain")
 PRESETS = ("tiny", "small", "gpt2", "gpt2-medium")  # tfchat.config.PRESETS, without importing it
@@ -22,11 +24,14 @@ def parser():
     g = p.add_argument_group("model and data")
     g.add_argument("--preset", choices=PRESETS, default="tiny", help="model shape")
     g.add_argument("--data", default="wikipedia-sample",
-                   help="text source: wikipedia-sample (bundled), tfds:wikipedia/20230601.en, tfds:wiki40b/en, "
+                   help="text source: wikipedia-sample (bundled), enwiki-2018 (bundled), zhwiki-sample (bundled Chinese), "
+                        "tfds:wikipedia/20230601.en, tfds:wiki40b/en, "
                         "hf:NAME[:CONFIG][@SPLIT] (a Hugging Face dataset or save_to_disk directory; "
-                        "pip install 'tfchat[hf]'), a dump *.xml.bz2, a .txt/.jsonl/.parquet file or a glob of them")
+                        "pip install 'tfchat[hf]'), a dump *.xml.bz2, a .txt/.jsonl/.parquet file or a glob of them; "
+                        "or a mixture SOURCE[:WEIGHT],SOURCE[:WEIGHT]... (weights: shares of the training tokens)")
     g.add_argument("--text-column", default="text",
                    help="the column (Parquet, hf:), field (JSONL) or feature (tfds:) holding the text")
+    add_convert_script_flag(g)
     g.add_argument("--tokenizer", default=None, help="reuse this tokenizer (a tokenizer or model directory) instead of training one")
     g.add_argument("--vocab-size", type=cli.positive_int, default=None,
                    help="train a new SentencePiece tokenizer of this size (default: the preset's); the default for a new run")
@@ -73,10 +78,14 @@ def main(argv=None) -> int:
             resume=args.resume, override=args.override, progress=args.progress, preset=args.preset,
             tokenizer=args.tokenizer, vocab_size=args.vocab_size, architecture=architecture,
             columns=Columns(text=args.text_column), content_filter=args.content_filter,
-            filter_threshold=args.filter_threshold,
+            filter_threshold=args.filter_threshold, convert_script=args.convert_script,
         ))
 
-    return run_job(job, args, lambda out: [f"python -m training.finetune --from {out}"])
+    def next_commands(out: str) -> list[str]:
+        chinese_data = "zhwiki" in args.data  # the bundled Chinese sources, alone or mixed
+        return [f"python -m training.finetune --from {out}" + (" --data dialogues-sample-zh" if chinese_data else "")]
+
+    return run_job(job, args, next_commands)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Pretraining: documents -> in-graph tokenization (`tokenizer.tf_encode` in a
 parallel map) -> `eot_id` before every document -> one token stream cut into
 fixed windows of `seq_len + 1` tokens (no padding; window k holds stream
 tokens [k(T+1), (k+1)(T+1)) so no token is lost or repeated) -> shuffle ->
-batch. The mask is all ones.
+batch. The mask is all ones. A mixture of sources (`tfchat.data.mixture`)
+packs each source into its own windows and draws windows by weight.
 
 Fine-tuning: conversations (streamed from the source, rendered a chunk at a
 time, so only their token ids are held) -> `chat_template.render` -> one example per
@@ -47,7 +48,7 @@ from typing import Iterable
 import numpy as np
 import tensorflow as tf
 
-from tfchat.data import dialogues, sources
+from tfchat.data import dialogues, mixture, sources
 from tfchat.data.io import ReadStats, check_split, shard_of
 from tfchat.data.tables import Columns
 from tfchat.text import chat_template
@@ -88,11 +89,13 @@ def pretrain_dataset(
     cache_dir: str | None = None,
     content_filter=None,
     text_column: str = Columns.text,
+    convert_script: str | None = None,
 ) -> tf.data.Dataset:
     """Packed next-token batches from a text source (see the module docstring).
 
     Args:
-        source: a `tfchat.data.sources` name; None = the bundled Wikipedia sample.
+        source: a `tfchat.data.sources` name or a mixture (`tfchat.data.mixture`);
+            None = the default pretraining data.
         tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
         seq_len: tokens per example (T).
         batch_size: examples per batch for this input pipeline / replica.
@@ -107,28 +110,32 @@ def pretrain_dataset(
         cache_dir: where local sources' extracted text is cached.
         content_filter: drop the documents it flags (`sources.filter_documents`).
         text_column: the text field of JSONL, Parquet, `hf:` and TFDS sources.
+        convert_script: an OpenCC Simplified/Traditional conversion (`tfchat.data.sources`).
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
     source = source or sources.default_pretrain_source()
     shuffle = shuffle_buffer > 0
-    docs = sources.documents_dataset(
-        source, split, cache_dir=cache_dir, input_context=input_context, seed=seed if shuffle else None,
-        content_filter=content_filter,
-        text_column=text_column,
-    )
-    if shuffle:
-        docs = docs.shuffle(DOC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        docs = docs.repeat()
+
+    def windows_of(name: str) -> tf.data.Dataset:
+        docs = sources.documents_dataset(
+            name, split, cache_dir=cache_dir, input_context=input_context, seed=seed if shuffle else None,
+            text_column=text_column, convert_script=convert_script, content_filter=content_filter,
+        )
+        if shuffle:
+            docs = docs.shuffle(DOC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            docs = docs.repeat()
+        tokens = docs.batch(DOC_BATCH).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+        # Cut the stream into windows across document boundaries: no padding.
+        windows = tokens.rebatch(seq_len + 1, drop_remainder=True)
+        return windows.map(lambda w: tf.ensure_shape(w, [seq_len + 1]))
 
     def encode(texts):
         return tokenizer.tf_encode_documents(texts).flat_values  # one stream
 
-    tokens = docs.batch(DOC_BATCH).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-    # Cut the stream into windows across document boundaries: no padding.
-    windows = tokens.rebatch(seq_len + 1, drop_remainder=True)
-    windows = windows.map(lambda w: tf.ensure_shape(w, [seq_len + 1]))
+    parts = mixture.parse_mixture(source)
+    windows = mixture.sample([windows_of(name) for name, _ in parts], [w for _, w in parts], seed)
     if shuffle:
         windows = windows.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     batches = windows.batch(batch_size, drop_remainder=repeat).map(_examples)
@@ -177,6 +184,7 @@ def finetune_dataset(
     shuffle_buffer: int = 10_000,
     content_filter=None,
     columns: Columns | None = None,
+    convert_script: str | None = None,
 ) -> tf.data.Dataset:
     """Chat fine-tuning batches (see the module docstring).
 
@@ -197,6 +205,9 @@ def finetune_dataset(
         content_filter: drop the conversations it flags (any message;
             `tfchat.inference.classifier.ContentFilter.unflagged_conversations`).
         columns: where rows of JSONL and table sources hold their conversation.
+        convert_script: an OpenCC Simplified/Traditional conversion of every
+            message (`tfchat.text.chinese.SCRIPT_CONVERSIONS`); the split is
+            chosen before it, so it is the same as without.
 
     Raises:
         ValueError: when the split has no usable conversation.
@@ -209,6 +220,8 @@ def finetune_dataset(
     if content_filter is not None:
         in_split = content_filter.unflagged_conversations(in_split)
     chosen = itertools.islice(in_split, index, None, num)  # disjoint conversations per input pipeline
+    if convert_script:
+        chosen = (dialogues.convert_script(c, convert_script) for c in chosen)
     ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1)
     if not ids and not skipped:
         raise ValueError(f"{source}: no conversations in the {split!r} split for input pipeline {index} of {num} "

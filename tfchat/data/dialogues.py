@@ -4,7 +4,12 @@ The canonical format is messages-JSONL: one conversation per line,
 
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
-(other keys are ignored). Readers convert public datasets to it:
+(other keys are ignored). A message may carry `knowledge`, the facts its
+speaker used, as `[subject, relation, object]` triples of strings (KdConv's
+`attrs`: `[["恋恋笔记本", "导演", "尼克·卡索维茨"]]`; an `Information`
+relation holds a passage about the subject), for the chat template's
+knowledge segment; the chat template ignores it until then. Readers convert
+public datasets to it:
 
 - `oasst`: OpenAssistant message trees (one tree per JSONL line). From the
   prompt we follow the best-ranked reply (lowest `rank`; unranked replies
@@ -20,6 +25,16 @@ The canonical format is messages-JSONL: one conversation per line,
   consecutive lines of one speaker are joined.
 - `dolly`: databricks-dolly-15k, from TFDS (`tfds:databricks_dolly`) or its
   JSONL file: user = instruction (+ blank line + context), assistant = response.
+- `kdconv`: KdConv, Chinese knowledge-grounded conversations
+  (`[{"name", "messages": [{"message", "attrs": [{"name", "attrname", "attrvalue"}]}]}]`):
+  the first speaker is the user, the speakers alternate, each turn's `attrs`
+  become its `knowledge` triples (subject = `name`).
+- `lccc`: LCCC, short Chinese open-domain conversations, stored with a space
+  between characters: JSON `{"train"|"valid"|"test": [[utterance, ...]]}`
+  (every split is read; the held-out split is tfchat's own) or text lines
+  `post<TAB>response`; the spacing is undone with
+  `tfchat.text.chinese.join_characters` (the sample has no real spaces left:
+  "w e l c o m e t o S H" becomes "welcometoSH"), the first speaker is the user.
 - `messages`: messages-JSONL itself; records in the other row shapes below
   are read too.
 - `table`: Parquet files or a Hugging Face dataset (`hf:NAME[:CONFIG][@SPLIT]`,
@@ -49,7 +64,8 @@ line; if nothing usable is left, a `ValueError` names the file.
 A source is named `FORMAT:PATH` (e.g. `oasst:trees.jsonl.gz`), a bare path
 (messages-JSONL), a table (`hf:...`, `*.parquet`), `tfds:databricks_dolly`, or
 `dialogues-sample` (the bundled OASST and Topical-Chat samples, the default
-fine-tuning data).
+fine-tuning data) or `dialogues-sample-zh` (the bundled KdConv and LCCC
+samples: 900 + 13,400 Chinese conversations, Simplified script).
 
 Example:
 
@@ -72,6 +88,7 @@ from typing import Iterable, Iterator, Sequence
 from tfchat.data import io, tables
 from tfchat.data.io import ReadStats, open_text
 from tfchat.data.tables import Columns
+from tfchat.text import chinese
 from tfchat.text.special_tokens import ROLES
 
 log = logging.getLogger(__name__)
@@ -79,12 +96,19 @@ log = logging.getLogger(__name__)
 Message = dict  # {"role": str, "content": str}
 Conversation = list  # list[Message]
 
-FORMATS = ("oasst", "topical-chat", "cornell", "dolly", "messages", "table")
+FORMATS = ("oasst", "topical-chat", "cornell", "dolly", "kdconv", "lccc", "messages", "table")
 SAMPLE_NAME = "dialogues-sample"
 SAMPLE_FILES = (
     ("oasst", "oasst1-en-100-trees.jsonl.gz"),
     ("topical-chat", "topical-chat-valid-freq.json.gz"),
 )
+SAMPLE_NAME_ZH = "dialogues-sample-zh"
+SAMPLE_FILES_ZH = (
+    ("kdconv", "kdconv-film-music-travel.json.xz"),
+    ("lccc", "lccc-toy-data.json.xz"),
+    ("lccc", "lccc-toy-pairs.txt.xz"),
+)
+BUNDLED = {SAMPLE_NAME: SAMPLE_FILES, SAMPLE_NAME_ZH: SAMPLE_FILES_ZH}
 def default_dialogue_source() -> str:
     """The default fine-tuning data: the bundled OASST + Topical-Chat samples."""
     return SAMPLE_NAME
@@ -109,9 +133,24 @@ def validate(messages, need_reply: bool = True) -> str | None:
             return f"empty content (message {i})"
         if message["role"] == "system" and i > 0:
             return f"system message not first (message {i})"
+        if "knowledge" in message and not _is_triples(message["knowledge"]):
+            return f"knowledge is not a list of [subject, relation, object] strings (message {i})"
     if need_reply and not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn"
     return None
+
+
+def _is_triples(knowledge) -> bool:
+    return isinstance(knowledge, list) and all(
+        isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) for x in t) for t in knowledge)
+
+
+def _canonical(message: dict) -> Message:
+    """role and content, and knowledge when there is some."""
+    out = {"role": message["role"], "content": message["content"]}
+    if message.get("knowledge"):
+        out["knowledge"] = message["knowledge"]
+    return out
 
 
 # ------------------------------------------------------------------ row shapes
@@ -206,6 +245,8 @@ def messages_from_row(row: dict, shape: RowShape) -> list:
             message["role"] = ROLE_ALIASES.get(message["role"].lower(), message["role"].lower())
         if "content" in message:
             message["content"] = _content(message["content"])
+        if "knowledge" in m:
+            message["knowledge"] = m["knowledge"]
         messages.append(message)
     return _trim_trailing_user(messages)
 
@@ -284,13 +325,17 @@ def read_oasst(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]
         yield where, path, _trim_trailing_user(messages)
 
 
-def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
-    agents = {"agent_1": "user", "agent_2": "assistant"}
+def _read_json(path: str, what: str):
     try:
         with open_text(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a Topical-Chat JSON file ({e})") from None
+        raise ValueError(f"{path}: not {what} ({e})") from None
+
+
+def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+    agents = {"agent_1": "user", "agent_2": "assistant"}
+    data = _read_json(path, "a Topical-Chat JSON file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a Topical-Chat JSON file (expected an object of conversations)")
     for conv_id, conv in data.items():
@@ -386,11 +431,68 @@ def read_dolly(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]
         yield where, path, messages_from_row({"instruction": "", "response": "", **obj}, _DOLLY)
 
 
+def _alternating(utterances: list, knowledge: list | None = None) -> list:
+    """Utterances of two speakers taking turns, the first the user's; `knowledge[i]`: triples of utterance i."""
+    messages = []
+    for i, text in enumerate(utterances):
+        message = {"role": "user" if i % 2 == 0 else "assistant", "content": text}
+        if knowledge and knowledge[i]:
+            message["knowledge"] = knowledge[i]
+        messages.append(message)
+    return _trim_trailing_user(messages)
+
+
+def read_kdconv(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+    data = _read_json(path, "a KdConv JSON file")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: not a KdConv JSON file (expected a list of dialogues)")
+    for i, dialogue in enumerate(data):
+        stats.read += 1
+        where = f"{path}[{i}]"
+        turns = dialogue.get("messages") if isinstance(dialogue, dict) else None
+        if not isinstance(turns, list):
+            stats.skip(path, where, 'no "messages" list')
+            continue
+        turns = [t if isinstance(t, dict) else {} for t in turns]
+        triples = [[[a.get(k) for k in ("name", "attrname", "attrvalue")] for a in t.get("attrs") or []
+                    if isinstance(a, dict)] for t in turns]
+        knowledge = [[k for k in ks if all(isinstance(x, str) for x in k)] for ks in triples]  # incomplete ones go
+        yield where, path, _alternating([t.get("message") for t in turns], knowledge)
+
+
+def read_lccc(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+    """LCCC's JSON (`{split: [[utterance, ...]]}`) or `post<TAB>response` lines (by the file's first character)."""
+    with open_text(path) as f:
+        first = f.read(1)
+    if first and first in "{[":
+        data = _read_json(path, "an LCCC JSON file")
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise ValueError(f"{path}: not an LCCC JSON file (expected {{split: [[utterance, ...]]}})")
+        rows = ((f"{path}:{split}[{i}]", c) for split, convs in data.items() for i, c in enumerate(convs))
+    else:
+        rows = _tab_lines(path)
+    for where, utterances in rows:
+        stats.read += 1
+        if not isinstance(utterances, list) or not all(isinstance(u, str) for u in utterances):
+            stats.skip(path, where, "not a list of utterances")
+            continue
+        yield where, path, _alternating([chinese.join_characters(u) for u in utterances])
+
+
+def _tab_lines(path: str) -> Iterator[tuple[str, list]]:
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield f"{path}:{lineno}", line.rstrip("\r\n").split("\t")
+
+
 READERS = {
     "oasst": read_oasst,
     "topical-chat": read_topical_chat,
     "cornell": read_cornell,
     "dolly": read_dolly,
+    "kdconv": read_kdconv,
+    "lccc": read_lccc,
     "messages": read_messages_jsonl,
     "table": read_table,
 }
@@ -418,16 +520,16 @@ def read_conversations(format: str, path: str, stats: ReadStats | None = None, c
             stats.skip(file, where, reason)
             continue
         stats.kept["conversations"] += 1
-        yield [{"role": m["role"], "content": m["content"]} for m in messages]
+        yield [_canonical(m) for m in messages]
     if stats.total_kept == kept_before:
         first = "; ".join(stats.first_problems.values()) or "the file holds no records"
         raise ValueError(f"{path}: no usable {format} conversations ({stats.summary()}; first problem: {first})")
 
 
 def parse_dialogue_source(source: str) -> list[tuple[str, str]]:
-    """`FORMAT:PATH`, a path, a table, `tfds:databricks_dolly` or `dialogues-sample` -> [(format, path)]."""
-    if source == SAMPLE_NAME:
-        return [(fmt, io.resource_path(name)) for fmt, name in SAMPLE_FILES]
+    """`FORMAT:PATH`, a path, a table, `tfds:databricks_dolly` or a bundled sample -> [(format, path)]."""
+    if source in BUNDLED:
+        return [(fmt, io.resource_path(name)) for fmt, name in BUNDLED[source]]
     if tables.is_table_source(source):
         return [("table", source)]
     if source.startswith("tfds:"):
@@ -462,9 +564,9 @@ def load_conversations(
 
 
 def is_dialogue_source(source: str, columns: Columns | None = None) -> bool:
-    """True for `dialogues-sample`, `tfds:databricks_dolly`, `FORMAT:PATH` with a dialogue FORMAT, or a
+    """True for a bundled sample, `tfds:databricks_dolly`, `FORMAT:PATH` with a dialogue FORMAT, or a
     file whose first non-blank line is a JSON object (or a table whose columns are) in a conversation shape."""
-    if source == SAMPLE_NAME or source.startswith("tfds:databricks_dolly"):
+    if source in BUNDLED or source.startswith("tfds:databricks_dolly"):
         return True
     fmt, sep, _ = source.partition(":")
     if sep and fmt in READERS:
@@ -485,6 +587,17 @@ def split_of(conversation: Conversation) -> str:
     """'train' or 'validation', a deterministic function of the conversation's content."""
     key = json.dumps(conversation, ensure_ascii=False, sort_keys=True)
     return io.split_of(key)
+
+
+def convert_script(conversation: Conversation, config: str) -> Conversation:
+    """The conversation with its contents and knowledge converted by OpenCC (`tfchat.text.chinese.convert_script`)."""
+    out = []
+    for message in conversation:
+        message = {**message, "content": chinese.convert_script(message["content"], config)}
+        if "knowledge" in message:
+            message["knowledge"] = [[chinese.convert_script(x, config) for x in t] for t in message["knowledge"]]
+        out.append(message)
+    return out
 
 
 def write_messages_jsonl(conversations: Iterable[Conversation], path: str) -> int:

@@ -4,6 +4,8 @@ A source is a string (the `--data` flag):
 
 - `wikipedia-sample`: the bundled excerpt of an English Wikipedia dump
   (106 articles), the default pretraining data.
+- `zhwiki-sample`: 6,100 bundled Chinese Wikipedia articles (5.9 M
+  characters; Traditional and Simplified as written, about 2:1).
 - `tfds:wikipedia/20230601.en`, `tfds:wiki40b/en`, any `tfds:NAME` with a
   `text` feature, read with `tfds.load` (wiki40b's `_START_ARTICLE_` /
   `_START_SECTION_` / `_START_PARAGRAPH_` / `_NEWLINE_` markers are turned
@@ -23,6 +25,15 @@ A source is a string (the `--data` flag):
 
 `text_column` names the text field of JSONL records, table columns and TFDS
 features (default `text`).
+
+Several sources separated by commas, each with an optional weight, are a
+mixture (`enwiki-2018:0.7,zhwiki-sample:0.3`, see `tfchat.data.mixture`).
+
+`convert_script` (`t2s`, `s2t`, ... `tfchat.text.chinese.SCRIPT_CONVERSIONS`)
+converts Chinese text between Simplified and Traditional with OpenCC as it is
+read: local files when they are extracted into their cache (a cache of its
+own), tables as they stream; TFDS sources cannot be converted. Without it,
+text is kept as written.
 
 WikiExtractor sources lose their stubs and near-duplicate articles on the
 way (`tfchat.data.filters`); the counts are in the read statistics.
@@ -66,11 +77,12 @@ import shutil
 import time
 from typing import Iterator
 
+import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfchat import atomic
-from tfchat.data import tables, wikiextractor, wikipedia
+from tfchat.data import mixture, tables, wikiextractor, wikipedia
 from tfchat.data.filters import DocumentFilter
 from tfchat.data.io import (
     COMPRESSIONS,
@@ -85,6 +97,7 @@ from tfchat.data.io import (
     shard_of,
     split_of,
 )
+from tfchat.text import chinese
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +108,11 @@ DEFAULT_SOURCE = "enwiki-2018"
 BUNDLED = {
     SAMPLE_NAME: (SAMPLE_FILE, "dump"),
     DEFAULT_SOURCE: ("enwiki-2018-articles.txt.xz", "wikiextractor"),
+    "zhwiki-sample": ("zhwiki-articles.txt.xz", "wikiextractor"),
 }
 CACHE_ENV = "TFCHAT_CACHE_DIR"
 # Bump when the extracted text changes (cleaning rules, record format).
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Cache shards roll over at this size so big sources shard across workers.
 SHARD_BYTES = 128 << 20
 
@@ -124,6 +138,7 @@ class Source:
     files: tuple[tuple[str, str], ...] = ()  # (path, kind): kind in dump/text/jsonl
     table: tables.TableSpec | None = None
     text_column: str = tables.Columns.text
+    convert: str | None = None  # an OpenCC conversion (`tfchat.text.chinese.SCRIPT_CONVERSIONS`) or None
 
 
 def _file_kind(path: str) -> str | None:
@@ -151,7 +166,7 @@ def _starts_with_doc_tag(path: str) -> bool:
     return wikiextractor.looks_like_wikiextractor(first)
 
 
-def parse_source(spec: str, text_column: str = tables.Columns.text) -> Source:
+def parse_source(spec: str, text_column: str = tables.Columns.text, convert_script: str | None = None) -> Source:
     """Parses a source name (see the module docstring); `text_column` names the text field.
 
     Raises:
@@ -159,6 +174,9 @@ def parse_source(spec: str, text_column: str = tables.Columns.text) -> Source:
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a source must be a non-empty string, got {spec!r}")
+    if mixture.is_mixture(spec):
+        raise ValueError(f"{spec}: a mixture of sources; read it with documents_dataset() or pretrain_dataset()")
+    chinese.check_conversion(convert_script)
     if spec in BUNDLED:
         name, kind = BUNDLED[spec]
         source = Source(spec, files=((resource_path(name), kind),))
@@ -171,7 +189,9 @@ def parse_source(spec: str, text_column: str = tables.Columns.text) -> Source:
         source = Source(spec, table=tables.parse_table(spec))
     else:
         source = _parse_files(spec)
-    source = dataclasses.replace(source, text_column=text_column)
+    if convert_script and source.tfds_name:
+        raise ValueError(f"{spec}: --convert-script applies to local files and tables, not to TFDS datasets")
+    source = dataclasses.replace(source, text_column=text_column, convert=convert_script)
     if text_column != tables.Columns.text and source.files and any(k != "jsonl" for _, k in source.files):
         raise ValueError(f"{spec}: --text-column applies to JSONL, Parquet, hf: and tfds: sources, "
                          "not to dumps or .txt files")
@@ -322,6 +342,7 @@ def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iter
     found = 0
     files = source.files
     doc_filter = DocumentFilter() if any(kind in _FILTERED_KINDS for _, kind in files) else None
+    convert = (lambda text: chinese.convert_script(text, source.convert)) if source.convert else None
     bar = tqdm(files, desc="files", unit="file", disable=None if len(files) > 20 else True, leave=False)
     for path, kind in bar:
         try:
@@ -331,7 +352,7 @@ def iter_documents(source: str | Source, stats: ReadStats | None = None) -> Iter
                     stats.skipped[reason] += 1  # counted, not logged: a dump has many thousands
                     continue
                 found += 1
-                yield doc
+                yield Document(doc.id, convert(doc.text)) if convert else doc
         except ValueError as e:  # a file with nothing usable; others may still be fine
             problems.append(str(e))
             stats.errors.append(str(e))
@@ -351,6 +372,8 @@ def _cache_key(source: Source) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION} validation={VALIDATION_PERCENT}".encode())
     if source.text_column != tables.Columns.text:  # the default keeps existing caches valid
         h.update(f" text={source.text_column}".encode())
+    if source.convert:
+        h.update(f" convert={source.convert}".encode())
     for path, kind in source.files:
         st = os.stat(path)
         h.update(f"\n{path}\t{kind}\t{st.st_size}\t{st.st_mtime_ns}".encode())
@@ -460,11 +483,12 @@ def documents_dataset(
     seed: int | None = None,
     content_filter=None,
     text_column: str = tables.Columns.text,
+    convert_script: str | None = None,
 ) -> tf.data.Dataset:
     """Documents as a `tf.data.Dataset` of scalar `tf.string`, read natively (tables: chunk by chunk).
 
     Args:
-        source: a source name (see the module docstring).
+        source: a source name or a mixture of them (see the module docstring).
         split: "train" or "validation".
         cache_dir: overrides `$TFCHAT_CACHE_DIR` / `~/.cache/tfchat`.
         input_context: from `distribute_datasets_from_function`; each input
@@ -473,15 +497,23 @@ def documents_dataset(
         seed: shuffles the order of shard files (each epoch); None keeps it.
         content_filter: drop the documents it flags (`filter_documents`).
         text_column: the text field of JSONL records, tables and TFDS features.
+        convert_script: an OpenCC conversion applied to the text (see the module docstring).
 
     Raises:
         ValueError: the source has no document in `split`, or no `text_column`.
     """
     check_split(split)
-    parsed = parse_source(source, text_column)
+    if mixture.is_mixture(source):
+        parts = mixture.parse_mixture(source)
+        return mixture.sample(
+            [documents_dataset(name, split, cache_dir=cache_dir, input_context=input_context, seed=seed,
+                               text_column=text_column, convert_script=convert_script, content_filter=content_filter)
+             for name, _ in parts],
+            [w for _, w in parts], seed)
+    parsed = parse_source(source, text_column, convert_script)
     num, index = shard_of(input_context)
     if parsed.table:
-        ds = _table_documents(parsed.table, split, text_column, num, index, seed)
+        ds = _table_documents(parsed.table, split, text_column, num, index, seed, convert_script)
         return ds.filter(_keep_fn(content_filter)) if content_filter is not None else ds
     if parsed.tfds_name:
         ds = _tfds_documents(parsed.tfds_name, split, text_column)
@@ -521,7 +553,7 @@ def documents_dataset(
 
 
 def _table_documents(spec: tables.TableSpec, split: str, text_column: str, num: int, index: int,
-                     seed: int | None) -> tf.data.Dataset:
+                     seed: int | None, convert_script: str | None = None) -> tf.data.Dataset:
     """A table's documents: a native dataset of chunk indices (sharded whole across input pipelines when
     there are enough, shuffled by `seed` each epoch), each chunk read by a Python generator."""
     table = tables.open_table(spec)
@@ -531,10 +563,16 @@ def _table_documents(spec: tables.TableSpec, split: str, text_column: str, num: 
                          f"split is {VALIDATION_PERCENT}% of documents by id, so a tiny source may have none")
     log.debug("%s [%s]: %s; documents from column %r", spec.spec, split, table.description, text_column)
 
+    def chunk_documents(chunk):
+        for texts in tables.documents(table, int(chunk), text_column, split):
+            if convert_script:
+                texts = np.array([chinese.convert_script(t.decode("utf-8"), convert_script).encode("utf-8")
+                                  for t in texts], dtype=object)
+            yield texts
+
     def read(chunk):
         return tf.data.Dataset.from_generator(
-            lambda c: tables.documents(table, int(c), text_column, split), args=(chunk,),
-            output_signature=tf.TensorSpec([None], tf.string),
+            chunk_documents, args=(chunk,), output_signature=tf.TensorSpec([None], tf.string),
         ).unbatch()
 
     n = table.num_chunks

@@ -13,8 +13,8 @@
 
 Each document becomes "Title\\n\\nparagraph\\n\\nparagraph...", the layout the
 dump reader (`tfchat.data.wikipedia`) gives: HTML entities are unescaped, the
-empty parentheses WikiExtractor leaves where templates were (`Paris () is`)
-are removed, and paragraphs are separated by a blank line. Files are streamed
+empty parentheses WikiExtractor leaves where templates were (`Paris () is`,
+`北京（）是`) are removed, and paragraphs are separated by a blank line. Files are streamed
 line by line (plain, .gz, .bz2 or .xz), so a directory of many GB never sits
 in memory. A truncated last document is counted and skipped.
 
@@ -34,7 +34,8 @@ import re
 from typing import Iterable, Iterator, TextIO
 
 _DOC_START = re.compile(r'<doc id="([^"]*)"[^>]*?title="([^"]*)"[^>]*>\s*$')
-_EMPTY_PARENS = re.compile(r"\s*\((?:\s|[,;:])*\)")
+# "()", and Chinese text's full-width "（）", "（，）": what removed templates leave.
+_EMPTY_PARENS = re.compile(r"\s*[(（](?:\s|[,;:，；：、])*[)）]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,13 @@ markup is parsed with mwparserfromhell and reduced to prose: templates,
 references, tables, files/images, categories, interlanguage links, math and
 comments are removed; links become their visible text; headings stay as plain
 lines; paragraphs stay separated by a blank line. Boilerplate sections
-("References", "External links", "See also", ...) are dropped.
+("References", "External links", "See also", ...; in Chinese "参考文献",
+"外部連結", ...) are dropped.
+
+Chinese Wikipedia's language-conversion markup keeps the text of one
+variant: `-{zh-hans:软件;zh-hant:軟體;}-` becomes the variant of the script
+the article is written in (Simplified or Traditional, `tfchat.text.chinese.script_of`), `-{text}-`
+becomes `text`, and hidden conversion rules (`-{H|...}-`, `-{T|...}-`) go.
 
 Bad input never ends in a deep stack trace: a truncated/corrupt file yields
 the articles read before the damage, counts and logs the problem; a file with
@@ -106,12 +112,18 @@ def _child(elem: ET.Element, name: str) -> ET.Element | None:
     return None
 
 
+# Links that are not text: files and categories, by their English names and Chinese Wikipedia's aliases (a
+# dump's <siteinfo> lists each namespace's own name only).
+DROP_LINK_PREFIXES = frozenset({"file", "image", "media", "category", "文件", "檔案", "档案", "图像", "圖像", "媒体",
+                                "媒體", "分类", "分類"})
+
+
 class _Namespaces:
     """Main-namespace test and localized File/Category prefixes from <siteinfo>."""
 
     def __init__(self):
         self.names: dict[str, int] = {}  # lowercased prefix -> key
-        self.drop_link_prefixes = {"file", "image", "media", "category"}
+        self.drop_link_prefixes = set(DROP_LINK_PREFIXES)
 
     def read_siteinfo(self, siteinfo: ET.Element) -> None:
         namespaces = _child(siteinfo, "namespaces")
@@ -132,7 +144,7 @@ class _Namespaces:
         return self.names.get(prefix, 0) == 0
 
 
-_REDIRECT_RE = re.compile(r"^\s*#\s*redirect", re.IGNORECASE)
+_REDIRECT_RE = re.compile(r"^\s*#\s*(redirect|重定向)", re.IGNORECASE)
 
 
 def iter_pages(
@@ -272,9 +284,14 @@ _DROP_SECTIONS = {
     "see also", "references", "external links", "further reading", "notes", "bibliography",
     "sources", "citations", "footnotes", "notes and references", "references and notes",
     "works cited", "links",
+    # Chinese Wikipedia, Simplified and Traditional
+    "参见", "參見", "参考", "參考", "参考文献", "參考文獻", "参考资料", "參考資料", "外部链接", "外部連結", "外部鏈接",
+    "注释", "註釋", "注釋", "脚注", "腳註", "延伸阅读", "延伸閱讀", "相关条目", "相關條目", "扩展阅读", "擴展閱讀",
+    "来源", "來源", "引用", "资料来源", "資料來源",
 }
 # A few inline templates that carry the sentence's words: keep them.
-_KEEP_TEMPLATE_ARG = {"nowrap": 1, "nobr": 1, "small": 1, "smaller": 1, "abbr": 1, "ill": 1, "sic": 1}
+_KEEP_TEMPLATE_ARG = {"nowrap": 1, "nobr": 1, "small": 1, "smaller": 1, "abbr": 1, "ill": 1, "sic": 1,
+                      "le": 1, "tsl": 3}  # Chinese Wikipedia: {{le|中文名|English name}}, {{tsl|en|English|中文}}
 _LANG_CODE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]+)*$|^simple$")
 _HEADING = "\x00H"  # sentinel marking heading lines between the two passes
 
@@ -287,9 +304,60 @@ def wikitext_to_text(wikitext: str, drop_link_prefixes: frozenset[str] | set[str
     >>> wikitext_to_text("== History ==\\nSee [[File:a.png|thumb|x]]{{cite web|url=u}} [[Paris]].")
     'History\\n\\nSee Paris.'
     """
-    prefixes = drop_link_prefixes or {"file", "image", "media", "category"}
+    prefixes = drop_link_prefixes or DROP_LINK_PREFIXES
+    if "-{" in wikitext:
+        wikitext = language_conversion(wikitext)
     raw = _strip(mwparserfromhell.parse(wikitext), prefixes)
     return _tidy(raw)
+
+
+# -{...}- language-conversion markup (https://www.mediawiki.org/wiki/Writing_systems/Syntax).
+_CONVERSION = re.compile(r"-\{(?!\{)(.*?)\}-", re.DOTALL)
+_VARIANT = re.compile(r"(?:^|;)\s*(zh(?:-[a-z]+)?)\s*:", re.IGNORECASE)
+_FLAG = re.compile(r"[AHTRDN-]|zh(?:-[a-z]+)?", re.IGNORECASE)
+_HIDDEN_FLAGS = {"H", "T", "-"}
+# Variants by script, in order of preference.
+VARIANTS = {
+    "simplified": ("zh-hans", "zh-cn", "zh-sg", "zh-my", "zh"),
+    "traditional": ("zh-hant", "zh-tw", "zh-hk", "zh-mo", "zh"),
+}
+
+
+def language_conversion(wikitext: str, script: str | None = None) -> str:
+    """Replaces `-{...}-` markup by the text of one variant (see the module docstring).
+
+    Args:
+        script: "simplified" or "traditional" (default: the script of `wikitext`; Simplified when unknown).
+
+    Example:
+
+    >>> language_conversion("-{zh-hans:软件;zh-hant:軟體;}-是程式", "traditional")
+    '軟體是程式'
+    """
+    from tfchat.text import chinese
+
+    if script is None:
+        script = chinese.script_of(_CONVERSION.sub("", wikitext)) or "simplified"
+    preference = VARIANTS[script]
+
+    def replace(match: re.Match) -> str:
+        body = match.group(1)
+        flags, bar, rest = body.partition("|")
+        flag_list = [f.strip() for f in flags.split(";") if f.strip()]
+        if bar and flag_list and all(_FLAG.fullmatch(f) for f in flag_list):
+            upper = {f.upper() for f in flag_list}
+            if upper & _HIDDEN_FLAGS and "A" not in upper:
+                return ""  # a conversion rule for the rest of the page, not text
+            body = rest
+        found = list(_VARIANT.finditer(body))
+        if not found or body[: found[0].start()].strip():
+            return body  # -{text}-: shown as written
+        texts = {}
+        for m, end in zip(found, [f.start() for f in found[1:]] + [len(body)]):
+            texts.setdefault(m.group(1).lower(), body[m.end():end].strip().rstrip(";").strip())
+        return next((texts[v] for v in preference if v in texts), next(iter(texts.values())))
+
+    return _CONVERSION.sub(replace, wikitext)
 
 
 def _strip(code, prefixes) -> str:
@@ -349,7 +417,7 @@ def _template_text(template: Template, prefixes) -> str:
         pick = _KEEP_TEMPLATE_ARG[name]
     elif name == "lang":  # {{lang|fr|bonjour}}
         pick = 2
-    elif name.startswith("lang-"):  # {{lang-fr|bonjour}}
+    elif name.startswith(("lang-", "link-")):  # {{lang-fr|bonjour}}, {{link-en|中文名|English name}}
         pick = 1
     elif name in ("convert", "cvt") and len(params) >= 2:  # {{convert|5|km|mi}} -> "5 km"
         return f"{_strip(params[0].value, prefixes).strip()} {_strip(params[1].value, prefixes).strip()}"
@@ -358,8 +426,8 @@ def _template_text(template: Template, prefixes) -> str:
     return _strip(params[pick - 1].value, prefixes).strip()
 
 
-_EMPTY_PARENS = re.compile(r"\s*\(\s*[,;:]?\s*\)|\s*\[\s*\]")
-_OPEN_PAREN_JUNK = re.compile(r"\(\s*[,;:]\s*")
+_EMPTY_PARENS = re.compile(r"\s*[(（]\s*[,;:，；：、]?\s*[)）]|\s*\[\s*\]")
+_OPEN_PAREN_JUNK = re.compile(r"([(（])\s*[,;:，；：、]\s*")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?%)])")
 _SPACES = re.compile(r"[ \t\u00a0]{2,}")
 _MAGIC = re.compile(r"__[A-Z]+__")
@@ -433,7 +501,7 @@ def _tidy(raw: str) -> str:
 
 def _clean_line(line: str) -> str:
     line = _EMPTY_PARENS.sub("", line)
-    line = _OPEN_PAREN_JUNK.sub("(", line)
+    line = _OPEN_PAREN_JUNK.sub(r"\1", line)
     line = _SPACES.sub(" ", line)
     line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)
     return line.strip()

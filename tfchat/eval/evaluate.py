@@ -15,7 +15,8 @@ What is measured (definitions in `tfchat.eval.metrics`):
   the assistant's tokens only (what fine-tuning trains on), and `bleu` /
   `rouge_l` of greedy replies: for each of the first `max_dialogues`
   conversations, the model answers the history before its last assistant
-  message, which is the reference.
+  message, which is the reference (over characters for Chinese references:
+  `metric_tokenization` "zh", see `tfchat.eval.metrics`).
 - minimal pairs (BLiMP's JSONL format): `blimp_accuracy`, the fraction of
   pairs whose `sentence_good` gets the higher total log-probability, with
   `blimp_pairs`, `blimp_correct` and `blimp_by_file`.
@@ -213,6 +214,7 @@ def dialogue_metrics(loaded: LoadedModel, source: str, *, split: str = "validati
             "replies": len(replies),
             "bleu": metrics.bleu(references, hypotheses),
             "rouge_l": metrics.rouge_l(references, hypotheses),
+            "metric_tokenization": metrics.metric_tokenization(references),  # "zh": over characters
             "empty_replies": sum(not h.strip() for h in hypotheses),
             "samples": replies,
         })

@@ -21,7 +21,16 @@ Definitions (natural logs throughout):
 - BLEU: corpus BLEU-4 of `keras_hub.metrics.Bleu` (SacreBLEU's 13a
   tokenization, no smoothing), in [0, 1].
 - ROUGE-L: mean over pairs of the LCS F1 of `keras_hub.metrics.RougeL`
-  (backed by the `rouge-score` package).
+  (backed by the `rouge-score` package, which lowercases and keeps runs of
+  a-z and 0-9 as tokens).
+- Chinese (`tokenize="zh"`, or "auto" when the references are Chinese,
+  `tfchat.text.chinese.is_chinese`): both are computed on characters, as
+  Chinese evaluation does (Chinese has no spaces between words, and the
+  usual tokenizers see a whole sentence as one word): BLEU on text with a
+  space around every Han character and CJK punctuation mark (SacreBLEU's
+  `zh` tokenizer), ROUGE-L on the sequence of Han characters and other
+  words (CJK punctuation dropped like other punctuation), each Han character
+  handed to rouge-score as an ASCII token of its code point.
 
 Example:
 
@@ -31,6 +40,8 @@ Example:
 2.0
 >>> round(rouge_l(["the cat sat on the mat"], ["the cat on mat"]), 4)
 0.8
+>>> round(rouge_l(["我们去公园散步吧"], ["我们去公园吧"]), 4)  # characters: LCS 6 of 8 and 6
+0.8571
 """
 
 from __future__ import annotations
@@ -43,7 +54,10 @@ from typing import Sequence
 
 import numpy as np
 
+from tfchat.text import chinese
+
 LN2 = math.log(2.0)
+TOKENIZATIONS = ("auto", "13a", "zh")
 
 
 # ------------------------------------------------------------ loss -> numbers
@@ -122,11 +136,23 @@ def minimal_pair_accuracy(good_log_probs: Sequence[float], bad_log_probs: Sequen
 # --------------------------------------------------------------- BLEU, ROUGE-L
 
 
-def bleu(references: Sequence[str], hypotheses: Sequence[str], max_order: int = 4) -> float:
-    """Corpus BLEU of `hypotheses` against one reference each (keras-hub, SacreBLEU 13a tokens), in [0, 1]."""
+def metric_tokenization(references: Sequence[str], tokenize: str = "auto") -> str:
+    """"zh" (characters) or "13a" (words): `tokenize`, or for "auto" "zh" when the references are Chinese."""
+    if tokenize not in TOKENIZATIONS:
+        raise ValueError(f"tokenize must be one of {TOKENIZATIONS}, got {tokenize!r}")
+    if tokenize != "auto":
+        return tokenize
+    return "zh" if chinese.is_chinese("".join(references)[:100_000]) else "13a"
+
+
+def bleu(references: Sequence[str], hypotheses: Sequence[str], max_order: int = 4, tokenize: str = "auto") -> float:
+    """Corpus BLEU of `hypotheses` against one reference each (keras-hub, SacreBLEU 13a tokens; Chinese: characters,
+    see the module docstring), in [0, 1]."""
     import keras_hub
 
     _check_pairs(references, hypotheses)
+    if metric_tokenization(references, tokenize) == "zh":
+        references, hypotheses = [chinese.spaced(r) for r in references], [chinese.spaced(h) for h in hypotheses]
     if not any(h.strip() for h in hypotheses) or not any(r.strip() for r in references):
         # keras-hub divides by the total hypothesis and reference lengths; with
         # nothing on one side no n-gram matches, so BLEU is 0.
@@ -136,14 +162,22 @@ def bleu(references: Sequence[str], hypotheses: Sequence[str], max_order: int = 
     return float(metric.result())
 
 
-def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 over (reference, hypothesis) pairs, in [0, 1]."""
+def rouge_l(references: Sequence[str], hypotheses: Sequence[str], tokenize: str = "auto") -> float:
+    """Mean ROUGE-L F1 over (reference, hypothesis) pairs (Chinese: over characters, see the module docstring),
+    in [0, 1]."""
     import keras_hub
 
     _check_pairs(references, hypotheses)
+    if metric_tokenization(references, tokenize) == "zh":
+        references, hypotheses = [_rouge_units(r) for r in references], [_rouge_units(h) for h in hypotheses]
     metric = keras_hub.metrics.RougeL()
     metric.update_state(list(references), list(hypotheses))
     return float(metric.result()["f1_score"])
+
+
+def _rouge_units(text: str) -> str:
+    """Han characters as ASCII tokens rouge-score keeps ("cjk4f60"), other words as they are; CJK punctuation goes."""
+    return " ".join(f"cjk{ord(u):x}" if chinese.CJK.match(u) else u for u in chinese.units(text) if u.isalnum())
 
 
 def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:

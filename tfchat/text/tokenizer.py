@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops.sentencepiece_tokenizer import gen_sentencepiece_tokenizer
 from tensorflow_text.python.ops.sentencepiece_tokenizer import _SentencepieceModelResource
 
-from tfchat.text import special_tokens
+from tfchat.text import chinese, special_tokens
 from tfchat.text.special_tokens import SpecialIds
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -52,6 +53,7 @@ class Tokenizer(tf.Module):
     kind = ""
     vocab_size: int
     special: SpecialIds
+    _training_json = "{}"
 
     eot_id = property(lambda self: self.special.eot)
     system_id = property(lambda self: self.special.system)
@@ -106,24 +108,46 @@ class Tokenizer(tf.Module):
     def save(self, directory: str) -> None:
         raise NotImplementedError
 
-    def byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes each id contributes to decoded text: int64 [vocab_size].
+    @property
+    def training(self) -> dict:
+        """How the tokenizer was made (`train_tokenizer`'s settings and data, kept in tokenizer.json); {} if unknown."""
+        return json.loads(self._training_json)
 
-        Decoding concatenates per-id strings, so for ids without control ids
-        `sum(lengths[ids]) == len(decode(ids).encode())` (bits per byte
-        counts bytes this way). Special ids have 0 bytes.
+    def record_training(self, info: dict) -> None:
+        """Replaces `training` (a method, not a setter: tf.Module would wrap an assigned dict for tracking)."""
+        self._training_json = json.dumps(info, ensure_ascii=False)
+
+    def token_bytes(self) -> tuple[bytes, ...]:
+        """The UTF-8 bytes each id stands for in decoded text, special ids b"": [vocab_size].
+
+        Decoding concatenates them: `b"".join(token_bytes[i] for i in ids)`
+        is `decode(ids).encode()` for ids that decode to valid UTF-8, and for
+        byte-fallback ids it is the raw bytes, where `decode` shows U+FFFD
+        for a character not yet complete (`tfchat.inference.streaming` holds
+        such a tail back). Computed once per tokenizer.
         """
-        lengths = np.array([len(self.decode([i]).encode("utf-8")) for i in range(self.vocab_size)], np.int64)
-        return self._zero_specials(lengths)
+        if getattr(self, "_token_bytes", None) is None:
+            table = self._token_bytes_table()
+            for i in self.special.all_ids():
+                if 0 <= i < len(table):
+                    table[i] = b""
+            self._token_bytes = tuple(table)  # a tuple: tf.Module would wrap a list for tracking
+        return self._token_bytes
 
-    def _zero_specials(self, lengths: np.ndarray) -> np.ndarray:
-        for i in self.special.all_ids():
-            if 0 <= i < len(lengths):
-                lengths[i] = 0
-        return lengths
+    def _token_bytes_table(self) -> list[bytes]:
+        return [self.decode([i]).encode("utf-8") for i in range(self.vocab_size)]
+
+    def byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id contributes to decoded text: int64 [vocab_size] (`token_bytes`' lengths).
+
+        `sum(lengths[ids]) == len(decode(ids).encode())` for ids that decode
+        to valid UTF-8 (bits per byte counts bytes this way). Special ids have 0 bytes.
+        """
+        return np.array([len(b) for b in self.token_bytes()], np.int64)
 
     def _metadata(self) -> dict:
-        return {"type": self.kind, "vocab_size": self.vocab_size, "special_ids": self.special_ids}
+        meta = {"type": self.kind, "vocab_size": self.vocab_size, "special_ids": self.special_ids}
+        return {**meta, "training": self.training} if self.training else meta
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -153,17 +177,22 @@ class SentencePieceTokenizer(Tokenizer):
     def tf_decode(self, ids):
         return self._sp.detokenize(ids)
 
-    def byte_lengths(self) -> np.ndarray:
+    def _token_bytes_table(self) -> list[bytes]:
         import sentencepiece as spm
 
         # Read the pieces: a lone byte-fallback id decodes to U+FFFD, not to its one byte.
         sp = spm.SentencePieceProcessor(model_proto=self._proto)
-        lengths = np.zeros([self.vocab_size], np.int64)
+        table = []
         for i in range(self.vocab_size):
-            if sp.is_control(i) or sp.is_unknown(i):
-                continue
-            lengths[i] = 1 if sp.is_byte(i) else len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
-        return self._zero_specials(lengths)
+            if sp.is_control(i):
+                table.append(b"")
+            elif sp.is_byte(i):  # "<0xE4>"
+                table.append(bytes([int(sp.id_to_piece(i)[3:5], 16)]))
+            elif sp.is_unknown(i):
+                table.append(sp.decode([i]).encode("utf-8"))  # " ⁇ ", as decode shows it
+            else:
+                table.append(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return table
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -238,12 +267,15 @@ class GPT2Tokenizer(Tokenizer):
             ids = tf.ragged.boolean_mask(ids, ids < self._bpe_size)
         return self._bpe.detokenize(ids)
 
-    def byte_lengths(self) -> np.ndarray:
-        # Byte-level BPE: every character of a vocabulary entry stands for one byte.
-        lengths = np.zeros([self.vocab_size], np.int64)
+    def _token_bytes_table(self) -> list[bytes]:
+        # Byte-level BPE: every character of a vocabulary entry stands for one byte (GPT-2's byte <-> unicode map).
+        from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+        unicode_to_byte = {c: b[0] for b, c in zip(*bytes_to_unicode())}
+        table = [b""] * self.vocab_size
         for token, i in json.loads(self._files[0]).items():
-            lengths[i] = len(token)
-        return self._zero_specials(lengths)
+            table[i] = bytes(unicode_to_byte[c] for c in token)
+        return table
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -266,51 +298,126 @@ class GPT2Tokenizer(Tokenizer):
         return cls(vocabulary, merges, extra_specials)
 
 
+# SentencePiece accepts character coverage in [0.98, 1]; 0.9995 is its recommendation for Chinese and Japanese.
+MAX_COVERAGE = 0.9995
+MIN_COVERAGE = 0.98
+# At most this share of the ids left after bytes and specials goes to single characters, the rest to merges.
+CHARACTER_SHARE = 0.5
+
+
+def character_coverage_for(counts: collections.Counter, vocab_size: int) -> tuple[float, int]:
+    """(coverage, characters it needs): `MAX_COVERAGE`, lowered until the characters that cover it take at
+    most `CHARACTER_SHARE` of the free ids, never below `MIN_COVERAGE` (see `train_tokenizer`).
+
+    Raises:
+        ValueError: even `MIN_COVERAGE` needs more characters than `vocab_size` has ids.
+    """
+    free = vocab_size - _reserved_ids()
+    total = sum(counts.values())
+    cumulative = np.cumsum(sorted(counts.values(), reverse=True)) / max(total, 1)
+
+    def needed(coverage):  # how many characters SentencePiece keeps for this coverage
+        return int(min(np.searchsorted(cumulative, coverage) + 1, len(cumulative)))
+
+    coverage = MAX_COVERAGE
+    budget = int(CHARACTER_SHARE * free)
+    if needed(coverage) > budget and budget > 0:
+        coverage = max(MIN_COVERAGE, float(cumulative[budget - 1]) - 1e-6)
+    if needed(coverage) > free:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for this text: {needed(MIN_COVERAGE)} distinct characters cover "
+            f"{MIN_COVERAGE:.0%} of it (Chinese text has thousands); use a vocab_size of at least "
+            f"{needed(MIN_COVERAGE) + _reserved_ids() + 256}")
+    return coverage, needed(coverage)
+
+
+def _reserved_ids() -> int:
+    return 256 + len(special_tokens.NAMES) + 2 + 1  # bytes, specials, <|pad|> and <unk>, "\n"
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
     *,
+    character_coverage: float | None = None,
     max_sentence_chars: int = 4096,
     input_sentence_size: int = 2_000_000,
     num_threads: int = 2,
 ) -> SentencePieceTokenizer:
-    """Trains a SentencePiece BPE tokenizer with byte fallback.
+    """Trains a SentencePiece BPE tokenizer with byte fallback, for any script.
 
     Identity normalization and kept whitespace make `decode(encode(t)) == t`
-    for any text (the default NFKC would rewrite e.g. full-width "？").
+    for any text (the default NFKC would rewrite e.g. full-width "？" and
+    "，", which Chinese text uses). Nothing assumes words separated by spaces:
+    a Chinese line is one run of characters that merges can cut anywhere
+    (within a script: `split_by_unicode_script`), long lines are cut into
+    `max_sentence_chars` pieces for training only, and digits stay single.
+
+    Characters: the ones covering `character_coverage` of the text get their
+    own id, rarer ones are spelt in byte-fallback ids (3 per Han character).
+    English needs about a hundred characters for 0.9995; Chinese needs
+    thousands (the zhwiki sample: 6,300 for 0.9995, 2,700 for 0.98), more
+    than a small vocabulary has. So by default (None) the coverage is 0.9995,
+    lowered until those characters take at most half of the ids left after
+    bytes and specials (the rest go to merges), and never below 0.98, which
+    SentencePiece requires (`character_coverage_for`): a 4,096-id tokenizer
+    of the zhwiki sample covers 98% of its characters, an 8,192-id one
+    99.5%, an English one 99.95%. `python -m benchmarks.tokenizers` measures
+    the result (bytes per token, byte-fallback share, held-out bits per byte).
+
+    The texts are read into memory (pass a sample: `training.jobs` passes the
+    first 10 M characters). The settings and what the text was are recorded in
+    `tokenizer.training` (saved in tokenizer.json).
 
     Args:
         texts: documents; long ones are cut into lines for training only.
         vocab_size: total ids, the 256 byte pieces and special tokens included.
+        character_coverage: in [0.98, 1]; None chooses it as above.
+
+    Raises:
+        ValueError: vocab_size too small (for the specials, or for the text's characters), or no text.
     """
     import sentencepiece as spm
 
-    minimum = 256 + len(special_tokens.NAMES) + 2 + 1
+    minimum = _reserved_ids()
     if vocab_size < minimum:
         raise ValueError(f"vocab_size must be at least {minimum} (256 bytes + specials), got {vocab_size}")
-
-    def sentences():
-        for text in texts:
-            for line in text.split("\n"):
-                line = line.strip()
-                while line:
-                    yield line[:max_sentence_chars]
-                    line = line[max_sentence_chars:]
-
+    sentences = []
+    for text in texts:
+        for line in text.split("\n"):
+            line = line.strip()
+            while line:
+                sentences.append(line[:max_sentence_chars])
+                line = line[max_sentence_chars:]
+    if not sentences:
+        raise ValueError("no text to train a tokenizer on")
+    counts = collections.Counter()
+    for sentence in sentences:
+        counts.update(sentence)
+    if character_coverage is None:
+        character_coverage, _ = character_coverage_for(counts, vocab_size)
+    elif not MIN_COVERAGE <= character_coverage <= 1.0:
+        raise ValueError(f"character_coverage must be in [{MIN_COVERAGE}, 1], got {character_coverage}")
+    characters = sum(counts.values())
+    han = sum(n for ch, n in counts.items() if chinese.CJK.match(ch))
+    settings = dict(
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        character_coverage=character_coverage,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        split_digits=True,
+        split_by_unicode_script=True,
+        allow_whitespace_only_pieces=True,
+    )
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences(),
+            sentence_iterator=iter(sentences),
             model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=0.9995,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
+            **settings,
             pad_id=0,
             unk_id=1,
             bos_id=-1,
@@ -327,7 +434,14 @@ def train_tokenizer(
         )
     except RuntimeError as e:
         raise ValueError(f"SentencePiece training failed: {e}") from e
-    return SentencePieceTokenizer(model.getvalue())
+    tok = SentencePieceTokenizer(model.getvalue())
+    tok.record_training({
+        "settings": settings,
+        "characters": characters,
+        "distinct_characters": len(counts),
+        "han_share": round(han / characters, 4),
+    })
+    return tok
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
@@ -358,6 +472,8 @@ def load_tokenizer(directory: str) -> Tokenizer:
         raise ValueError(
             f"{meta_path}: says vocab_size={meta.get('vocab_size')}, the model has {tok.vocab_size}"
         )
+    if isinstance(meta.get("training"), dict):
+        tok.record_training(meta["training"])
     return tok
 
 
