@@ -10,7 +10,7 @@ import pytest
 from tfchat.checkpoint.model_dir import load_model
 from training import finetune, pretrain
 
-SMALL = ["--preset", "tiny", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "4",
+SMALL = ["--preset", "tiny", "--data", "wikipedia-sample", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "4",
          "--warmup-steps", "5", "--no-progress", "--precision", "fp32"]
 
 
