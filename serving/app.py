@@ -24,9 +24,11 @@ import threading
 import time
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
+from starlette.requests import ClientDisconnect
 
 from serving.backend import Backend
+from serving.http import DEFAULT_MAX_REQUEST_BYTES, ClientGone
 from serving.routes import openai, tf_serving
 
 
@@ -43,10 +45,17 @@ def chat_page(backend: Backend) -> str:
     return page.replace("__SCRIPT_HASH__", f"'sha256-{digest}'", 1)
 
 
-def create_app(backend: Backend) -> FastAPI:
-    """The FastAPI app around a loaded `Backend`."""
+def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """The FastAPI app around a loaded `Backend`; request bodies over `max_request_bytes` get a 413."""
     app = FastAPI(title="tfchat", docs_url="/docs")
     app.state.backend = backend
+    app.state.max_request_bytes = max_request_bytes
+
+    async def client_gone(request, exc):  # hung up mid-upload or before the answer: nobody to tell
+        return Response(status_code=499)
+
+    app.add_exception_handler(ClientDisconnect, client_gone)
+    app.add_exception_handler(ClientGone, client_gone)
     app.include_router(tf_serving.router(backend))
     app.include_router(openai.router(backend))
 

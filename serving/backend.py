@@ -7,10 +7,17 @@ signature call, and generation requests that arrive together are batched
 keeps its own sampling settings and seed, so a batched answer equals the
 answer the request would get alone.
 
-* non-streaming generation uses the `generate` / `chat` signatures (the whole
-  decode loop runs in the graph);
-* streaming uses `prefill` + `decode`, one signature call per token, and
-  pushes text deltas to the caller as they are produced.
+Generation runs the `prefill` + `decode` signatures, one call per token,
+streaming or not: a row whose client is gone (`request.cancelled`) stops at
+the next token, a streaming row pushes its text deltas as they are decoded,
+and each step's logits give OpenAI-style log-probabilities
+(`GenRequest.logprobs`) through `tfchat.eval.logprobs.token_log_probs`.
+The in-graph `generate`/`chat` loops serve `:predict` (and stock TF Serving).
+
+Prompts longer than `16 * max_len` characters are cut before tokenizing to
+what could fit (a token covers at most 16 characters of SentencePiece text):
+the oldest characters of a text prompt, the oldest messages of a chat (the
+system message stays, capped like the chat template caps it).
 
 Example:
 
@@ -39,11 +46,31 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel uses)
 
 from serving.errors import BadRequest, NotFound
+from tfchat.cli import tf_error_message
+from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.sampling import SamplingParams
 from tfchat.text.chat_template import MIN_MAX_LEN
 from tfchat.text.special_tokens import ROLES, SpecialIds
 
 log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 16  # SentencePiece's longest piece (max_piece_length): a bound on what a context can hold
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
+class Cancelled(Exception):
+    """The request was cancelled (its client went away) before it finished."""
+
+
+@dataclasses.dataclass
+class TokenLogprob:
+    """One generated token: its id, its UTF-8 bytes in the reply, its log-probability under the model,
+    and the most likely tokens at that step as (id, bytes, log-probability)."""
+
+    token_id: int
+    bytes: bytes
+    logprob: float
+    top: list[tuple[int, bytes, float]]
 
 
 @dataclasses.dataclass
@@ -52,6 +79,7 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop" (emitted a stop id) or "length"
     prompt_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # the reply's tokens (stop ids excluded), when asked for
 
 
 @dataclasses.dataclass
@@ -62,9 +90,10 @@ class GenRequest:
     prompt: str | None = None
     messages: list[dict] | None = None
     sampling: SamplingParams | None = None
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely ones
     # Filled by the backend.
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
-    events: "queue.Queue | None" = None  # streaming: ("delta", str) ... then ("done", Completion) / ("error", exc)
+    events: "queue.Queue | None" = None  # streaming: ("delta", str, [TokenLogprob]) ... ("done", Completion) / ("error", exc)
     cancelled: bool = False
 
     @property
@@ -72,7 +101,7 @@ class GenRequest:
         return self.messages is not None
 
     def key(self):
-        return ("stream" if self.events is not None else "batch", self.is_chat)
+        return ("generate", self.is_chat)
 
 
 @dataclasses.dataclass
@@ -80,6 +109,7 @@ class _PredictJob:
     signature: str
     inputs: dict
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    cancelled: bool = False
 
     def key(self):
         return None  # never batched
@@ -101,15 +131,16 @@ class Backend:
 
     def __init__(self, path: str, name: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0):
         path = os.path.abspath(path)
+        create = f"create it with `python -m serving.export --model runs/chat --out {path}`"
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"export not found: {path}")
+            raise FileNotFoundError(f"export not found: {path}; {create}")
         if os.path.isfile(os.path.join(path, "saved_model.pb")):
             base, version_dir = os.path.dirname(path), path
             self.version = int(os.path.basename(path)) if os.path.basename(path).isdigit() else 1
         else:
             versions = find_versions(path)
             if not versions:
-                raise FileNotFoundError(f"{path} has no SavedModel versions (integer subfolders); run serving.export")
+                raise FileNotFoundError(f"{path} has no SavedModel versions (integer subfolders); {create}")
             base, self.version = path, versions[-1]
             version_dir = os.path.join(path, str(self.version))
         self.name = name or os.path.basename(base)
@@ -119,8 +150,11 @@ class Backend:
             with open(meta_path) as f:
                 self.metadata = json.load(f)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{version_dir} is not a tfchat export ({meta_path} missing)") from e
+            raise FileNotFoundError(f"{version_dir} is not a tfchat export ({meta_path} missing); "
+                                    f"export the model with `python -m serving.export --model runs/chat --out {base}`") from e
         self.max_len = int(self.metadata["max_len"])
+        self.max_prompt_chars = CHARS_PER_TOKEN * self.max_len
+        self.vocab_size = int(self.metadata["config"]["vocab_size"])
         self.special = SpecialIds.from_dict(self.metadata["special_ids"])
         self.stop_ids = set(self.metadata["stop_ids"])
         # The model's recommended settings (exports before 0.2 have none: the library's).
@@ -133,6 +167,7 @@ class Backend:
         self.max_batch = max(1, int(max_batch))
         self.batch_wait = batch_wait_ms / 1000.0
         self.largest_batch = 0  # for tests and /healthz
+        self._piece_bytes: dict[int, bytes] = {}  # token id -> its text alone (top log-probabilities)
         self._jobs: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -148,8 +183,27 @@ class Backend:
 
     def predict(self, signature: str, inputs: dict) -> dict:
         """Runs one signature with numpy/tensor inputs; returns numpy outputs. Queued like everything else."""
-        self._signature(signature)
-        return self._submit(_PredictJob(signature, inputs)).result()
+        return self.predict_job(signature, inputs).future.result()
+
+    def predict_job(self, signature: str, inputs: dict) -> _PredictJob:
+        """Queues one signature call (`.future` resolves to its numpy outputs; `.cancelled` drops it
+        while it waits). Token ids outside the vocabulary and texts longer than `max_prompt_chars`
+        are refused here, before the model sees them."""
+        specs, _ = self.signature_specs(signature)
+        for name, value in inputs.items():
+            array = value.numpy() if tf.is_tensor(value) else np.asarray(value)
+            if name in ("token_ids", "token") and array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+                raise BadRequest(f"input '{name}': token ids must be in 0 .. {self.vocab_size - 1}")
+            if specs[name].dtype == tf.string and array.size:
+                longest = max(len(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+                              for v in array.reshape(-1))
+                if longest > self.max_prompt_chars:
+                    raise BadRequest(f"input '{name}': a text of {longest:,} characters; at most "
+                                     f"{self.max_prompt_chars:,} ({CHARS_PER_TOKEN} per token of the "
+                                     f"{self.max_len}-token context)")
+        job = _PredictJob(signature, inputs)
+        self._submit(job)
+        return job
 
     def submit(self, request: GenRequest) -> concurrent.futures.Future:
         """Queues a non-streaming generation; the future resolves to a Completion."""
@@ -162,26 +216,32 @@ class Backend:
 
     def stream(self, request: GenRequest) -> Iterator[str]:
         """Streaming generation: yields text deltas; `request.future` then holds the Completion."""
+        return (text for text, _ in self.stream_with_logprobs(request))
+
+    def stream_with_logprobs(self, request: GenRequest) -> Iterator[tuple[str, list[TokenLogprob]]]:
+        """Streaming generation: yields (text delta, the TokenLogprobs of its tokens: [] unless
+        `request.logprobs` is set); `request.future` then holds the Completion."""
         self.validate(request)  # raises now, before any output is produced
         request.events = queue.Queue()
         self._submit(request)
         return self._events(request)
 
-    def _events(self, request: GenRequest) -> Iterator[str]:
+    def _events(self, request: GenRequest) -> Iterator[tuple[str, list[TokenLogprob]]]:
         try:
             while True:
-                kind, value = request.events.get()
+                kind, *value = request.events.get()
                 if kind == "delta":
-                    yield value
+                    yield value[0], value[1]
                 elif kind == "error":
-                    raise value
+                    raise value[0]
                 else:
                     return
         finally:
             request.cancelled = True  # consumer gone: stop decoding this row
 
     def validate(self, r: GenRequest) -> None:
-        """Checks a request and fills in its sampling settings (defaults, a concrete seed)."""
+        """Checks a request, cuts an over-long prompt (see the module docstring) and fills in its sampling
+        settings (defaults, a concrete seed)."""
         if (r.prompt is None) == (r.messages is None):
             raise BadRequest("give exactly one of prompt or messages")
         if r.prompt is not None and not isinstance(r.prompt, str):
@@ -192,6 +252,13 @@ class Backend:
             for i, m in enumerate(r.messages):
                 if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                     raise BadRequest(f"messages[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}")
+        if r.logprobs is not None and (isinstance(r.logprobs, bool) or not isinstance(r.logprobs, int)
+                                       or not 0 <= r.logprobs <= MAX_TOP_LOGPROBS):
+            raise BadRequest(f"top log-probabilities must be an integer in 0 .. {MAX_TOP_LOGPROBS}, got {r.logprobs!r}")
+        if r.prompt is not None:
+            r.prompt = r.prompt[-self.max_prompt_chars:]
+        else:
+            r.messages = fit_messages(r.messages, self.max_prompt_chars)
         r.sampling = (r.sampling or self.defaults).resolved()
         try:
             # A chat prompt needs a few ids (markers) besides the history.
@@ -262,14 +329,18 @@ class Backend:
                     _fail(batch[0], e)
 
     def _run(self, batch: list) -> None:
+        for job in batch:
+            if job.cancelled:  # its client left while it waited
+                _fail(job, Cancelled("cancelled before it started"))
+        batch = [job for job in batch if not job.cancelled]
+        if not batch:
+            return
         job = batch[0]
         if isinstance(job, _PredictJob):
             out = self.signatures[job.signature](**job.inputs)
             job.future.set_result({k: v.numpy() for k, v in out.items()})
-        elif job.events is None:
-            self._run_generate(batch)
         else:
-            self._run_stream(batch)
+            self._run_generate(batch)
 
     def _sampling(self, batch: list[GenRequest], with_max_new: bool = True) -> dict:
         s = dict(
@@ -301,31 +372,11 @@ class Backend:
             padded[b, : len(row)] = row
         return padded, np.array([len(row) for row in rows], np.int32)
 
-    def _run_generate(self, batch: list[GenRequest]) -> None:
-        _, prompt_lengths = self._prompt_ids(batch)
-        room = self.max_len - max(r.sampling.max_new_tokens for r in batch)
-        if batch[0].is_chat:
-            out = self.signatures["chat"](**self._conversations(batch), **self._sampling(batch))
-            texts = out["reply"].numpy()
-        else:
-            out = self.signatures["generate"](prompt=tf.constant([r.prompt for r in batch]), **self._sampling(batch))
-            texts = out["text"].numpy()
-        ids, counts = out["token_ids"].numpy(), out["num_tokens"].numpy()
-        for b, r in enumerate(batch):
-            tokens = ids[b, : counts[b]].tolist()
-            r.future.set_result(
-                Completion(
-                    text=texts[b].decode("utf-8", errors="replace"),
-                    token_ids=tokens,
-                    finish_reason=self._finish_reason(tokens),
-                    prompt_tokens=int(min(prompt_lengths[b], room)),
-                )
-            )
-
     def _finish_reason(self, tokens: list[int]) -> str:
         return "stop" if tokens and tokens[-1] in self.stop_ids else "length"
 
-    def _run_stream(self, batch: list[GenRequest]) -> None:
+    def _run_generate(self, batch: list[GenRequest]) -> None:
+        """Prefill, then one decode call per token until every row is done, stopped or cancelled."""
         ids, lengths = self._prompt_ids(batch)
         room = self.max_len - max(r.sampling.max_new_tokens for r in batch)
         sampling = self._sampling(batch, with_max_new=False)
@@ -334,24 +385,53 @@ class Backend:
         )
         cache, key_mask = state["cache"], state["key_mask"]
         token, position, index = state["next_token"], state["position"], state["cache_index"]
-        rows = [_StreamRow(r) for r in batch]
+        logits = state.get("logits")
+        top_k = max((r.logprobs for r in batch if r.logprobs is not None), default=None)
+        if top_k is not None and logits is None:
+            raise BadRequest("this export has no logprobs support (its prefill/decode return no logits); "
+                             "re-export the model with python -m serving.export")
+        rows = [_Row(r) for r in batch]
         limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):
             new = token.numpy()
-            for row, t in zip(rows, new):
-                row.add(int(t), self.stop_ids)
-            self._emit(rows)
+            scores = self._log_probs(logits, token, top_k) if top_k is not None else [None] * len(rows)
+            for row, t, score in zip(rows, new, scores):
+                row.add(int(t), self.stop_ids, score)
+            self._emit([row for row in rows if row.per_step])
             if all(row.done for row in rows) or step + 1 == limit:
                 break
             out = self.signatures["decode"](
                 token=token, position=position, cache=cache, cache_index=index, key_mask=key_mask, **sampling
             )
-            token, cache, position, index = out["next_token"], out["cache"], position + 1, index + 1
+            token, logits, cache, position, index = out["next_token"], out.get("logits"), out["cache"], position + 1, index + 1
+        self._emit(rows)  # the final text of rows not decoded step by step
         for b, row in enumerate(rows):
-            row.finish(Completion(row.text, row.tokens, self._finish_reason(row.tokens), int(min(lengths[b], room))))
+            if row.request.cancelled:
+                _fail(row.request, Cancelled("cancelled while decoding"))
+                continue
+            tokens = row.tokens
+            row.finish(Completion(row.text, tokens, self._finish_reason(tokens), int(min(lengths[b], room)),
+                                  row.logprobs if row.request.logprobs is not None else None))
 
-    def _emit(self, rows: list["_StreamRow"]) -> None:
-        """Decodes every row's ids so far (one detokenize call) and sends the new text."""
+    def _log_probs(self, logits, tokens, k: int) -> list[tuple[float, list[tuple[int, float]]]]:
+        """(log p(token), [(id, log p)] of the k most likely) per row, from one step's logits [B, V]."""
+        chosen = token_log_probs(logits[:, None, :], tokens[:, None])[:, 0].numpy()
+        if not k:
+            return [(float(c), []) for c in chosen]
+        top_ids = tf.math.top_k(logits, k).indices
+        top_lp = token_log_probs(tf.repeat(logits[:, None, :], k, axis=1), top_ids).numpy()
+        return [(float(c), list(zip(i.tolist(), lp.tolist()))) for c, i, lp in zip(chosen, top_ids.numpy(), top_lp)]
+
+    def _pieces(self, ids: set[int]) -> None:
+        """Fills `self._piece_bytes` for `ids` (one detokenize call): the text of each token alone."""
+        missing = sorted(i for i in ids if i not in self._piece_bytes)
+        if missing:
+            out = self.signatures["detokenize"](token_ids=tf.constant([[i] for i in missing], tf.int32),
+                                                num_tokens=tf.ones([len(missing)], tf.int32))["text"].numpy()
+            self._piece_bytes.update(zip(missing, out))
+
+    def _emit(self, rows: list["_Row"]) -> None:
+        """Decodes every row's ids so far (one detokenize call) and passes on the new text."""
         fresh = [row for row in rows if row.pending]
         if not fresh:
             return
@@ -361,22 +441,26 @@ class Backend:
             ids[b, : len(row.content)] = row.content
         n = np.array([len(row.content) for row in fresh], np.int32)
         texts = self.signatures["detokenize"](token_ids=tf.constant(ids), num_tokens=tf.constant(n))["text"].numpy()
+        self._pieces({i for row in fresh for i in row.alternatives()})
         for row, text in zip(fresh, texts):
-            row.update(text.decode("utf-8", errors="replace"))
+            row.update(text.decode("utf-8", errors="replace"), self._piece_bytes)
 
 
-class _StreamRow:
-    """Per-request streaming state: ids so far, text already sent."""
+class _Row:
+    """Per-request decoding state: ids so far, text so far, log-probabilities waiting for their bytes."""
 
     def __init__(self, request: GenRequest):
         self.request = request
+        self.per_step = request.events is not None or request.logprobs is not None
         self.tokens: list[int] = []
         self.content: list[int] = []  # tokens minus stop ids
         self.text = ""
         self.done = False
         self.pending = False
+        self.logprobs: list[TokenLogprob] = []
+        self._unplaced: list[tuple[int, float, list]] = []  # content tokens whose text has not appeared yet
 
-    def add(self, token: int, stop_ids: set) -> None:
+    def add(self, token: int, stop_ids: set, score: tuple[float, list] | None) -> None:
         if self.done:
             return
         if self.request.cancelled:
@@ -388,36 +472,74 @@ class _StreamRow:
             self.done = True
         else:
             self.content.append(token)
+            if score is not None:
+                self._unplaced.append((token, *score))
         if len(self.tokens) >= self.request.sampling.max_new_tokens:
             self.done = True
 
-    def update(self, text: str) -> None:
+    def alternatives(self) -> set[int]:
+        return {i for _, _, top in self._unplaced for i, _ in top}
+
+    def update(self, text: str, pieces: dict[int, bytes]) -> None:
         self.pending = False
         # A multi-byte character split across tokens decodes as U+FFFD until its last byte arrives.
         stable = text if self.done else text.rstrip("\ufffd")
-        if len(stable) > len(self.text) and stable.startswith(self.text):
-            self.request.events.put(("delta", stable[len(self.text):]))
-            self.text = stable
+        if not (len(stable) > len(self.text) and stable.startswith(self.text)):
+            return
+        delta = stable[len(self.text):]
+        placed = self._place(delta, pieces)
+        self.text = stable
+        if self.request.events is not None:
+            self.request.events.put(("delta", delta, placed))
+
+    def _place(self, text: str, pieces: dict[int, bytes]) -> list[TokenLogprob]:
+        """Gives the tokens waiting for text what just appeared. With several waiting and fewer characters
+        (a character spelled in byte tokens): one byte to each but the last, which takes the rest; else one
+        character to each but the last. Their bytes always add up to the text."""
+        group, self._unplaced = self._unplaced, []
+        units = list(text) if len(text) >= len(group) else [bytes([b]) for b in text.encode("utf-8")]
+        units = [u.encode("utf-8") if isinstance(u, str) else u for u in units]
+        placed = []
+        for i, (token, logprob, top) in enumerate(group):
+            data = b"".join(units[i:]) if i == len(group) - 1 else (units[i] if i < len(units) else b"")
+            placed.append(TokenLogprob(token, data, logprob, [(t, pieces.get(t, b""), lp) for t, lp in top]))
+        self.logprobs += placed
+        return placed
 
     def finish(self, completion: Completion) -> None:
         if not self.request.future.done():
             self.request.future.set_result(completion)
-        self.request.events.put(("done", completion))
+        if self.request.events is not None:
+            self.request.events.put(("done", completion))
 
 
-def tf_error_message(error: Exception) -> str:
-    """The useful line of a TF error: the message of a failed graph assertion if there is one."""
-    text = getattr(error, "message", None) or str(error)
-    found = re.search(r"assertion failed: \[([^\]]*)\]", text)
-    if found:
-        return found.group(1).split("Condition")[0].strip().rstrip(".")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("[[")]
-    useful = [ln for ln in lines if ln not in ("Graph execution error:",) and not ln.startswith("Detected at node")]
-    return (useful or lines or [type(error).__name__])[0]
+def fit_messages(messages: list[dict], limit: int) -> list[dict]:
+    """Cuts a conversation to about `limit` characters the way the chat template cuts tokens: a first system
+    message to `limit // 2` (its start kept), then whole exchanges from the oldest, then the start of
+    the last message."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    if (len(system[0]["content"]) if system else 0) <= limit // 2 and sum(len(m["content"]) for m in messages) <= limit:
+        return messages
+    system = [{**system[0], "content": system[0]["content"][: limit // 2]}] if system else []
+    budget = limit - sum(len(m["content"]) for m in system)
+    kept: list[dict] = []
+    for m in reversed(messages[len(system):]):
+        budget -= len(m["content"])
+        if budget < 0:
+            break
+        kept.append(m)
+    kept.reverse()
+    if not kept:  # the newest message alone is too long: keep its end
+        last = messages[-1]
+        room = limit - sum(len(m["content"]) for m in system)
+        return system + [{**last, "content": last["content"][len(last["content"]) - room:]}]
+    while len(kept) > 1 and kept[0]["role"] != "user":  # an exchange starts with the user's message
+        kept.pop(0)
+    return system + kept
 
 
 def _fail(job, error: Exception) -> None:
-    if isinstance(error, tf.errors.InvalidArgumentError):
+    if isinstance(error, (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError)):
         error = BadRequest(tf_error_message(error))
     if not job.future.done():
         job.future.set_exception(error)

@@ -30,9 +30,15 @@ class RemoteChat:
     def __init__(self, url: str, timeout: float = 300.0):
         import httpx
 
+        from serving.client import unreachable
+
         self.url = url.rstrip("/")
         self._http = httpx.Client(timeout=timeout)
         self.finish_reason: str | None = None  # of the last reply
+        try:  # fail at start, not at the first message
+            self._http.get(self.url + "/v1/models").raise_for_status()
+        except httpx.HTTPError as e:
+            raise unreachable(self.url, e) from e
 
     def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
         body = {"messages": messages, "stream": True, **_openai_names(sampling)}

@@ -28,6 +28,12 @@ from tfchat.inference.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 
+def unreachable(url: str, error: Exception) -> ConnectionError:
+    """The error for a server that does not answer, naming the command that starts one."""
+    return ConnectionError(f"cannot reach a model server at {url} ({error}); start one with "
+                           "`python -m serving.server --model exports/tfchat` (or tensorflow_model_server)")
+
+
 class ServingError(RuntimeError):
     """The server answered with an error; `status` is the HTTP status or gRPC code name."""
 
@@ -98,24 +104,32 @@ class RestClient(_Client):
             raise ServingError(response.status_code, err.get("message", str(err)) if isinstance(err, dict) else str(err))
         return body
 
+    def _send(self, method: str, path: str, **kwargs):
+        import httpx
+
+        try:
+            return self._check(self._http.request(method, path, **kwargs))
+        except httpx.TransportError as e:
+            raise unreachable(self.url, e) from e
+
     def status(self, version: int | None = None) -> dict:
-        return self._check(self._http.get(self._path(version)))
+        return self._send("GET", self._path(version))
 
     def metadata(self, version: int | None = None) -> dict:
-        return self._check(self._http.get(self._path(version) + "/metadata"))
+        return self._send("GET", self._path(version) + "/metadata")
 
     def signature_names(self) -> list[str]:
         return sorted(self.metadata()["metadata"]["signature_def"]["signature_def"])
 
     def predict(self, inputs: dict, signature_name: str = "serving_default", version: int | None = None) -> dict:
         body = {"signature_name": signature_name, "inputs": {k: _jsonable(v) for k, v in inputs.items()}}
-        out = self._check(self._http.post(self._path(version) + ":predict", json=body))["outputs"]
+        out = self._send("POST", self._path(version) + ":predict", json=body)["outputs"]
         return {k: np.asarray(v) for k, v in out.items()} if isinstance(out, dict) else {"output": np.asarray(out)}
 
     def predict_instances(self, instances: list, signature_name: str = "serving_default", version: int | None = None) -> list:
         """Row format: `instances` in, `predictions` out, as TF Serving returns them."""
         body = {"signature_name": signature_name, "instances": instances}
-        return self._check(self._http.post(self._path(version) + ":predict", json=body))["predictions"]
+        return self._send("POST", self._path(version) + ":predict", json=body)["predictions"]
 
     def close(self) -> None:
         self._http.close()
@@ -138,7 +152,7 @@ class GrpcClient(_Client):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        self.model = model
+        self.model, self.target = model, target
         self.timeout = timeout
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 << 20)])
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -165,7 +179,7 @@ class GrpcClient(_Client):
         try:
             response = self._stub.Predict(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise ServingError(e.code().name, e.details()) from e
+            raise self._error(e) from e
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
     def signature_names(self) -> list[str]:
@@ -178,10 +192,17 @@ class GrpcClient(_Client):
         try:
             response = self._stub.GetModelMetadata(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise ServingError(e.code().name, e.details()) from e
+            raise self._error(e) from e
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
         return sorted(sig_map.signature_def)
+
+    def _error(self, e) -> Exception:
+        import grpc
+
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            return unreachable(self.target, e.details())
+        return ServingError(e.code().name, e.details())
 
     def close(self) -> None:
         self._channel.close()
@@ -204,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        cli.setup_logging(args.verbose)
+        if args.grpc:  # the gRPC client builds TensorProtos: TensorFlow, and its start-up chatter filtered
+            cli.setup(args.verbose)
+        else:
+            cli.setup_logging(args.verbose)
         client = GrpcClient(args.grpc, args.model) if args.grpc else RestClient(args.url, args.model)
         sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, seed=args.seed)

@@ -18,13 +18,14 @@ Example:
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 
 import numpy as np
 import tensorflow as tf
 
 from serving.errors import BadRequest
-from tfchat.inference.sampling import SamplingParams
+from tfchat.inference.sampling import SamplingParams, check_sampling
 
 SAMPLING_INPUTS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed"}
 
@@ -35,7 +36,10 @@ def _decode_value(value, dtype: tf.DType):
         if isinstance(value, list):
             return [_decode_value(v, dtype) for v in value]
         if isinstance(value, dict) and set(value) == {"b64"}:
-            return base64.b64decode(value["b64"])
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise BadRequest(f"invalid base64 in {json.dumps(value)[:60]}") from None
         if isinstance(value, str):
             return value.encode("utf-8")
         raise BadRequest(f"expected a string, got {json.dumps(value)[:60]}")
@@ -43,19 +47,31 @@ def _decode_value(value, dtype: tf.DType):
 
 
 def to_tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
-    try:
-        array = np.array(_decode_value(value, spec.dtype), dtype=object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype)
-    except BadRequest:
-        raise
-    except (TypeError, ValueError) as e:
-        raise BadRequest(f"input '{name}': cannot convert to {spec.dtype.name} ({e})") from e
-    if array.dtype == object and spec.dtype != tf.string:
-        raise BadRequest(f"input '{name}': ragged or mixed values")
-    if spec.dtype == tf.string and any(not isinstance(v, bytes) for v in array.reshape(-1)):
-        raise BadRequest(f"input '{name}': ragged or non-string values")
+    """A JSON value as a tensor of the signature's dtype; values of another kind (a float or a string for
+    an int32, an int beyond int32) are refused, never rounded or wrapped."""
+    dtype = spec.dtype
+    if dtype == tf.string:
+        array = np.array(_decode_value(value, dtype), dtype=object)
+        if any(not isinstance(v, bytes) for v in array.reshape(-1)):
+            raise BadRequest(f"input '{name}': ragged or non-string values")
+    else:
+        try:
+            array = np.array(value)
+        except ValueError as e:  # ragged nesting
+            raise BadRequest(f"input '{name}': ragged or mixed values ({e})") from None
+        kind = "integers" if dtype.is_integer else "booleans" if dtype == tf.bool else "numbers"
+        accepted = {"integers": "iu", "booleans": "b", "numbers": "iuf"}[kind]
+        if array.dtype.kind not in accepted:
+            raise BadRequest(f"input '{name}': expected {kind} ({dtype.name}), got {json.dumps(value)[:60]}")
+        if dtype.is_integer and array.size and (array.min() < dtype.min or array.max() > dtype.max):
+            raise BadRequest(f"input '{name}': values must be in {dtype.min} .. {dtype.max} ({dtype.name})")
+        with np.errstate(over="ignore"):
+            array = array.astype(dtype.as_numpy_dtype)
+        if dtype.is_floating and not np.isfinite(array).all():
+            raise BadRequest(f"input '{name}': values must be finite {dtype.name} numbers")
     if not spec.shape.is_compatible_with(array.shape):
         raise BadRequest(f"input '{name}': shape {list(array.shape)} does not match the signature's {spec.shape}")
-    return tf.constant(array, spec.dtype)
+    return tf.constant(array, dtype)
 
 
 def _json_value(array: np.ndarray):
@@ -120,7 +136,14 @@ def parse_predict(body, specs: dict, defaults: SamplingParams | None = None) -> 
         columns.update(sampling_columns(missing, batch, defaults))
     elif missing:
         raise BadRequest(f"missing input(s) {missing}")
-    return {k: to_tensor(k, v, specs[k]) for k, v in columns.items()}, "instances" in body
+    tensors = {k: to_tensor(k, v, specs[k]) for k, v in columns.items()}
+    for name in SAMPLING_INPUTS & set(tensors):  # judged as on every other route
+        for value in tensors[name].numpy().reshape(-1).tolist():
+            try:
+                check_sampling(**{name: value})
+            except ValueError as e:
+                raise BadRequest(f"input '{name}': {e}") from None
+    return tensors, "instances" in body
 
 
 def format_predict(outputs: dict, row_format: bool) -> dict:

@@ -4,6 +4,22 @@
 class BadRequest(ValueError):
     """Invalid client input (HTTP 400, gRPC INVALID_ARGUMENT)."""
 
+    status = 400
+
+
+class PayloadTooLarge(BadRequest):
+    """A request body over the server's `--max-request-bytes` (HTTP 413)."""
+
+    status = 413
+
+
+class UnsupportedMediaType(BadRequest):
+    """A body that is not declared as JSON (HTTP 415)."""
+
+    status = 415
+
 
 class NotFound(LookupError):
     """Unknown model, version or signature (HTTP 404, gRPC NOT_FOUND)."""
+
+    status = 404

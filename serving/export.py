@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from tfchat.checkpoint.model_dir import is_model_dir, resolve_model_dir
+        cli.setup(args.verbose)
+        from serving.exporter import export
+        from tfchat.checkpoint.model_dir import is_model_dir, load_model, not_found, resolve_model_dir
 
         if args.version is not None and os.path.exists(os.path.join(args.out, str(args.version))):
             raise cli.UsageError(f"version {args.version} already exists: {os.path.join(args.out, str(args.version))}; "
@@ -42,15 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.classifier:
             return _export_classifier(args, name)
         if not os.path.isdir(args.model):
-            raise cli.UsageError(f"model directory not found: {args.model}; train one with python -m training.finetune "
-                                 "(or python -m training.pretrain)")
+            raise cli.UsageError(str(not_found(args.model)))
         model_dir = resolve_model_dir(args.model)  # a training run dir holds its model in model/
         if not is_model_dir(model_dir):
-            raise cli.UsageError(f"{args.model} is not a tfchat model directory (no tfchat.json); "
-                                 "train or save a model first")
-        cli.setup(args.verbose)
-        from serving.exporter import export
-        from tfchat.checkpoint.model_dir import load_model
+            raise cli.UsageError(f"{args.model} is not a tfchat model directory (no tfchat.json); train one with "
+                                 f"`python -m training.finetune --out {args.model}`, or re-run the training command "
+                                 "that writes it to let it finish")
 
         path = export(load_model(model_dir), args.out, version=args.version, max_len=args.max_len, name=name)
         print(path)
@@ -70,7 +69,6 @@ def _export_classifier(args, name: str) -> int:
     if not is_classifier_dir(resolve_classifier_dir(args.classifier)):
         raise cli.UsageError(f"{args.classifier} is not a classifier directory (no tfchat.json of format "
                              "tfchat-classifier); train one with python -m training.classify")
-    cli.setup(args.verbose)
     from serving.classifier_export import export_classifier
     from tfchat.checkpoint.classifier_dir import load_classifier
 

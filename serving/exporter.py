@@ -42,10 +42,10 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 
 import tensorflow as tf
 
+from tfchat import atomic
 from tfchat.checkpoint.model_dir import LoadedModel
 from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.generation import decode_step, generate, prefill
@@ -292,7 +292,10 @@ def save_version(module: tf.Module, signatures: dict, base: str, metadata: dict,
     if os.path.exists(final):
         raise FileExistsError(f"version {version} already exists: {final}")
     # A dot-prefixed sibling: TF Serving only loads integer-named dirs, so a half-written export is never served.
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    # Those of killed exports are removed here.
+    atomic.remove_stale_temps(base)
+    tmp = atomic.temp_path(final)
+    os.mkdir(tmp)
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         xla = sorted(t for t in op_types(tmp) if t.startswith("Xla"))
@@ -306,7 +309,7 @@ def save_version(module: tf.Module, signatures: dict, base: str, metadata: dict,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    cfg_tmp = os.path.join(base, ".models.config.tmp")
+    cfg_tmp = atomic.temp_path(os.path.join(base, "models.config"))
     with open(cfg_tmp, "w") as f:
         f.write(models_config(name, base))
     os.replace(cfg_tmp, os.path.join(base, "models.config"))

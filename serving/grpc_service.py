@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from serving.backend import Backend, tf_error_message
+from serving.backend import Backend
 from serving.codec import SAMPLING_INPUTS, sampling_columns
 from serving.errors import BadRequest, NotFound
+from tfchat.cli import tf_error_message
 
 
 def create_grpc_server(backend: Backend, port: int, host: str = "[::]"):

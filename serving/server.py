@@ -5,7 +5,8 @@
 
 Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
 
-    curl -s localhost:8501/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
+    curl -s localhost:8501/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
     python -m serving.chat --server http://127.0.0.1:8501
 
 Routes: `serving/routes/tf_serving.py` (TF Serving REST), `serving/routes/openai.py`
@@ -36,6 +37,8 @@ def parser():
     p.add_argument("--max-batch", type=cli.positive_int, default=8, help="most generation requests decoded together")
     p.add_argument("--batch-wait-ms", type=cli.non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others to join")
+    p.add_argument("--max-request-bytes", type=cli.positive_int, default=1 << 20,
+                   help="largest request body; larger ones get HTTP 413 before they are read")
     g = p.add_argument_group("content filter")
     g.add_argument("--content-filter", default=None, metavar="DIR",
                    help="moderation classifier (python -m training.classify run directory or its export): refuse "
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)
         try:
-            app = create_app(backend)
+            app = create_app(backend, max_request_bytes=args.max_request_bytes)
             if content_filter is not None:
                 from serving.routes import moderation
 

@@ -1,6 +1,7 @@
 """Small shared fixtures: a tiny tokenizer and model shape, and a learnable synthetic dataset."""
 
 import functools
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -95,3 +96,14 @@ def tiny_moderation(root) -> str:
                           "--save-every", "75", "--no-progress", "--precision", "fp32"])
     assert code == 0
     return out
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` loopback ports free right now (for TF_CONFIG clusters and servers in tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.fixtures import synthetic_dataset, tiny_config, tiny_tokenizer
+from tests.fixtures import free_ports, synthetic_dataset, tiny_config, tiny_tokenizer
 from training.objectives import LanguageModeling
 from training.trainer import TrainConfig, Trainer, TrainingError
 from training.strategy import make_strategy
@@ -129,18 +128,8 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     assert _max_weight_diff(one, two) < 5e-5
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_multiworker_two_processes_agree(tmp_path):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(2):

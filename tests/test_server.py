@@ -224,7 +224,9 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(setup):
     assert backend.largest_batch > 1  # the 150 ms window gathered several requests
 
 
-def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tmp_path_factory):
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_gone_stops_decoding_and_server_keeps_serving(tmp_path_factory, stream):
+    """A client that hangs up mid-stream, or gives up waiting for a non-streaming answer: its row stops."""
     import time
 
     import httpx
@@ -236,7 +238,7 @@ def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tm
     backend = Backend(path)
     decode, calls = backend.signatures["decode"], []
 
-    def slow_decode(**inputs):  # slow enough that the client leaves mid-stream
+    def slow_decode(**inputs):  # slow enough that the client leaves mid-decoding
         calls.append(1)
         time.sleep(0.05)
         return decode(**inputs)
@@ -244,15 +246,19 @@ def test_client_disconnect_mid_stream_stops_decoding_and_server_keeps_serving(tm
     backend.signatures["decode"] = slow_decode
     server = ServerThread(create_app(backend))
     url = server.start()
-    body = {"messages": HI, "max_tokens": 50, "temperature": 1.0, "seed": 3, "stream": True}
+    body = {"messages": HI, "max_tokens": 50, "temperature": 1.0, "seed": 3, "stream": stream}
     try:
         warm = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=60)
         assert warm.status_code == 200  # signatures traced: decode steps now take ~50 ms each
         calls.clear()
-        with httpx.Client(timeout=30) as client:
-            with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-                assert response.status_code == 200
-                next(response.iter_lines())  # the first event, then hang up
+        with httpx.Client(timeout=httpx.Timeout(30, read=None if stream else 0.5)) as client:
+            if stream:
+                with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+                    assert response.status_code == 200
+                    next(response.iter_lines())  # the first event, then hang up
+            else:
+                with pytest.raises(httpx.ReadTimeout):  # give up after 0.5 s: the connection closes
+                    client.post(url + "/v1/chat/completions", json=body)
         # Wait until decoding stops (no new step for 0.6 s, about 12 steps' time), at most 20 s.
         deadline, made = time.monotonic() + 20, -1
         while len(calls) != made and time.monotonic() < deadline:

@@ -8,16 +8,19 @@ import sys
 import pytest
 
 from tfchat.checkpoint.model_dir import load_model
+from tests.fixtures import free_ports
 from training import finetune, pretrain
 
-SMALL = ["--preset", "tiny", "--data", "wikipedia-sample", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "4",
-         "--warmup-steps", "5", "--no-progress", "--precision", "fp32"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL = ["--preset", "tiny", "--data", "wikipedia-sample", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8",
+         "--eval-batches", "4", "--warmup-steps", "5", "--no-progress", "--precision", "fp32", "--lr", "3e-3"]
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "pretrain")
-    code = pretrain.main([*SMALL, "--out", out, "--steps", "60", "--eval-every", "30", "--lr", "3e-3"])
+    code = pretrain.main([*SMALL, "--out", out, "--steps", "60", "--eval-every", "30"])
     assert code == 0
     return out
 
@@ -51,11 +54,37 @@ def test_rerun_resumes_and_extends(pretrained, tmp_path):
     assert load_model(run).metadata["step"] == 62
 
 
-def test_finetune_from_pretrained(pretrained, tmp_path):
+def test_resume_with_other_flags_is_refused_unless_override(pretrained, tmp_path, capsys):
+    import json
+    import shutil
+
+    run = str(tmp_path / "copy")
+    shutil.copytree(pretrained, run)
+    before = sorted(os.listdir(os.path.join(run, "checkpoints")))
+    changed = [*SMALL, "--out", run, "--steps", "61", "--batch-size", "4"]
+    assert pretrain.main(changed) == 1
+    err = capsys.readouterr().err
+    assert "was started with --batch-size 8" in err and "gives --batch-size 4" in err and "--override" in err
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == before
+    with open(os.path.join(run, "run.json")) as f:
+        assert json.load(f)["train_config"]["batch_size"] == 8  # the record is untouched
+    assert pretrain.main([*changed, "--override"]) == 0
+    with open(os.path.join(run, "run.json")) as f:
+        record = json.load(f)
+    assert record["train_config"]["batch_size"] == 4
+    assert record["overrides"] == [{"step": 60, "changes": {"batch_size": [8, 4]}}]
+    assert load_model(run).metadata["step"] == 61
+
+
+def test_finetune_from_pretrained(pretrained, tmp_path, capsys):
     out = str(tmp_path / "chat")
     code = finetune.main(["--from", pretrained, "--out", out, "--steps", "6", "--batch-size", "4", "--seq-len", "32",
-                          "--eval-every", "6", "--eval-batches", "2", "--no-progress", "--precision", "fp32"])
+                          "--eval-every", "3", "--eval-batches", "2", "--precision", "fp32"])
     assert code == 0
+    err = capsys.readouterr().err
+    # One bar per command: the training bar (unit "step"), none of its own for tokenizing ("msg", "it").
+    assert "step/s" in err and not any(unit in err for unit in ("msg/s", "s/msg", "it/s", "s/it", "tokenizing"))
+    assert "held-out loss" in err  # shown when evaluated
     chat = load_model(out)
     assert chat.metadata["job"] == "finetune"
     assert chat.tokenizer.special_ids == load_model(pretrained).tokenizer.special_ids
@@ -189,3 +218,59 @@ def test_wikiextractor_directory_as_pretraining_data(tmp_path):
     assert pretrain.main([*SMALL, "--data", str(tmp_path / "text"), "--out", out, "--steps", "4",
                           "--eval-every", "4"]) == 0
     assert load_model(out).metadata["data"] == str(tmp_path / "text")
+
+
+def _readme_multiworker_commands():
+    """The README's two-process example: [(TF_CONFIG dict, argv)] in the order it starts them."""
+    import json
+    import shlex
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = readme.split("<!-- multi-worker example: run by tests/test_training_cli.py -->", 1)[1]
+    block = block.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line)
+        if words and words[0].startswith("TF_CONFIG="):
+            commands.append((json.loads(words[0][len("TF_CONFIG="):]), [w for w in words[1:] if w != "&"]))
+    return commands
+
+
+def test_readme_multiworker_example_two_processes_agree(tmp_path):
+    """Two `python -m training.pretrain` workers on loopback, started as the README shows (with free ports
+    and a temporary --out): both finish with the same figures, only the chief writes the run, the other
+    leaves no temporary directory, and neither prints TF's start-up noise."""
+    import json
+    import re
+
+    commands = _readme_multiworker_commands()
+    assert [c["task"]["index"] for c, _ in commands] == [1, 0]
+    ports = dict(zip(("127.0.0.1:12345", "127.0.0.1:12346"), (f"127.0.0.1:{p}" for p in free_ports(2))))
+    scratch, out = tmp_path / "tmp", str(tmp_path / "two-workers")
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TFCHAT_RAW_STDERR"}  # the real stderr filter
+    env["TMPDIR"] = str(scratch)
+    procs = {}
+    for tf_config, argv in commands:
+        tf_config["cluster"]["worker"] = [ports[a] for a in tf_config["cluster"]["worker"]]
+        assert argv[:3] == ["python", "-m", "training.pretrain"] and "--precision" in argv
+        argv = [sys.executable, *argv[1:]]
+        argv[argv.index("--out") + 1] = out
+        procs[tf_config["task"]["index"]] = subprocess.Popen(
+            argv, cwd=ROOT, env={**env, "TF_CONFIG": json.dumps(tf_config)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = {i: p.communicate(timeout=600) for i, p in procs.items()}
+    for i, p in procs.items():
+        assert p.returncode == 0, results[i][1][-3000:]
+    figures = {i: re.search(r"step 10, train loss ([\d.]+), held-out loss ([\d.]+)", err) for i, (_, err) in results.items()}
+    assert figures[0] and figures[1] and figures[0].groups() == figures[1].groups(), results
+    with open(os.path.join(out, "run.json")) as f:
+        record = json.load(f)
+    assert record["strategy"] == "CollectiveAllReduceStrategy" and record["replicas"] == 2  # MultiWorkerMirrored
+    assert record["train_config"]["precision"] in ("bf16", "fp32", "fp16")
+    loaded = load_model(out)
+    assert loaded.metadata["step"] == 10 and abs(loaded.metadata["loss"] - float(figures[0].group(1))) < 1e-3
+    assert not [n for n in os.listdir(scratch) if "tfchat" in n], os.listdir(scratch)
+    for _, err in results.values():
+        # C++ log lines (absl's format with a thread id), absl's banner, oneDNN/CUDA probing, tracebacks
+        assert not re.search(r"^[IWE]\d{4} [\d:.]+\s+\d+ |absl::InitializeLog|oneDNN|cuda|Traceback", err, re.M), err[-3000:]

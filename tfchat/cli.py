@@ -87,7 +87,10 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """An ArgumentParser that keeps the module docstring's layout and shows defaults."""
 
     class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
+        def _get_help_string(self, action):  # no "(default: None)", "(default: False)" or a second default
+            if action.default in (None, False) or "(default" in (action.help or ""):
+                return action.help
+            return super()._get_help_string(action)
 
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=Formatter)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -237,11 +240,37 @@ def setup(verbose: bool = False) -> None:
 # ----------------------------------------------------------------------------- running a command
 
 
+_NO_SPACE = re.compile(r"(?:(\S+?)(?:\.tempstate\d+)?; )?No space left on device")
+
+
+def tf_error_message(error: BaseException) -> str:
+    """The useful line of a TensorFlow error: the message of a failed graph assertion if there is
+    one, else its first line without TF's node and function annotations."""
+    text = getattr(error, "message", None) or str(error)
+    found = re.search(r"assertion failed: \[([^\]]*)\]", text)
+    if found:
+        return found.group(1).split("Condition")[0].strip().rstrip(".")
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("[[")]
+    useful = [ln for ln in lines if ln != "Graph execution error:" and not ln.startswith("Detected at node")]
+    return re.sub(r"\s*\[Op:\w+\]( name: \S*)?$", "", (useful or lines or [type(error).__name__])[0])
+
+
+def _is_tf_error(error: BaseException) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.OpError)
+
+
 def error_line(error: BaseException) -> str:
-    """One line for a failure, naming what to do where we know it."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        where = f" writing {error.filename}" if error.filename else ""
+    """One line for a failure, naming what to do where we know it. A full disk (ENOSPC, or a
+    TensorFlow write failing with "No space left on device") says so, with the file it was writing."""
+    no_space = _NO_SPACE.search(str(error))
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or no_space:
+        filename = getattr(error, "filename", None) or (no_space.group(1) if no_space else None)
+        where = f" writing {filename}" if filename else ""
         return f"no space left on the device{where}: free some space (or choose another --out) and re-run the command"
+    if _is_tf_error(error):
+        return tf_error_message(error)
     return str(error).strip() or type(error).__name__
 
 
@@ -249,7 +278,7 @@ def run(main: Callable[[], int | None], expected: tuple[type[BaseException], ...
     """Runs a command's body; a known failure prints `error: ...` on one line and returns its exit code.
 
     `expected`: extra exception types that are user-facing runtime failures
-    (ValueError, OSError and RuntimeError already are).
+    (ValueError, OSError, RuntimeError and TensorFlow's op errors already are).
     """
     try:
         return int(main() or 0)
@@ -260,6 +289,12 @@ def run(main: Callable[[], int | None], expected: tuple[type[BaseException], ...
         print(f"error: {error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError, RuntimeError, *expected) as e:
+        log.debug("details", exc_info=True)
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as e:
+        if not _is_tf_error(e):
+            raise
         log.debug("details", exc_info=True)
         print(f"error: {error_line(e)}", file=sys.stderr)
         return EXIT_FAILURE

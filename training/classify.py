@@ -76,7 +76,8 @@ def main(argv=None) -> int:
                      char_ngrams=args.char_ngrams, dropout=args.dropout or 0.0)
         metrics = classify(ClassifyOptions(
             out=args.out, task=args.task, data=args.data or [], train=train_config(args, seq_len=1), model=model,
-            balance=args.balance, strategy=args.strategy, resume=args.resume, progress=args.progress,
+            balance=args.balance, strategy=args.strategy, resume=args.resume, override=args.override,
+            progress=args.progress,
         ))
         print_summary(metrics, args.out, time.perf_counter() - start)
         cli.print_next(f"python -m training.evaluate --classifier {args.out} --data moderation-requests",

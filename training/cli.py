@@ -6,6 +6,8 @@ Importing this module does not import TensorFlow, so `--help` is instant.
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import math
 import os
 import sys
@@ -69,6 +71,9 @@ def add_training_flags(p: argparse.ArgumentParser, defaults: dict, sequences: bo
                    help="continue from the run directory's latest checkpoint (the default)")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to touch a run directory that already has checkpoints")
+    g.add_argument("--override", action="store_true",
+                   help="resume although flags that change results (batch size, seq len, lr, schedule, precision, "
+                        "seed, data...) differ from the ones in run.json; the change is recorded there")
     g.add_argument("--eval-every", type=cli.positive_int, default=defaults["eval_every"], help="held-out evaluation interval")
     g.add_argument("--eval-batches", type=cli.positive_int, default=20, help="batches per evaluation")
     g.add_argument("--save-every", type=cli.positive_int, default=defaults["save_every"], help="checkpoint interval")
@@ -144,3 +149,25 @@ def print_summary(metrics: dict, out: str, wall: float) -> None:
         head = (f"\nDone in {wall / 60:.1f} min: step {metrics.get('step')}, {figures}, "
                 f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s.")
     print(head + f"\nModel directory: {os.path.join(out, 'model')}", file=sys.stderr)
+
+
+def exit_process(code: int) -> None:
+    """Ends a training command's process with `code`.
+
+    With several workers in TF_CONFIG the process leaves at once (exit
+    handlers run, TensorFlow's seconds-long teardown is skipped): workers
+    reach this together (the trainer ends with a barrier), and a worker still
+    tearing down when another is gone gets a failed coordination heartbeat and
+    reports its peer as crashed.
+    """
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, AttributeError, TypeError):
+        workers = 0
+    if workers > 1 and "tensorflow" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+        os._exit(code)
+    sys.exit(code)

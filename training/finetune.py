@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from tfchat import cli
-from training.cli import add_content_filter_flags, add_training_flags, check_content_filter_flags, run_job, train_config
+from training.cli import (add_content_filter_flags, add_training_flags, check_content_filter_flags, exit_process,
+                          run_job, train_config)
 
 DEFAULTS = dict(steps=300, batch_size=16, lr=5e-4, warmup_steps=30, eval_every=100, save_every=100, out="runs/chat")
 
@@ -55,8 +54,9 @@ def main(argv=None) -> int:
         seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
         return finetune(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, progress=args.progress, init_from=args.init_from, dropout=args.dropout, pack=args.pack,
-            columns=columns, content_filter=args.content_filter, filter_threshold=args.filter_threshold,
+            resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
+            dropout=args.dropout, pack=args.pack, columns=columns, content_filter=args.content_filter,
+            filter_threshold=args.filter_threshold,
         ))
 
     return run_job(job, args, lambda out: [f"python -m serving.export --model {out} --out exports/tfchat",
@@ -64,4 +64,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

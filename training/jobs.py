@@ -10,20 +10,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
+import zlib
 
-from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, resolve_model_dir
+from tfchat import atomic
+from tfchat.checkpoint.model_dir import TOKENIZER_DIR, is_model_dir, load_model, not_found, resolve_model_dir
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
 from tfchat.data.sources import documents_dataset
 from tfchat.data.tables import Columns
 from tfchat.text import chat_template
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
-from training.strategy import is_chief, make_strategy
-from training.trainer import TrainConfig, Trainer
+from training.run_dir import RunDirectory, figures
+from training.strategy import gather, is_chief, make_strategy
+from training.trainer import TrainConfig, Trainer, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class JobOptions:
     resume: bool = True
     progress: bool = True
     columns: Columns = Columns()  # where table/JSONL rows hold the text or the conversation
+    override: bool = False  # resume although result-changing flags differ from run.json's
     # pretrain only
     preset: str = "tiny"
     tokenizer: str | None = None
@@ -61,16 +68,9 @@ class JobOptions:
     filter_threshold: float | None = None
 
 
-def check_writable(out: str) -> None:
-    """Fails early, before any work, when `out` cannot be created or written."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"cannot write to the output directory {out}: {e.strerror or e}") from e
+def run_lock(out: str, strategy):
+    """The run directory's lock, held by the chief for the whole job (tokenizer, training, model)."""
+    return RunDirectory(out).lock() if is_chief(strategy) else contextlib.nullcontext()
 
 
 def check_seq_len(seq_len: int, config: GPTConfig, what: str) -> None:
@@ -88,6 +88,10 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
         path = opts.tokenizer
         if is_model_dir(path) or is_model_dir(os.path.join(path, "model")):
             path = os.path.join(resolve_model_dir(path), TOKENIZER_DIR)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"tokenizer not found: {path}; --tokenizer takes a run or model directory (e.g. one written by "
+                "`python -m training.pretrain`) or its tokenizer/ folder; leave it out to train a new one")
         return load_tokenizer(path)
     vocab_size = opts.vocab_size or GPTConfig.from_preset(opts.preset).vocab_size
     log.info("Training a %d-token SentencePiece tokenizer on the first %s characters of %s",
@@ -121,12 +125,10 @@ def load_content_filter(opts: JobOptions):
 
 def write_filter_report(out: str, content_filter, unit: str, counts: dict | None) -> None:
     """Logs what the filter dropped ({split: {"total", "dropped"}}; None: unknown) and writes RUN/content_filter.json."""
-    from training.run_dir import write_json_atomic
-
     for split, c in (counts or {}).items():
         log.info("content filter: dropped %d of %d %s in the %s split (%.2f%%)", c["dropped"], c["total"], unit, split,
                  100 * c["dropped"] / max(c["total"], 1))
-    write_json_atomic(os.path.join(out, "content_filter.json"),
+    atomic.write_json(os.path.join(out, "content_filter.json"),
                       {**content_filter.describe(), "unit": unit, "splits": counts})
 
 
@@ -162,80 +164,114 @@ def report_finetune_filter(opts: JobOptions, content_filter) -> None:
     write_filter_report(opts.out, content_filter, "conversations", counts)
 
 
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> int:
+    """CRC32 of the tokenizer's saved files."""
+    crc = 0
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(d)
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), "rb") as f:
+                crc = zlib.crc32(f.read(), crc)
+    return crc
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str) -> None:
+    """Writes the run's tokenizer atomically (a kill leaves none or a complete one)."""
+    tmp = atomic.temp_path(directory)
+    tokenizer.save(tmp)
+    shutil.rmtree(directory, ignore_errors=True)  # an incomplete one (no tokenizer.json) left by an older tfchat
+    os.rename(tmp, directory)
+
+
 def pretrain(opts: JobOptions) -> dict:
     """Pretrains a GPT on a text source; returns the final metrics."""
     strategy = make_strategy(opts.strategy)
-    if is_chief(strategy):
-        check_writable(opts.out)
     content_filter = load_content_filter(opts)
-    if content_filter is not None and is_chief(strategy):
-        report_pretrain_filter(opts, content_filter)
-    run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
-    tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
-    if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
-        tokenizer.save(run_tokenizer_dir)
-    config = GPTConfig.from_preset(opts.preset, **opts.architecture, vocab_size=tokenizer.vocab_size)
-    cfg = opts.train
-    check_seq_len(cfg.seq_len, config, opts.preset)
+    with run_lock(opts.out, strategy):
+        if content_filter is not None and is_chief(strategy):
+            report_pretrain_filter(opts, content_filter)
+        run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
+        tokenizer = pretrain_tokenizer(opts, run_tokenizer_dir)
+        if len(set(gather(strategy, tokenizer_fingerprint(tokenizer)))) > 1:
+            raise TrainingError("the workers built different tokenizers; give every worker the same one with "
+                                "--tokenizer (e.g. the chief's RUN/tokenizer)")
+        if is_chief(strategy) and not os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
+            save_tokenizer(tokenizer, run_tokenizer_dir)
+        config = GPTConfig.from_preset(opts.preset, **opts.architecture, vocab_size=tokenizer.vocab_size)
+        cfg = opts.train
+        check_seq_len(cfg.seq_len, config, opts.preset)
 
-    def data(split):
-        def fn(ctx, batch):
-            return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
-                                    content_filter=content_filter)
-        return fn
+        def data(split):
+            def fn(ctx, batch):
+                return pretrain_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
+                                        input_context=ctx, repeat=split == "train", text_column=opts.columns.text,
+                                        content_filter=content_filter)
+            return fn
 
-    trainer = Trainer(
-        config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
-        sample_prompts=[tokenizer.encode(p) for p in PRETRAIN_PROMPTS],
-        metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data},
-    )
-    return trainer.train(resume=opts.resume, progress=opts.progress)
+        trainer = Trainer(
+            config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
+            sample_prompts=[tokenizer.encode(p) for p in PRETRAIN_PROMPTS],
+            metadata={"job": "pretrain", "preset": opts.preset, "data": opts.data},
+        )
+        return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
 
 
 def find_model_dir(init_from: str) -> str:
     """The model directory a fine-tuning stage starts from, with an error that says how to make one."""
     path = resolve_model_dir(init_from)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"model directory not found: {init_from}. Create it with `python -m training.pretrain --out {init_from}` "
-            "(or import GPT-2 with `python -m tfchat.convert`)"
-        )
+        raise not_found(init_from)
     return path
+
+
+def check_dialogue_files(data: str | None) -> None:
+    """Fails early, naming the converter, when a dialogue file of `data` does not exist."""
+    from tfchat.data.dialogues import default_dialogue_source, parse_dialogue_source
+
+    for fmt, path in parse_dialogue_source(data or default_dialogue_source()):
+        if fmt != "table" and not path.startswith("tfds:") and not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path}: no such file; convert your dialogues into messages JSONL with "
+                f"`python -m training.convert_dialogues --format FORMAT --input FILE --out {path}`")
 
 
 def finetune(opts: JobOptions) -> dict:
     """Fine-tunes a model directory on dialogues into a chat model (language modelling on assistant tokens)."""
     strategy = make_strategy(opts.strategy)
-    if is_chief(strategy):
-        check_writable(opts.out)
-    content_filter = load_content_filter(opts)
-    if content_filter is not None and is_chief(strategy):
-        report_finetune_filter(opts, content_filter)
     source_dir = find_model_dir(opts.init_from)
-    start = load_model(source_dir)
-    config = start.config
-    if opts.dropout is not None:
-        config = config.replace(dropout=opts.dropout)
-    tokenizer, cfg = start.tokenizer, opts.train
-    check_seq_len(cfg.seq_len, config, "model's")
-    weights = start.model.get_weights()
-    del start
+    check_dialogue_files(opts.data)
+    content_filter = load_content_filter(opts)
+    with run_lock(opts.out, strategy):
+        if content_filter is not None and is_chief(strategy):
+            report_finetune_filter(opts, content_filter)
+        start = load_model(source_dir)
+        config = start.config
+        if opts.dropout is not None:
+            config = config.replace(dropout=opts.dropout)
+        tokenizer, cfg = start.tokenizer, opts.train
+        check_seq_len(cfg.seq_len, config, "model's")
+        weights = start.model.get_weights()
+        del start
+        built: dict = {}  # conversations are read and tokenized once per split and pipeline, not at every evaluation
 
-    def data(split):
-        def fn(ctx, batch):
-            return finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
-                                    input_context=ctx, repeat=split == "train", pack=opts.pack,
-                                    columns=opts.columns, content_filter=content_filter)
-        return fn
+        def data(split):
+            def fn(ctx, batch):
+                key = (split, ctx.num_input_pipelines, ctx.input_pipeline_id, batch)
+                if key not in built:
+                    built[key] = finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
+                                                  input_context=ctx, repeat=split == "train", pack=opts.pack,
+                                                  columns=opts.columns, content_filter=content_filter)
+                return built[key]
+            return fn
 
-    prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2) for p in CHAT_PROMPTS]
-    trainer = Trainer(
-        config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
-        init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
-        metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
-    )
-    return trainer.train(resume=opts.resume, progress=opts.progress)
+        prompts = [chat_template.prompt([{"role": "user", "content": p}], tokenizer, cfg.seq_len // 2)
+                   for p in CHAT_PROMPTS]
+        trainer = Trainer(
+            config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
+            init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
+            metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data},
+        )
+        return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
 
 
 @dataclasses.dataclass
@@ -250,6 +286,7 @@ class ClassifyOptions:
     balance: float = 0.0  # source balancing of training batches (`labelled_batches`)
     strategy: str = "auto"
     resume: bool = True
+    override: bool = False
     progress: bool = True
 
 
@@ -269,8 +306,6 @@ def classify(opts: ClassifyOptions) -> dict:
     task = labelled.TASKS[opts.task]
     data = opts.data or [task.default_data]
     strategy = make_strategy(opts.strategy)
-    if is_chief(strategy):
-        check_writable(opts.out)
     examples, labels = task.prepare(labelled.load_examples(data))
     split = {s: [e for e in examples if e.resolved_split() == s] for s in ("train", "validation")}
     for s, part in split.items():
@@ -293,21 +328,23 @@ def classify(opts: ClassifyOptions) -> dict:
                                     input_context=ctx, repeat=part == "train")
         return fn
 
-    metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
-                "label_counts": {label: int(n) for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
-    trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
-                      metadata=metadata, objective=Classification(task.multi_label))
-    metrics = trainer.train(resume=opts.resume, progress=opts.progress)
-    # Thresholds and held-out metrics of the final weights.
-    held_out = split["validation"]
-    scores = batched_scores(keras_score_fn(trainer.model, task.multi_label), [e.text for e in held_out], len(labels))
-    targets = labelled.targets(held_out, labels)
-    thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
-    result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
-                                    sources=[e.source for e in held_out], primary=labelled.FLAGGED)
-    trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result),
-                            **{k: v for k, v in metrics.items() if k == "loss" or k.startswith("val_")}})
-    return {**metrics, "held_out": result}
+    with run_lock(opts.out, strategy):
+        metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
+                    "label_counts": {label: int(n)
+                                     for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
+        trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
+                          metadata=metadata, objective=Classification(task.multi_label))
+        metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
+        # Thresholds and held-out metrics of the final weights.
+        held_out = split["validation"]
+        scores = batched_scores(keras_score_fn(trainer.model, task.multi_label), [e.text for e in held_out], len(labels))
+        targets = labelled.targets(held_out, labels)
+        thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
+        result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
+                                        sources=[e.source for e in held_out], primary=labelled.FLAGGED)
+        trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result),
+                                **figures(metrics)})
+        return {**metrics, "held_out": result}
 
 
 def _summary(result: dict) -> dict:

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from tfchat import cli
-from training.cli import add_content_filter_flags, add_training_flags, check_content_filter_flags, run_job, train_config
+from training.cli import (add_content_filter_flags, add_training_flags, check_content_filter_flags, exit_process,
+                          run_job, train_config)
 
 # The ablation's winner (README, "A better model per CPU-minute"): Muon at 1e-2 with a warmup-stable-decay schedule.
 DEFAULTS = dict(steps=1500, batch_size=16, lr=1e-2, warmup_steps=100, optimizer="muon", schedule="wsd",
@@ -75,13 +75,14 @@ def main(argv=None) -> int:
         seq_len = args.seq_len or GPTConfig.from_preset(args.preset, **architecture).block_size
         return pretrain(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, progress=args.progress, preset=args.preset, tokenizer=args.tokenizer,
-            vocab_size=args.vocab_size, architecture=architecture, columns=Columns(text=args.text_column),
-            content_filter=args.content_filter, filter_threshold=args.filter_threshold,
+            resume=args.resume, override=args.override, progress=args.progress, preset=args.preset,
+            tokenizer=args.tokenizer, vocab_size=args.vocab_size, architecture=architecture,
+            columns=Columns(text=args.text_column), content_filter=args.content_filter,
+            filter_threshold=args.filter_threshold,
         ))
 
     return run_job(job, args, lambda out: [f"python -m training.finetune --from {out}"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

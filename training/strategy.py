@@ -7,13 +7,16 @@ MirroredStrategy with more than one GPU, else the default strategy.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import tempfile
 
 import tensorflow as tf
 
+from tfchat import atomic
 from training.hardware import tpu_attached
 
 log = logging.getLogger(__name__)
@@ -82,12 +85,44 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def worker_dir(path: str, strategy: tf.distribute.Strategy) -> str:
-    """`path` on the chief; a throwaway directory on other workers.
+    """`path` on the chief; on other workers a throwaway directory, removed when the process exits.
 
     Under MultiWorkerMirroredStrategy every worker must take part in a
     checkpoint save (it is a collective), but only the chief's copy is kept.
+    A worker that was killed leaves its directory behind; the next worker
+    with the same task on this machine removes it.
     """
     if is_chief(strategy):
         return path
     resolver = strategy.cluster_resolver
-    return tempfile.mkdtemp(prefix=f"tfchat-{resolver.task_type}-{resolver.task_id}-")
+    name = f"tfchat-{resolver.task_type}-{resolver.task_id}"
+    atomic.remove_stale_temps(tempfile.gettempdir(), name)
+    scratch = atomic.temp_path(os.path.join(tempfile.gettempdir(), name))
+    os.makedirs(scratch)
+    atexit.register(shutil.rmtree, scratch, True)
+    return scratch
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._num_workers > 1
+
+
+def gather(strategy: tf.distribute.Strategy, value: float) -> list[float]:
+    """`value` of every worker (a collective: every worker must call it); `[value]` with one worker."""
+    if not _multi_worker(strategy):
+        return [value]
+
+    @tf.function
+    def step():
+        def replica():
+            ctx = tf.distribute.get_replica_context()
+            return ctx.all_gather(tf.constant([value], tf.float64), axis=0)
+        return strategy.experimental_local_results(strategy.run(replica))[0]
+
+    return [float(v) for v in step().numpy()]
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns when every worker has reached it: workers leave together, so the chief's
+    coordination service does not report the ones that finished first as crashed."""
+    gather(strategy, 0.0)

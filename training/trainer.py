@@ -22,10 +22,19 @@ anything else. Checkpoints (model, optimizer, step, dropout RNG state, loss
 scale) go through `tf.train.CheckpointManager`; the data position is the
 step count, replayed on resume by skipping that many elements of the
 deterministic pipeline.
+
+The run directory (`training.run_dir`) is locked while training, cleaned of
+what killed runs left, and records the flags a run started with: resuming
+with other values of the flags that change results (`RESUME_FLAGS`) is
+refused unless `override=True`, which records the change in run.json. The
+final figures are written to run.json before the last checkpoint, so a kill
+at any moment of the end leaves a re-run that completes the model
+directory and reports them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,14 +52,22 @@ from tfchat.text.tokenizer import Tokenizer
 from training.hardware import measure_peak_flops
 from training.objectives import LanguageModeling, Objective
 from training.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
-from training.run_dir import RunDirectory
-from training.strategy import is_chief, worker_dir
+from training.run_dir import RunDirectory, figures
+from training.strategy import barrier, gather, is_chief, worker_dir
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+
+# What a resumed run may not change silently: TrainConfig fields and job metadata that change results.
+# (steps may grow, micro-batch size, intervals and XLA only change speed and bookkeeping.)
+RESUME_FLAGS = ("batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "optimizer", "schedule", "cooldown",
+                "weight_decay", "beta_1", "beta_2", "grad_clip", "precision", "seed")
+RESUME_METADATA = ("job", "data", "from")
+# Model settings a resumed run may change with override (the rest is the model's shape).
+OVERRIDABLE_MODEL = ("dropout",)
 
 
 @dataclasses.dataclass
@@ -118,6 +135,10 @@ class TrainingError(RuntimeError):
     """A failure the user must act on (NaN loss, incompatible checkpoint...)."""
 
 
+class ResumeMismatch(TrainingError):
+    """Resuming with flags that differ from the ones the run recorded (without `override`)."""
+
+
 class Trainer:
     """Trains a model under a tf.distribute strategy, with checkpoints, summaries and resume.
 
@@ -179,7 +200,8 @@ class Trainer:
             # Dropout's seed-generator states: tf.train.Checkpoint(model=...) does not track them.
             rng=[v.value for v in self.model.non_trainable_variables],
         )
-        self.ckpt_dir = os.path.join(worker_dir(out_dir, strategy), "checkpoints")
+        self.work_dir = worker_dir(out_dir, strategy)
+        self.ckpt_dir = os.path.join(self.work_dir, "checkpoints")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=train_cfg.keep_checkpoints)
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
@@ -298,26 +320,58 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------
 
-    def restore(self, resume: bool) -> int:
-        """Restores the latest checkpoint when `resume`; returns the step to start from."""
-        latest = self.manager.latest_checkpoint
+    def restore(self, resume: bool, override: bool = False) -> int:
+        """Restores the latest checkpoint when `resume`; returns the step to start from.
+
+        Refuses a checkpoint of another model shape, and (unless `override`)
+        one recorded with other values of `RESUME_FLAGS`.
+        """
+        self._resume_changes = {}
+        # Other workers resume from the chief's checkpoints (their own are throwaway copies).
+        latest = (self.manager.latest_checkpoint if self.chief
+                  else tf.train.latest_checkpoint(os.path.join(self.out_dir, "checkpoints")))
         if latest and not resume:
             raise TrainingError(
                 f"{self.out_dir} already holds checkpoints; pass --resume to continue it or choose another --out"
             )
         if latest:
-            saved = self.run.read_record().get("model_config")
-            if saved and saved != self.config.to_dict():
+            record = self.run.read_record()
+            saved = record.get("model_config")
+            shape = {k: v for k, v in (saved or {}).items() if k not in OVERRIDABLE_MODEL}
+            mine = {k: v for k, v in self.config.to_dict().items() if k not in OVERRIDABLE_MODEL}
+            if saved and shape != mine:
                 raise TrainingError(
-                    f"checkpoint in {self.ckpt_dir} is for another model shape ({_diff(saved, self.config.to_dict())}); "
+                    f"checkpoint in {self.ckpt_dir} is for another model shape ({_diff(shape, mine)}); "
                     "use a new --out or the same preset/flags"
                 )
+            self._resume_changes = self._check_resume_flags(record, override)
             try:
                 self.checkpoint.restore(latest).assert_existing_objects_matched()
             except (ValueError, AssertionError, tf.errors.OpError) as e:
                 raise TrainingError(f"cannot restore checkpoint {latest}: {e}") from e
             log.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
+
+    def _check_resume_flags(self, record: dict, override: bool) -> dict:
+        """{flag: [recorded, given]} of the result-changing flags this run changes; raises without `override`."""
+        model = record.get("model_config") or {}
+        before = {**record.get("train_config", {}), **{k: record[k] for k in RESUME_METADATA if k in record},
+                  **{k: model[k] for k in OVERRIDABLE_MODEL if k in model}}
+        now = {**dataclasses.asdict(self.cfg), **self.metadata, **{k: getattr(self.config, k) for k in OVERRIDABLE_MODEL}}
+        keys = RESUME_FLAGS + RESUME_METADATA + OVERRIDABLE_MODEL
+        changes = {k: [before[k], now.get(k)] for k in keys if k in before and before[k] != now.get(k)}
+        if changes and not override:
+            flag = lambda k: k if k == "job" else "--" + k.replace("_", "-")  # noqa: E731
+            raise ResumeMismatch(
+                f"{self.out_dir} was started with " + ", ".join(f"{flag(k)} {v[0]}" for k, v in changes.items())
+                + "; this command gives " + ", ".join(f"{flag(k)} {v[1]}" for k, v in changes.items())
+                + ". Re-run with the recorded values, or add --override to continue with the new ones "
+                "(the change is recorded in run.json)"
+            )
+        if changes:
+            log.warning("Resuming with changed settings (--override): %s",
+                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+        return changes
 
     def save_checkpoint(self) -> None:
         # Every worker saves (a collective under MultiWorkerMirroredStrategy); only the chief's dir is kept.
@@ -334,23 +388,46 @@ class Trainer:
         log.warning("Received signal %d: saving a checkpoint after this step", signum)
         self._stop_signal = signum
 
-    def train(self, resume: bool = True, progress: bool = True) -> dict:
-        """Runs until `cfg.steps`; returns final metrics. Re-running resumes; a finished run returns its record."""
+    def train(self, resume: bool = True, progress: bool = True, override: bool = False) -> dict:
+        """Runs until `cfg.steps`; returns final metrics. Re-running resumes; a finished run returns its record.
+
+        Args:
+            resume: continue from the latest checkpoint (else refuse a directory that has one).
+            progress: draw a progress bar (on the chief).
+            override: resume even when result-changing flags differ from the recorded ones.
+        """
+        with self.run.lock() if self.chief else contextlib.nullcontext():
+            return self._train(resume, progress, override)
+
+    def _train(self, resume: bool, progress: bool, override: bool) -> dict:
         cfg = self.cfg
-        if self.chief:
-            os.makedirs(self.out_dir, exist_ok=True)
-        start = self.restore(resume)
+        start = self.restore(resume, override)
+        starts = gather(self.strategy, start)
+        if len(set(starts)) > 1:
+            raise TrainingError(
+                f"the workers resumed at different steps ({[int(s) for s in starts]}): every worker must read "
+                f"the chief's --out ({self.out_dir}), e.g. on a shared file system"
+            )
         if start >= cfg.steps:
-            recorded = self.run.final_metrics()
+            recorded = self.run.final_metrics(start)
+            if self.chief and self.run.model_metadata().get("step") != start:
+                self.save_model_dir(recorded)  # killed between the last checkpoint and the model directory
             log.info("%s is complete at step %d (of %d); nothing to do", self.out_dir, start, cfg.steps)
             return {"step": start, **recorded, "complete": True}
         if self.chief:
-            self.run.write_record({
+            previous = self.run.read_record()
+            record = {
                 "model_config": self.config.to_dict(), "train_config": dataclasses.asdict(cfg),
                 "objective": self.objective.name, "strategy": type(self.strategy).__name__,
                 "replicas": self.replicas, **self.metadata,
-            })
-        writer = tf.summary.create_file_writer(os.path.join(worker_dir(self.out_dir, self.strategy), "logs"))
+            }
+            overrides = previous.get("overrides", [])
+            if self._resume_changes:
+                overrides = overrides + [{"step": start, "changes": self._resume_changes}]
+            record.update({"overrides": overrides} if overrides else {})
+            record.update({"final": previous["final"]} if "final" in previous else {})
+            self.run.write_record(record)
+        writer = tf.summary.create_file_writer(os.path.join(self.work_dir, "logs"))
         with writer.as_default(step=start):
             tf.summary.text("config", "```\n" + json.dumps(
                 {"model": self.config.to_dict(), "train": dataclasses.asdict(cfg)}, indent=2) + "\n```")
@@ -396,8 +473,12 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(_postfix(metrics), refresh=False)
+            final = figures(metrics)
+            if self.chief:
+                self.run.record_final(step, final)
             self.save_checkpoint()
-            self.save_model_dir({k: v for k, v in metrics.items() if k == "loss" or k.startswith("val_")})
+            self.save_model_dir(final)
+            barrier(self.strategy)  # workers leave together, after the chief's last write
         finally:
             if bar is not None:
                 bar.close()

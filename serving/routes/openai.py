@@ -1,17 +1,22 @@
 """OpenAI-compatible routes: existing OpenAI clients and SDKs talk to a tfchat model unchanged.
 
     GET  /v1/models
-    POST /v1/chat/completions   {"messages": [...], "max_tokens", "temperature", "top_p", "top_k", "seed", "stream"}
-    POST /v1/completions        {"prompt": str | [str], ...same}
+    POST /v1/chat/completions   {"messages": [...], "max_tokens", "temperature", "top_p", "top_k", "seed", "stream",
+                                 "logprobs": bool, "top_logprobs": 0..20}
+    POST /v1/completions        {"prompt": str | [str], ...same, "logprobs": 0..5}
 
 `stream: true` gives server-sent events in OpenAI's chunk format, ending
 with `data: [DONE]`. Sampling settings a request leaves out come from the
-model's `SamplingParams`. Errors are OpenAI-shaped:
-`{"error": {"message", "type", "param", "code"}}`.
+model's `SamplingParams`. Log-probabilities come in OpenAI's shapes (chat:
+`choices[].logprobs.content[]` with token, logprob, bytes, top_logprobs;
+completions: `logprobs.tokens`, `token_logprobs`, `top_logprobs`,
+`text_offset`), streamed with the chunk that carries their text. Errors are
+OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
 
 Example:
 
-    curl -s localhost:8501/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
+    curl -s localhost:8501/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "Hi!"}], "logprobs": true, "top_logprobs": 2}'
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serving.backend import Backend, GenRequest
+from serving.backend import Backend, GenRequest, TokenLogprob
 from serving.errors import BadRequest
-from serving.http import in_thread, json_body
+from serving.http import json_body, results_unless_gone
+from serving.openapi import CHAT_REQUEST, COMPLETION_REQUEST, OPENAI_ERROR, documented
 
 
 def openai_error(status: int, message: str, code: str | None = None) -> JSONResponse:
@@ -53,11 +59,82 @@ def messages_of(messages) -> list[dict]:
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}] must be an object")
         content = m.get("content")
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if isinstance(content, list):  # OpenAI content parts: this model reads text ones only
+            texts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise BadRequest(f"messages[{i}].content[{j}]: only text parts are supported by this text model"
+                                     + (f", not {kind!r}" if isinstance(kind, str) else ""))
+                if not isinstance(part.get("text"), str):
+                    raise BadRequest(f"messages[{i}].content[{j}].text must be a string")
+                texts.append(part["text"])
+            content = "".join(texts)
         role = "system" if m.get("role") == "developer" else m.get("role")
         out.append({"role": role, "content": content})
     return out
+
+
+def logprobs_of(body: dict, chat: bool) -> int | None:
+    """How many top log-probabilities the request wants per token: None = no log-probabilities at all."""
+    if chat:
+        wanted, top = body.get("logprobs"), body.get("top_logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise BadRequest("logprobs must be a boolean")
+        if top is not None and not wanted:
+            raise BadRequest("top_logprobs requires logprobs: true")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
+            raise BadRequest(f"top_logprobs must be an integer in 0 .. 20, got {top!r}")
+        return (top or 0) if wanted else None
+    top = body.get("logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 5):
+        raise BadRequest(f"logprobs must be an integer in 0 .. 5, got {top!r}")
+    return top
+
+
+def _token(data: bytes) -> str:
+    """A token's text as OpenAI shows it: a piece of a character spelled in byte tokens as bytes:\\xNN."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+
+def _top_dict(top: list) -> dict:
+    """{token text: log-probability}, likeliest first; two tokens with one text (byte tokens of partial
+    characters all read as U+FFFD) keep the likelier."""
+    out: dict = {}
+    for _, data, logprob in top:
+        out.setdefault(_token(data), logprob)
+    return out
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
+    def entry(data: bytes, logprob: float) -> dict:
+        return {"token": _token(data), "logprob": logprob, "bytes": list(data)}
+
+    return {"content": [{**entry(t.bytes, t.logprob), "top_logprobs": [entry(b, lp) for _, b, lp in t.top]}
+                        for t in tokens], "refusal": None}
+
+
+def completion_logprobs(tokens: list[TokenLogprob], before: bytes = b"") -> dict:
+    """The legacy completions shape; `before`: the reply's bytes preceding `tokens` (for text_offset)."""
+    offsets, seen = [], before
+    for t in tokens:
+        offsets.append(len(seen.decode("utf-8", errors="ignore")))
+        seen += t.bytes
+    return {
+        "tokens": [_token(t.bytes) for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [_top_dict(t.top) for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def usage_of(completions: list) -> dict:
+    prompt = sum(c.prompt_tokens for c in completions)
+    generated = sum(len(c.token_ids) for c in completions)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
 
 def router(backend: Backend) -> APIRouter:
@@ -80,10 +157,11 @@ def router(backend: Backend) -> APIRouter:
             if not isinstance(stream, bool):
                 raise BadRequest("stream must be a boolean")
             sampling = sampling_of(body, backend)
+            logprobs = logprobs_of(body, chat)
             if chat:
                 if "messages" not in body:
                     raise BadRequest("'messages' is required")
-                requests = [GenRequest(messages=messages_of(body["messages"]), sampling=sampling)]
+                requests = [GenRequest(messages=messages_of(body["messages"]), sampling=sampling, logprobs=logprobs)]
             else:
                 prompt = body.get("prompt")
                 prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -91,38 +169,37 @@ def router(backend: Backend) -> APIRouter:
                     raise BadRequest("'prompt' must be a string or a non-empty list of strings")
                 if stream and len(prompts) > 1:
                     raise BadRequest("stream=true takes a single prompt")
-                requests = [GenRequest(prompt=p, sampling=sampling) for p in prompts]
+                requests = [GenRequest(prompt=p, sampling=sampling, logprobs=logprobs) for p in prompts]
             for r in requests:
                 backend.validate(r)
+            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+            base = {"id": rid, "created": int(time.time()), "model": backend.name}
+            if stream:
+                pieces = backend.stream_with_logprobs(requests[0])
+                return StreamingResponse(_sse_until_disconnect(pieces, requests[0], base, chat),
+                                         media_type="text/event-stream")
+            for r in requests:
+                backend.submit(r)
+            results = await results_unless_gone(request, requests)
         except BadRequest as e:
-            return openai_error(400, str(e))
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        base = {"id": rid, "created": int(time.time()), "model": backend.name}
-        if stream:
-            pieces = backend.stream(requests[0])
-            return StreamingResponse(_sse_until_disconnect(pieces, requests[0], base, chat),
-                                     media_type="text/event-stream")
-        try:
-            results = await in_thread(lambda: [f.result() for f in [backend.submit(r) for r in requests]])
-        except BadRequest as e:
-            return openai_error(400, str(e))
-        choices, prompt_tokens, completion_tokens = [], 0, 0
+            return openai_error(e.status, str(e))
+        choices = []
         for i, c in enumerate(results):
-            prompt_tokens += c.prompt_tokens
-            completion_tokens += len(c.token_ids)
             if chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason})
+                lp = chat_logprobs(c.logprobs) if c.logprobs is not None else None
+                choices.append({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": lp,
+                                "finish_reason": c.finish_reason})
             else:
-                choices.append({"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason})
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        return {**base, "object": "chat.completion" if chat else "text_completion", "choices": choices, "usage": usage}
+                lp = completion_logprobs(c.logprobs) if c.logprobs is not None else None
+                choices.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+        kind = "chat.completion" if chat else "text_completion"
+        return {**base, "object": kind, "choices": choices, "usage": usage_of(results)}
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", **documented(CHAT_REQUEST, OPENAI_ERROR))
     async def chat_completions(request: Request):
         return await complete(request, chat=True)
 
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", **documented(COMPLETION_REQUEST, OPENAI_ERROR))
     async def completions(request: Request):
         return await complete(request, chat=False)
 
@@ -145,23 +222,32 @@ async def _sse_until_disconnect(pieces, request: GenRequest, base: dict, chat: b
 def _sse(pieces, request: GenRequest, base: dict, chat: bool):
     """Server-sent events in OpenAI's chunk format; ends with `data: [DONE]`."""
     kind = "chat.completion.chunk" if chat else "text_completion"
+    sent = b""  # the reply's bytes so far (completions' text_offset)
 
-    def event(delta_text: str | None, finish: str | None, first: bool = False):
+    def event(delta_text: str | None, finish: str | None, tokens: list | None = None, first: bool = False):
+        nonlocal sent
         if chat:
             delta = {"role": "assistant", "content": ""} if first else ({"content": delta_text} if delta_text else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            lp = chat_logprobs(tokens) if tokens else None
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish}
-        return f"data: {json.dumps({**base, 'object': kind, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+            lp = completion_logprobs(tokens, sent) if tokens else None
+            choice = {"index": 0, "text": delta_text or "", "logprobs": lp, "finish_reason": finish}
+        sent += (delta_text or "").encode("utf-8")
+        return _data({**base, "object": kind, "choices": [choice]})
 
     try:
         if chat:
             yield event(None, None, first=True)
-        for piece in pieces:
-            yield event(piece, None)
+        for piece, tokens in pieces:
+            yield event(piece, None, tokens if request.logprobs is not None else None)
         yield event(None, request.future.result().finish_reason)
     except Exception as e:  # noqa: BLE001  (headers are sent: report in-band)
-        yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+        yield _data({"error": {"message": str(e), "type": "server_error"}})
     finally:
         pieces.close()
     yield "data: [DONE]\n\n"
+
+
+def _data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

@@ -4,8 +4,9 @@
     GET  /v1/models/NAME[/versions/N]/metadata   signature defs
     POST /v1/models/NAME[/versions/N]:predict    {"signature_name": ..., "instances": [...]} or {"inputs": ...}
 
-Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown model,
-version, signature). Unlike TF Serving, the sampling inputs of
+Errors are `{"error": "..."}` with 400 (bad input), 404 (unknown model,
+version, signature), 413 (body too large) or 415 (not JSON); a GET of a
+`:predict` path is 405. Unlike TF Serving, the sampling inputs of
 `generate`/`chat`/`prefill` may be left out (`serving.codec`).
 """
 
@@ -14,11 +15,29 @@ from __future__ import annotations
 import tensorflow as tf
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 
-from serving.backend import Backend, tf_error_message
+from serving.backend import Backend
 from serving.codec import format_predict, parse_predict, spec_json
 from serving.errors import BadRequest, NotFound
-from serving.http import in_thread, json_body
+from serving.http import json_body, results_unless_gone
+from serving.openapi import PREDICT_REQUEST, TF_SERVING_ERROR, documented
+from tfchat.cli import tf_error_message
+
+
+class _ModelName(Convertor):
+    """A model name never holds ':' (so `NAME:predict` is never read as a model called that)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", _ModelName())
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -28,13 +47,13 @@ def error(status: int, message: str) -> JSONResponse:
 def router(backend: Backend) -> APIRouter:
     api = APIRouter()
 
-    def check_model(name: str, version: str | None) -> None:
+    def check_model(name: str, version: int | None) -> None:
         if name != backend.name:
             raise NotFound(f"Servable not found for request: Latest({name})")
-        if version is not None and version != str(backend.version):
+        if version is not None and version != backend.version:
             raise NotFound(f"Servable not found for request: Specific({name}, {version})")
 
-    def status(name: str, version: str | None = None):
+    def status(name: str, version: int | None = None):
         try:
             check_model(name, version)
         except NotFound as e:
@@ -43,7 +62,7 @@ def router(backend: Backend) -> APIRouter:
             {"version": str(backend.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
         ]}
 
-    def metadata(name: str, version: str | None = None):
+    def metadata(name: str, version: int | None = None):
         try:
             check_model(name, version)
         except NotFound as e:
@@ -61,26 +80,28 @@ def router(backend: Backend) -> APIRouter:
             "metadata": {"signature_def": {"signature_def": defs}},
         }
 
-    async def predict(request: Request, name: str, version: str | None = None):
+    async def predict(request: Request, name: str, version: int | None = None):
         try:
             check_model(name, version)
             body = await json_body(request)
-            signature = body.get("signature_name") or "serving_default" if isinstance(body, dict) else "serving_default"
-            inputs_spec, _ = backend.signature_specs(signature)
+            signature = body.get("signature_name", "serving_default") if isinstance(body, dict) else "serving_default"
+            if not isinstance(signature, str):
+                raise BadRequest("signature_name must be a string")
+            inputs_spec, _ = backend.signature_specs(signature or "serving_default")
             inputs, row_format = parse_predict(body, inputs_spec, backend.defaults)
-            outputs = await in_thread(backend.predict, signature, inputs)
+            job = backend.predict_job(signature or "serving_default", inputs)
+            outputs, = await results_unless_gone(request, [job])
             return format_predict(outputs, row_format)
-        except NotFound as e:
-            return error(404, str(e))
-        except BadRequest as e:
-            return error(400, str(e))
+        except (NotFound, BadRequest) as e:
+            return error(e.status, str(e))
         except tf.errors.InvalidArgumentError as e:
             return error(400, tf_error_message(e))
 
-    api.get("/v1/models/{name}")(status)
-    api.get("/v1/models/{name}/versions/{version}")(status)
-    api.get("/v1/models/{name}/metadata")(metadata)
-    api.get("/v1/models/{name}/versions/{version}/metadata")(metadata)
-    api.post("/v1/models/{name}:predict")(predict)
-    api.post("/v1/models/{name}/versions/{version}:predict")(predict)
+    api.get("/v1/models/{name:model}")(status)
+    api.get("/v1/models/{name:model}/versions/{version:int}")(status)
+    api.get("/v1/models/{name:model}/metadata")(metadata)
+    api.get("/v1/models/{name:model}/versions/{version:int}/metadata")(metadata)
+    docs = documented(PREDICT_REQUEST, TF_SERVING_ERROR)
+    api.post("/v1/models/{name:model}:predict", **docs)(predict)
+    api.post("/v1/models/{name:model}/versions/{version:int}:predict", **docs)(predict)
     return api

@@ -91,7 +91,8 @@ def convert_hf_gpt2(
     """
     src_dir, out_dir = os.path.abspath(src_dir), os.path.abspath(out_dir)
     if not os.path.isdir(src_dir):
-        raise FileNotFoundError(f"Hugging Face checkpoint directory not found: {src_dir}")
+        raise FileNotFoundError(f"Hugging Face checkpoint directory not found: {src_dir}; download one first, e.g. "
+                                f"`hf download openai-community/gpt2 --local-dir {src_dir}`")
     _check_out_dir(src_dir, out_dir, overwrite)
 
     hf = read_hf_config(os.path.join(src_dir, HF_CONFIG_FILE))

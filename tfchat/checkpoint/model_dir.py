@@ -12,8 +12,14 @@ weights load into any head built on it (a reward model from a chat model)
 and the layout survives refactoring. Version 1 directories (Keras
 `model.weights.h5`, written before tfchat 0.2) still load.
 
-Writes are atomic: everything goes to a temporary sibling folder that is then
-renamed into place, so an interrupted save leaves the previous directory intact.
+Writes are atomic: everything goes to a temporary sibling folder
+(`.model.tmp-HOST-PID-RANDOM`), which then replaces the directory in two
+renames: `model` -> `.model.old`, temporary -> `model`, then `.model.old`
+is deleted. Whenever a process is killed, a complete directory is
+loadable: `model` itself, or between the two renames `.model.old`, which
+`load_model` (through `resolve_model_dir`) falls back to and the next save
+(or `recover`) moves back into place. Leftover temporary folders of killed
+writers are removed by the next save.
 
 Example:
 
@@ -32,14 +38,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import logging
 import shutil
-import tempfile
-
 from typing import Mapping
 
 import keras
 import numpy as np
 
+from tfchat import atomic
 from tfchat.config import GPTConfig
 from tfchat.model import build_gpt
 from tfchat.text.tokenizer import Tokenizer, load_tokenizer
@@ -51,6 +57,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "model.weights.h5"  # version 1
 TOKENIZER_DIR = "tokenizer"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -70,7 +78,9 @@ def save_model(
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    atomic.remove_stale_temps(parent, os.path.basename(path))
+    tmp = atomic.temp_path(path)
+    os.mkdir(tmp)
     try:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(config.to_json())
@@ -134,20 +144,46 @@ def legacy_layout(model: keras.Model) -> keras.Model:
     return keras.Model(token_ids, backbone.embeddings(backbone.final_norm(x), reverse=True))
 
 
+def backup_path(path: str) -> str:
+    """Where the previous directory waits while `save_model` moves the new one into place."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.old")
+
+
+def recover(path: str) -> None:
+    """Finishes a replacement a killed process left half done: `.NAME.old` goes back to `NAME`
+    when `NAME` is missing, else it is deleted."""
+    old = backup_path(path)
+    if not os.path.isdir(old):
+        return
+    if os.path.lexists(path):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        log.warning("Restoring %s from %s (a save was interrupted)", path, old)
+        os.rename(old, path)
+
+
 def replace_dir(src: str, dst: str) -> None:
     """Moves the finished folder `src` to `dst`, replacing a previous model directory there (never anything else)."""
+    recover(dst)
     if os.path.exists(dst) and os.listdir(dst) and not is_model_dir(dst):
         raise FileExistsError(f"{dst} exists and is not a tfchat model directory; refusing to replace it")
-    if not os.path.exists(dst) or not os.listdir(dst):
-        if os.path.isdir(dst):
-            os.rmdir(dst)
-        os.rename(src, dst)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
-    os.rmdir(old)
-    os.rename(dst, old)
+    if os.path.isdir(dst) and not os.listdir(dst):
+        os.rmdir(dst)
+    old = backup_path(dst)
+    if os.path.exists(dst):
+        os.rename(dst, old)  # from here until the next rename, `old` is the loadable copy
     os.rename(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def not_found(path: str) -> FileNotFoundError:
+    """The error for a missing model directory, naming the commands that make one."""
+    return FileNotFoundError(
+        f"model directory not found: {path}; create it with `python -m training.pretrain --out {path}` "
+        f"(a chat model: `python -m training.finetune --out {path}`), or import GPT-2 with "
+        f"`python -m tfchat.convert --from-hf DIR --out {path}`"
+    )
 
 
 def is_model_dir(path: str) -> bool:
@@ -155,9 +191,13 @@ def is_model_dir(path: str) -> bool:
 
 
 def resolve_model_dir(path: str) -> str:
-    """`path` itself, or `path/model` when `path` is a training run directory."""
-    if not is_model_dir(path) and is_model_dir(os.path.join(path, "model")):
-        return os.path.join(path, "model")
+    """`path` itself, or `path/model` when `path` is a training run directory; during (or after a
+    kill in) a replacement, the previous directory `.model.old` that `save_model` keeps until then."""
+    for candidate in (path, os.path.join(path, "model")):
+        if is_model_dir(candidate):
+            return candidate
+        if not os.path.lexists(candidate) and is_model_dir(backup_path(candidate)):
+            return backup_path(candidate)
     return path
 
 
@@ -169,7 +209,9 @@ def read_marker(path: str, fmt: str, version: int, what: str) -> dict:
         with open(marker) as f:
             metadata = json.load(f)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path} is not a {what}: {marker} missing") from e
+        run = "" if not os.path.isfile(os.path.join(path, "run.json")) else (
+            " (a training run writes its model when it finishes or is stopped: re-run its command to complete it)")
+        raise FileNotFoundError(f"{path} is not a {what}: {marker} missing{run}") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{marker}: corrupt JSON ({e})") from e
     found = metadata.get("format") if isinstance(metadata, dict) else None
@@ -182,7 +224,7 @@ def read_marker(path: str, fmt: str, version: int, what: str) -> dict:
 
 def load_config(path: str) -> GPTConfig:
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory not found: {path}")
+        raise not_found(path)
     config_path = os.path.join(path, CONFIG_FILE)
     try:
         with open(config_path) as f:
@@ -202,7 +244,7 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
     """
     path = resolve_model_dir(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory not found: {path}")
+        raise not_found(path)
     metadata = read_marker(path, FORMAT, VERSION, "tfchat model directory")
     config = load_config(path)
     tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))

@@ -46,7 +46,6 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from tfchat.data import dialogues, sources
 from tfchat.data.io import ReadStats, check_split, shard_of
@@ -147,22 +146,20 @@ def render_conversations(
     """
     all_ids, all_masks, skipped = [], [], 0
     stream = iter(conversations)
-    total = len(conversations) if hasattr(conversations, "__len__") else None
-    with tqdm(total=total, desc="tokenizing conversations", unit="conv", disable=None, leave=False) as bar:
-        while part := list(itertools.islice(stream, chunk)):
-            contents = [m["content"] for conv in part for m in conv]
-            encoded = tokenizer.tf_encode_batch(tf.constant(contents, tf.string)).to_list()
-            pos = 0
-            for conv in part:
-                ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
-                                                         tokenizer, max_len)
-                pos += len(conv)
-                if not any(mask):
-                    skipped += 1
-                    continue
-                all_ids.append(np.asarray(ids, np.int32))
-                all_masks.append(np.asarray(mask, np.int8))
-            bar.update(len(part))
+    # No progress bar of its own: this runs inside a command's bar (one bar per command).
+    while part := list(itertools.islice(stream, chunk)):
+        contents = [m["content"] for conv in part for m in conv]
+        encoded = tokenizer.tf_encode_batch(tf.constant(contents, tf.string)).to_list()
+        pos = 0
+        for conv in part:
+            ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
+                                                     tokenizer, max_len)
+            pos += len(conv)
+            if not any(mask):
+                skipped += 1
+                continue
+            all_ids.append(np.asarray(ids, np.int32))
+            all_masks.append(np.asarray(mask, np.int8))
     return all_ids, all_masks, skipped
 
 

@@ -64,12 +64,12 @@ import os
 import re
 import shutil
 import time
-import uuid
 from typing import Iterator
 
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfchat import atomic
 from tfchat.data import tables, wikiextractor, wikipedia
 from tfchat.data.filters import DocumentFilter
 from tfchat.data.io import (
@@ -395,7 +395,8 @@ def prepare_cache(source: str | Source, cache_dir: str | None = None) -> str:
     if os.path.exists(os.path.join(final, "meta.json")):
         return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    atomic.remove_stale_temps(os.path.dirname(final))  # what killed extractions left
+    tmp = atomic.temp_path(final)
     os.makedirs(tmp)
     start = time.time()
     log.info("extracting %s into %s (once; later runs read the cache)", source.spec, final)
@@ -567,7 +568,7 @@ def filter_documents(source: str | Source, content_filter, cache_dir: str | None
         return final
     with open(os.path.join(original, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_path(final)
     os.makedirs(tmp)
     counts = {}
     try:
