@@ -59,14 +59,14 @@ class ScriptedBackend:
         request.future.set_result(self._completion())
         return request.future
 
-    def stream(self, request):
+    def stream_with_logprobs(self, request):
         self.generated.append(request)
 
         def pieces():  # like Backend.stream: closing it cancels the row, which then finishes with what it has
             produced = 0
             try:
                 for piece in self.pieces:
-                    yield piece
+                    yield piece, []
                     produced += 1
             finally:
                 if produced < len(self.pieces):
