@@ -22,7 +22,7 @@ def test_json_round_trip():
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ValueError, match="tiny, small, gpt2, gpt2-medium"):
+    with pytest.raises(ValueError, match="tiny, tiny-modern, small, small-modern, gpt2, gpt2-medium"):
         GPTConfig.from_preset("huge")
 
 
@@ -45,3 +45,13 @@ def test_invalid_shapes_fail_at_construction(kwargs, message):
 def test_unknown_fields_rejected():
     with pytest.raises(ValueError, match="unknown GPTConfig fields: n_layers"):
         GPTConfig.from_dict({"n_layers": 3})
+
+
+def test_modern_presets_are_the_tiny_and_small_shapes_with_every_option():
+    for name, base in (("tiny-modern", "tiny"), ("small-modern", "small")):
+        modern, gpt2 = GPTConfig.from_preset(name), GPTConfig.from_preset(base)
+        assert (modern.n_layer, modern.n_embd, modern.n_head, modern.block_size) == (
+            gpt2.n_layer, gpt2.n_embd, gpt2.n_head, gpt2.block_size)
+        assert (modern.position, modern.norm, modern.bias, modern.qk_norm, modern.mlp, modern.tie_embeddings) == (
+            "rope", "rmsnorm", False, True, "relu2", False)
+        assert modern.logit_softcap == 15.0

@@ -96,7 +96,7 @@ def test_pretrain_determinism_and_checkpoint(data_tokenizer, docs_source, tmp_pa
     _assert_resumes(it, tmp_path)
 
 
-def test_pretrain_on_bundled_sample(data_tokenizer):
+def test_pretrain_on_the_default_bundled_articles(data_tokenizer):
     tok = data_tokenizer
     for split in ("train", "validation"):
         b = next(iter(pipeline.pretrain_dataset(None, tok, 64, 8, split=split)))

@@ -26,7 +26,8 @@ from training.strategy import make_strategy
 from training.trainer import TrainConfig, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "2", "--precision", "fp32"]
+TINY = ["--data", "wikipedia-sample", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "2",
+        "--precision", "fp32"]
 
 
 def _dead_pid() -> int:

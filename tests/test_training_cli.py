@@ -13,8 +13,9 @@ from training import finetune, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SMALL = ["--preset", "tiny", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "4",
-         "--warmup-steps", "5", "--no-progress", "--precision", "fp32", "--lr", "3e-3"]
+SMALL = ["--preset", "tiny", "--data", "wikipedia-sample", "--vocab-size", "512", "--seq-len", "32",
+         "--batch-size", "8", "--eval-batches", "4", "--warmup-steps", "5", "--no-progress", "--precision", "fp32",
+         "--lr", "3e-3"]
 
 
 @pytest.fixture(scope="module")

@@ -131,10 +131,17 @@ class GPTConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
+# What won the ablation in README ("A better model per CPU-minute"): rotary positions, RMSNorm without
+# biases, QK-norm, ReLU² MLP, untied head, logits soft-capped at 15.
+MODERN = dict(position="rope", norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2", tie_embeddings=False,
+              logit_softcap=15.0)
+
 PRESETS: dict[str, dict] = {
     # Trains in a few minutes on a 2-core CPU.
     "tiny": dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=128),
+    "tiny-modern": dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=128, **MODERN),
     "small": dict(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384),
+    "small-modern": dict(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384, **MODERN),
     "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024),
 }
