@@ -22,10 +22,9 @@ with FORMAT hh-rlhf, oasst or messages.
 
 from __future__ import annotations
 
-import sys
 
 from tfchat import cli
-from training.cli import add_training_flags, run_job, train_config
+from training.cli import add_training_flags, exit_process, run_job, train_config
 
 DEFAULTS = dict(steps=200, batch_size=16, lr=5e-5, warmup_steps=20, eval_every=100, save_every=100, eval_batches=1000,
                 out="runs/aligned")
@@ -67,7 +66,8 @@ def main(argv=None) -> int:
         seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
         return align(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, progress=args.progress, init_from=args.init_from, dropout=args.dropout,
+            resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
+            dropout=args.dropout,
             beta=args.beta, loss=args.loss,
         ))
 
@@ -79,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

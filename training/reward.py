@@ -17,10 +17,9 @@ model's replies with `serving.server --reward-model EXPORT --best-of N`.
 
 from __future__ import annotations
 
-import sys
 
 from tfchat import cli
-from training.cli import add_training_flags, run_job, train_config
+from training.cli import add_training_flags, exit_process, run_job, train_config
 
 DEFAULTS = dict(steps=300, batch_size=16, lr=1e-4, warmup_steps=30, eval_every=100, save_every=100, eval_batches=1000,
                 out="runs/reward")
@@ -57,7 +56,8 @@ def main(argv=None) -> int:
         seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
         return reward(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, progress=args.progress, init_from=args.init_from, dropout=args.dropout,
+            resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
+            dropout=args.dropout,
         ))
 
     return run_job(job, args, lambda out: [
@@ -68,4 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
