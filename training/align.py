@@ -67,8 +67,7 @@ def main(argv=None) -> int:
         return align(JobOptions(
             out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
             resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
-            dropout=args.dropout,
-            beta=args.beta, loss=args.loss,
+            dropout=args.dropout, beta=args.beta, loss=args.loss,
         ))
 
     return run_job(job, args, lambda out: [
