@@ -85,6 +85,41 @@ def best_thresholds(targets: np.ndarray, scores: np.ndarray, labels: Sequence[st
             for j, label in enumerate(labels)}
 
 
+def predict_with_fallback(scores: np.ndarray, labels: Sequence[str], fallback: str, threshold: float) -> np.ndarray:
+    """Single-label predictions (label indices [N]): the argmax, or `fallback` when the argmax scores below
+    `threshold` (the out-of-scope rule of Larson et al. 2019, "An Evaluation Dataset for Intent Classification
+    and Out-of-Scope Prediction": a confident-enough in-scope intent, else out of scope)."""
+    scores = np.asarray(scores)
+    predicted = scores.argmax(axis=1)
+    predicted[scores.max(axis=1) < threshold] = list(labels).index(fallback)
+    return predicted
+
+
+def out_of_scope_metrics(predicted: Sequence[str], truth: Sequence[str], fallback: str) -> dict:
+    """CLINC150's figures: `in_scope_accuracy` (over texts whose true label is not `fallback`) and
+    `oos_recall` (share of `fallback` texts predicted `fallback`); None where a group is empty."""
+    predicted, truth = np.asarray(predicted, object), np.asarray(truth, object)
+    inside = truth != fallback
+    return {"in_scope_accuracy": float(np.mean(predicted[inside] == truth[inside])) if inside.any() else None,
+            "oos_recall": float(np.mean(predicted[~inside] == fallback)) if (~inside).any() else None,
+            "in_scope": int(inside.sum()), "out_of_scope": int((~inside).sum())}
+
+
+def best_fallback_threshold(scores: np.ndarray, labels: Sequence[str], truth: Sequence[str], fallback: str) -> float:
+    """The threshold of `predict_with_fallback` with the highest in-scope accuracy + out-of-scope recall on
+    held-out texts (0 when they have no out-of-scope text)."""
+    if fallback not in truth:
+        return 0.0
+    best, best_t = -1.0, 0.0
+    for t in np.linspace(0.0, 0.95, 96):
+        m = out_of_scope_metrics([labels[j] for j in predict_with_fallback(scores, labels, fallback, t)], truth,
+                                 fallback)
+        value = m["in_scope_accuracy"] + m["oos_recall"]
+        if value > best + 1e-9:
+            best, best_t = value, float(t)
+    return best_t
+
+
 def classification_metrics(
     targets: np.ndarray,
     scores: np.ndarray,
