@@ -2,6 +2,7 @@
 
     python -m serving.server --model exports/tfchat [--port 8501] [--grpc-port 8500] [--max-batch 8]
     python -m serving.server --model exports/tfchat --content-filter runs/moderation [--filter-threshold 0.5]
+    python -m serving.server --model exports/tfchat --intent runs/intent --index runs/index   # dialogue manager
 
 Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
 
@@ -15,6 +16,10 @@ Routes: `serving/routes/tf_serving.py` (TF Serving REST), `serving/routes/openai
 --task moderation` run or its export), flagged input is refused and replies
 are screened as they are generated (`serving/content_filter.py`), and
 `POST /v1/moderations` serves the classifier (`serving/routes/moderation.py`).
+With `--intent` (a `training.classify --task intent` run) and/or `--index` (a
+`training.index` run), chat turns go through the dialogue manager
+(`tfchat/dialogue/manager.py`): templates, retrieved knowledge, the model, or
+a refusal; responses name the route and the sources.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ def parser():
                    help="flag at or above this 'flagged' score (default: the threshold stored with the classifier)")
     g.add_argument("--filter-every", type=cli.positive_int, default=4,
                    help="check a reply being generated every this many tokens")
+    g = p.add_argument_group("dialogue manager (knowledge and intents)")
+    g.add_argument("--intent", default=None, metavar="DIR", help="intent classifier (training.classify --task intent)")
+    g.add_argument("--index", default=None, metavar="DIR", help="knowledge index (training.index run directory)")
+    g.add_argument("--rules", default=None, metavar="FILE",
+                   help="dialogue rules JSON (default: the bundled tfchat/resources/dialogue-rules.json)")
+    g.add_argument("--passages", type=cli.positive_int, default=3, help="retrieved passages put into a prompt")
     return p
 
 
@@ -70,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
             content_filter = ContentFilter.load(args.content_filter, args.filter_threshold)
             log.info("content filter %s: flagged at %.3f", args.content_filter, content_filter.threshold)
+        dialogue = None
+        if args.intent or args.index or args.rules:  # loaded before the model too: bad paths fail fast
+            from tfchat.dialogue.manager import DialogueManager
+
+            dialogue = DialogueManager.load(args.intent, args.index, args.rules, k=args.passages)
+            dialogue.content_filter = content_filter
         backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
         if content_filter is not None:
             from serving.content_filter import FilteredBackend
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)
         try:
-            app = create_app(backend, max_request_bytes=args.max_request_bytes)
+            app = create_app(backend, max_request_bytes=args.max_request_bytes, dialogue=dialogue)
             if content_filter is not None:
                 from serving.routes import moderation
 
