@@ -210,3 +210,148 @@ def test_manager_load_errors(index_dir, moderation_classifier, tmp_path):
     with pytest.raises(ValueError, match="multi-label classifier is no intent classifier"):
         DialogueManager.load(intent=moderation_classifier)
     assert DialogueManager.load(index=index_dir).index is not None
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, index_dir):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.backend import Backend
+    from tests.fixtures import tiny_export
+
+    root = tmp_path_factory.mktemp("grounded-server")
+    loaded, _ = tiny_export(root)
+    backend = Backend(str(root / "tfchat"), batch_wait_ms=5)
+    intents = FixedIntents({"hello": ("greeting", 0.9), "is etna an active volcano?": ("knowledge_question", 0.8),
+                            "i like music": ("chit_chat", 0.9)})
+    manager = DialogueManager(intents, KnowledgeIndex.load(index_dir), k=2)
+    yield loaded, backend, TestClient(create_app(backend, dialogue=manager)), manager
+    backend.close()
+
+
+def _chunks(response):
+    return [json.loads(line[6:]) for line in response.iter_lines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_knowledge_prompt_signature_matches_the_chat_template(served):
+    import tensorflow as tf
+
+    from tfchat.text import chat_template
+
+    loaded, backend, _, _ = served
+    messages = _user("is etna an active volcano?")
+    knowledge = knowledge_text(KnowledgeIndex.build(_passages()).search("etna volcano", 2))
+    out = backend.signatures["knowledge_prompt"](
+        roles=tf.constant([["user"], ["user"]]), contents=tf.constant([[messages[0]["content"]]] * 2),
+        knowledge=tf.constant([knowledge, ""]), max_new_tokens=tf.constant([8, 8]))
+    ids, n = out["token_ids"].numpy(), out["num_tokens"].numpy()
+    context = loaded.config.block_size - 8
+    assert list(ids[0, :n[0]]) == chat_template.prompt(messages, loaded.tokenizer, context, knowledge=knowledge)
+    assert list(ids[1, :n[1]]) == chat_template.prompt(messages, loaded.tokenizer, context)
+    assert loaded.tokenizer.special.knowledge in ids[0, :n[0]] and n[0] > n[1]
+
+
+def test_openai_route_returns_route_and_sources(served):
+    from serving.backend import GenRequest
+    from tfchat.inference.sampling import SamplingParams
+
+    _, backend, client, manager = served
+    body = {"messages": _user("is etna an active volcano?"), "max_tokens": 6, "temperature": 0}
+    out = client.post("/v1/chat/completions", json=body).json()
+    assert out["tfchat"]["route"] == "retrieve" and out["tfchat"]["intent"] == "knowledge_question"
+    assert out["sources"][0]["title"] == "Etna" and out["sources"] == out["tfchat"]["sources"]
+    # The reply is the model's, with the retrieved passages in its prompt.
+    knowledge = manager.decide(body["messages"]).knowledge
+    grounded = backend.complete(GenRequest(messages=body["messages"], knowledge=knowledge,
+                                           sampling=SamplingParams(max_new_tokens=6, temperature=0.0)))
+    assert out["choices"][0]["message"]["content"] == grounded.text
+    assert out["usage"]["prompt_tokens"] == grounded.prompt_tokens
+    plain = backend.complete(GenRequest(messages=body["messages"], sampling=SamplingParams(max_new_tokens=6,
+                                                                                           temperature=0.0)))
+    assert plain.prompt_tokens < grounded.prompt_tokens
+    # Streamed: the first chunk carries the sources (the web chat lists them under the reply).
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+        chunks = _chunks(s)
+    assert chunks[0]["sources"][0]["title"] == "Etna" and chunks[0]["tfchat"]["route"] == "retrieve"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == grounded.text
+    # A template answers without the model; chit-chat goes to the model alone.
+    out = client.post("/v1/chat/completions", json={**body, "messages": _user("hello")}).json()
+    assert out["tfchat"]["route"] == "template" and out["usage"]["completion_tokens"] == 0
+    assert out["choices"][0]["message"]["content"] in Rules.load().templates["greeting"]
+    with client.stream("POST", "/v1/chat/completions", json={**body, "messages": _user("hello"), "stream": True}) as s:
+        chunks = _chunks(s)
+    assert chunks[0]["tfchat"]["route"] == "template" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    out = client.post("/v1/chat/completions", json={**body, "messages": _user("i like music")}).json()
+    assert out["tfchat"]["route"] == "generate" and out["sources"] == []
+    # A client's own knowledge replaces retrieval; a bad one is a 400.
+    out = client.post("/v1/chat/completions", json={**body, "knowledge": knowledge}).json()
+    assert out["choices"][0]["message"]["content"] == grounded.text and "tfchat" not in out
+    r = client.post("/v1/chat/completions", json={**body, "knowledge": ["not", "a", "string"]})
+    assert r.status_code == 400 and "knowledge" in r.json()["error"]["message"]
+
+
+# ----------------------------------------------------------------------------- data and metrics
+
+
+def test_grounded_topical_chat_reader(tmp_path):
+    from tfchat.data import dialogues
+
+    turns = [("agent_1", "Do you like volcanoes?", ["Personal Knowledge"]),
+             ("agent_2", "Yes, Etna is an active volcano in Sicily.", ["FS1"]),
+             ("agent_1", "Cool. And Oslo?", ["FS2"]), ("agent_2", "I have never been there.", ["Personal Knowledge"])]
+    conv = {"c1": {"content": [{"agent": a, "message": m, "knowledge_source": k} for a, m, k in turns]}}
+    (tmp_path / "topical-chat-demo.json").write_text(json.dumps(conv))
+    sets = {"c1": {"agent_1": {}, "agent_2": {"FS1": {"entity": "Etna", "summarized_wiki_lead_section": 7},
+                                              "FS2": {"entity": "Oslo", "summarized_wiki_lead_section": 8}}}}
+    (tmp_path / "topical-chat-reading-sets-demo.json").write_text(json.dumps(sets))
+    (tmp_path / "topical-chat-wiki.json").write_text(json.dumps({"summarized_wiki_lead_section": {
+        "Etna is a volcano.": 7, "Oslo is a city.": 8}}))
+    examples = list(dialogues.iter_conversations(f"topical-chat-grounded:{tmp_path / 'topical-chat-demo.json'}"))
+    assert [len(e) for e in examples] == [2, 4]  # one per reply, ending on it
+    assert examples[0].knowledge == "Etna: Etna is a volcano." and examples[1].knowledge == ""
+    assert len({dialogues.split_of(e) for e in examples}) == 1  # one conversation, one split
+    (tmp_path / "topical-chat-reading-sets-demo.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no reading sets beside it"):
+        list(dialogues.iter_conversations(f"topical-chat-grounded:{tmp_path / 'topical-chat-demo.json'}"))
+
+
+def test_grounded_knowledge_reaches_the_batch_never_the_loss(data_tokenizer):
+    from tfchat.data import batches, dialogues
+
+    tok = data_tokenizer
+    conv = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi"}]
+    (ids, grounded_ids), (masks, grounded_masks), _ = batches.render_conversations(
+        [conv, dialogues.Grounded(conv, "Etna is a volcano.")], tok, 128)
+    k = grounded_ids.tolist().index(tok.special.knowledge)
+    assert tok.special.knowledge not in ids.tolist()
+    assert not grounded_masks[: k + len(tok.encode("Etna is a volcano.")) + 2].any()  # knowledge: never learned
+    assert grounded_masks.sum() == masks.sum()  # the same reply tokens are learned
+
+
+def test_knowledge_f1_and_out_of_scope_figures():
+    from tfchat.eval.classification import out_of_scope_metrics, predict_with_fallback
+    from tfchat.eval.metrics import knowledge_f1, unigram_f1
+
+    assert unigram_f1("The Etna volcano!", "etna is a volcano") == pytest.approx(2 * (2 / 2) * (2 / 3) / (1 + 2 / 3))
+    assert unigram_f1("", "etna") == 0.0 and knowledge_f1(["a b", "x"], ["a b", "y"]) == 0.5
+    scores = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.1, 0.1, 0.8]])
+    labels = ["book_flight", "weather", "oos"]
+    assert list(predict_with_fallback(scores, labels, "oos", 0.5)) == [0, 2, 2]
+    m = out_of_scope_metrics(["book_flight", "oos", "oos"], ["book_flight", "weather", "oos"], "oos")
+    assert (m["in_scope_accuracy"], m["oos_recall"]) == (0.5, 1.0)
+
+
+def test_clinc150_parts_keep_their_split(tmp_path):
+    from tfchat.data import labelled
+
+    data = {"train": [["book a flight", "book_flight"]], "val": [["fly me to oslo", "book_flight"]],
+            "oos_train": [["what is love", "oos"]], "test": [["weather in rome", "weather"]]}
+    (tmp_path / "clinc.json").write_text(json.dumps(data))
+    examples = labelled.load_examples(f"clinc150:{tmp_path / 'clinc.json'}")
+    assert {e.source: e.split for e in examples} == {"clinc150-train": "train", "clinc150-val": "validation",
+                                                     "clinc150-oos_train": "train", "clinc150-test": ""}

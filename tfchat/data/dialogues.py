@@ -393,6 +393,34 @@ def read_topical_chat_grounded(path: str, stats: ReadStats) -> Iterator[tuple[st
             yield f"{where}#{i}", path, Grounded(messages[start:i + 1], "\n\n".join(leads), key=conv_id)
 
 
+def grounded_questions(path: str | None = None) -> list[tuple[str, str]]:
+    """A labelled retrieval question set from Topical-Chat (default: the bundled `valid_rare`, a split tfchat
+    never fine-tunes on): every user turn (agent_1) that asks a question ("?") and whose `knowledge_source`
+    cites one of its reading set's entities (`FS1`..`FS3`), with that entity: [(question, entity)], in file
+    order, duplicates dropped. The question was written by a person reading the entity's Wikipedia lead, so
+    a retriever should find the entity's passage for it."""
+    path = path or io.resource_path("topical-chat-valid-rare.json.xz")
+    split = os.path.basename(path).split(".")[0].removeprefix("topical-chat-")
+    reading_sets = _beside(path, [f"topical-chat-reading-sets-{split}.json", f"../reading_sets/pre-build/{split}.json"],
+                           "reading sets")
+    with open_text(path) as f:
+        conversations = json.load(f)
+    with open_text(reading_sets) as f:
+        sets = json.load(f)
+    out, seen = [], set()
+    for conv_id, conv in conversations.items():
+        facts = (sets.get(conv_id) or {}).get("agent_1") or {}
+        for turn in conv.get("content") or []:
+            text = " ".join(str(turn.get("message") or "").split())
+            cited = [facts[k]["entity"] for k in turn.get("knowledge_source") or []
+                     if isinstance(k, str) and k.startswith("FS") and isinstance(facts.get(k), dict)
+                     and facts[k].get("entity")]
+            if turn.get("agent") == "agent_1" and "?" in text and len(set(cited)) == 1 and text not in seen:
+                seen.add(text)
+                out.append((text, cited[0]))
+    return out
+
+
 _CORNELL_SEP = " +++$+++ "
 
 

@@ -219,6 +219,8 @@ def evaluate_classifier(path: str, data: str | Sequence[str], split: str = "auto
                                     classifier.multi_label, thresholds, [e.source for e in examples],
                                     primary=labelled.FLAGGED)
     unknown = sorted({label for e in examples for label in e.labels} - set(classifier.labels))
+    if classifier.fallback:  # an intent classifier: CLINC150's figures, with its out-of-scope threshold
+        result["with_fallback"] = evaluate_intents(classifier, names) if split == "all" else None
     return {"classifier": path, "data": names, "split": split, **result, "labels_not_in_model": unknown}
 
 

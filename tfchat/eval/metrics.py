@@ -22,6 +22,11 @@ Definitions (natural logs throughout):
   tokenization, no smoothing), in [0, 1].
 - ROUGE-L: mean over pairs of the LCS F1 of `keras_hub.metrics.RougeL`
   (backed by the `rouge-score` package).
+- knowledge F1 (Dinan et al. 2019, "Wizard of Wikipedia"; Gopalakrishnan et
+  al. 2019, "Topical-Chat"): mean over pairs of the unigram F1 between a reply
+  and the knowledge it was given, after SQuAD's normalisation (lower case,
+  punctuation and the articles a/an/the removed); how much of the passage the
+  reply uses.
 
 Example:
 
@@ -144,6 +149,32 @@ def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     metric = keras_hub.metrics.RougeL()
     metric.update_state(list(references), list(hypotheses))
     return float(metric.result()["f1_score"])
+
+
+def _normalized_words(text: str) -> list[str]:
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def unigram_f1(hypothesis: str, reference: str) -> float:
+    """Unigram F1 of two texts after SQuAD's normalisation (0 when either is empty)."""
+    import collections
+
+    hyp, ref = _normalized_words(hypothesis), _normalized_words(reference)
+    common = sum((collections.Counter(hyp) & collections.Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(hyp), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def knowledge_f1(replies: Sequence[str], knowledge: Sequence[str]) -> float:
+    """Mean unigram F1 between each reply and the knowledge it was given."""
+    _check_pairs(knowledge, replies)
+    return float(np.mean([unigram_f1(r, k) for r, k in zip(replies, knowledge)]))
 
 
 def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:
