@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tfchat.dialogue.manager import DialogueManager
+from tfchat.dialogue.manager import DialogueManager, retrieval_query
 from tfchat.dialogue.rules import Rules
 from tfchat.retrieval.index import KnowledgeIndex, knowledge_text, terms
 from tfchat.retrieval.passages import Passage, split_document
@@ -181,8 +181,13 @@ def test_every_route_of_the_routing_table(index_dir, moderation_classifier):
                             "is etna an active volcano?": ("knowledge_question", 0.8),
                             "i like music": ("chit_chat", 0.9), "tell me about xyzzy": ("oos", 0.9),
                             "you are a worthless idiot sam": ("chit_chat", 0.9),
-                            "thanks for the help sam": ("chit_chat", 0.9)})
+                            "thanks for the help sam": ("chit_chat", 0.9), "how often?": ("knowledge_question", 0.9)})
     manager = DialogueManager(intents, KnowledgeIndex.load(index_dir), Rules.load(), k=2)
+    # A follow-up is searched with the messages before it ("how often?" alone names nothing).
+    follow_up = [*_user("tell me about sicily's volcano"), {"role": "assistant", "content": "It is Etna."},
+                 *_user("how often?")]
+    assert retrieval_query(follow_up) == "tell me about sicily's volcano It is Etna. how often?"
+    assert manager.decide(follow_up).sources[0]["title"] == "Etna"
     d = manager.decide(_user("hello"))
     assert d.route == "template" and d.intent == "greeting" and d.reply in Rules.load().templates["greeting"]
     d = manager.decide([*_user("i like music"), {"role": "assistant", "content": "me too"}, *_user("is etna an active volcano?")])
@@ -355,3 +360,27 @@ def test_clinc150_parts_keep_their_split(tmp_path):
     examples = labelled.load_examples(f"clinc150:{tmp_path / 'clinc.json'}")
     assert {e.source: e.split for e in examples} == {"clinc150-train": "train", "clinc150-val": "validation",
                                                      "clinc150-oos_train": "train", "clinc150-test": ""}
+
+
+def test_grounded_metrics_and_retrieval_recall_on_a_tiny_model(served, index_dir):
+    from tfchat.eval.knowledge import grounded_metrics, retrieval_recall
+
+    loaded = served[0]
+    index = KnowledgeIndex.load(index_dir)
+    recall = retrieval_recall(index, [("active volcano in Sicily", "Etna"), ("capital of Norway", "etna")], ks=(1, 5))
+    assert recall == {"questions": 2, "recall_at_1": 0.5, "recall_at_5": 0.5}
+    out = grounded_metrics(loaded, index, examples=3, passages=1, max_new_tokens=4, batch_size=3)
+    assert out["examples"] == 3 and len(out["samples"]) == 3
+    for key in ("loss_with_knowledge", "loss_without_knowledge", "loss_with_gold_knowledge"):
+        assert 0 < out[key] < 20
+    assert 0 <= out["knowledge_f1"] <= 1 and 0 <= out["knowledge_f1_without"] <= 1
+    assert all(s["knowledge"] or not index.search(s["prompt"], 1) for s in out["samples"])
+
+
+def test_retrieval_benchmark_prints_json(index_dir, capsys):
+    from benchmarks import retrieval as retrieval_bench
+
+    assert retrieval_bench.main(["--index", index_dir, "--questions", "5"]) == 0
+    record = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][0])
+    assert record["passages"] == len(_passages()) and record["search_ms"]["calls"] == 5
+    assert record["added_ms"]["p95"] >= record["search_ms"]["p50"] > 0 and "within_budget" in record

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         index = build_index(args.data, args.out, args.max_words, args.min_words)
         print(json.dumps({"out": args.out, **index.info, "seconds": round(time.perf_counter() - start, 1)}, indent=2))
         cli.print_next(f'python -m training.index --out {args.out} --search "who wrote Animal Farm?"',
-                       f"python -m serving.server --model runs/finetune --index {args.out} --intent runs/intent")
+                       f"python -m serving.server --model exports/tfchat --index {args.out} --intent runs/intent")
         return 0
 
     return cli.run(body)

@@ -106,15 +106,16 @@ def out_of_scope_metrics(predicted: Sequence[str], truth: Sequence[str], fallbac
 
 
 def best_fallback_threshold(scores: np.ndarray, labels: Sequence[str], truth: Sequence[str], fallback: str) -> float:
-    """The threshold of `predict_with_fallback` with the highest in-scope accuracy + out-of-scope recall on
-    held-out texts (0 when they have no out-of-scope text)."""
+    """The threshold of `predict_with_fallback` with the highest accuracy on held-out texts as they come (in
+    CLINC150's validation set 3% are out of scope, so the threshold costs little in-scope accuracy); 0 when
+    they have no out-of-scope text."""
     if fallback not in truth:
         return 0.0
+    truth = np.asarray(truth, object)
     best, best_t = -1.0, 0.0
     for t in np.linspace(0.0, 0.95, 96):
-        m = out_of_scope_metrics([labels[j] for j in predict_with_fallback(scores, labels, fallback, t)], truth,
-                                 fallback)
-        value = m["in_scope_accuracy"] + m["oos_recall"]
+        predicted = np.asarray([labels[j] for j in predict_with_fallback(scores, labels, fallback, t)], object)
+        value = float(np.mean(predicted == truth))
         if value > best + 1e-9:
             best, best_t = value, float(t)
     return best_t

@@ -13,10 +13,13 @@ never trains on:
 - On held-out grounded Topical-Chat (`topical-chat-grounded` over
   `valid_rare`, replies whose annotation cites an entity; the model is
   fine-tuned on `valid_freq`), for `examples` of them: knowledge = the top
-  `passages` retrieved for the user's last message;
+  `passages` retrieved for the dialogue manager's query (the user's last
+  message and the two messages before it);
   `loss_with_knowledge` / `loss_without_knowledge`: mean cross-entropy of
   the real reply's tokens (the assistant tokens) with / without that
-  knowledge in the prompt; `knowledge_f1` / `knowledge_f1_without`: unigram
+  knowledge in the prompt (`loss_with_gold_knowledge`: with the lead section
+  the real reply drew on, what a perfect retriever would give);
+  `knowledge_f1` / `knowledge_f1_without`: unigram
   F1 (`tfchat.eval.metrics.knowledge_f1`) between the greedy reply generated
   with / without the knowledge and that knowledge; `retrieval_hit_rate`: the
   share whose retrieved passages include the entity the real reply drew on.
@@ -62,6 +65,7 @@ def grounded_metrics(loaded, index, examples: int = 200, passages: int = 2, max_
                      batch_size: int = 8) -> dict:
     """Loss and knowledge F1 of the model's replies with and without retrieved knowledge (module docstring)."""
     from tfchat.data import batches, dialogues
+    from tfchat.dialogue.manager import retrieval_query
     from tfchat.eval import metrics
     from tfchat.eval.evaluate import _loss_totals, generate_replies
     from tfchat.retrieval.index import knowledge_text
@@ -69,7 +73,7 @@ def grounded_metrics(loaded, index, examples: int = 200, passages: int = 2, max_
     if loaded.tokenizer.special.knowledge is None:
         raise ValueError("this model's tokenizer has no <|knowledge|> token: train a new tokenizer to use knowledge")
     items = held_out_grounded(examples)
-    queries = [next(m["content"] for m in reversed(c) if m["role"] == "user") for c in items]
+    queries = [retrieval_query(c[:-1]) for c in items]  # what the dialogue manager would search
     hits = index.search_batch(queries, passages)
     knowledge = [knowledge_text(h) for h in hits]
     gold = [c.knowledge.split(":", 1)[0].lower() for c in items]  # "Entity: lead ..." -> the entity
@@ -78,7 +82,8 @@ def grounded_metrics(loaded, index, examples: int = 200, passages: int = 2, max_
            / len(items)}
     seq_len = loaded.config.block_size
     for name, grounded in (("with_knowledge", [dialogues.Grounded(c, k) for c, k in zip(items, knowledge)]),
-                           ("without_knowledge", [list(c) for c in items])):
+                           ("without_knowledge", [list(c) for c in items]),
+                           ("with_gold_knowledge", items)):
         ids, masks, _ = batches.render_conversations(grounded, loaded.tokenizer, seq_len + 1)
         rows = batches.conversation_batches(ids, masks, seq_len, batch_size, loaded.tokenizer.pad_id, repeat=False,
                                             shuffle_buffer=0)

@@ -48,6 +48,7 @@ from tfchat.data import io
 from tfchat.retrieval.passages import Passage
 
 log = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each indexing stage at DEBUG
 
 FORMAT, VERSION = "tfchat-knowledge-index", 1
 SUBDIR = "index"
