@@ -112,10 +112,15 @@ class DialogueManager:
         """(intent, confidence) of a user message; (None, None) without a classifier."""
         if self.intents is None:
             return None, None
-        scores = self.intents.scores([text])[0]
-        best = int(scores.argmax())
-        intent = self.intents.predict([text])[0][0]  # the out-of-scope fallback applies
-        return intent, float(scores[best])
+        scores = self.intents.scores([text])
+        confidence = float(scores[0].max())
+        fallback = getattr(self.intents, "fallback", None)
+        if fallback:  # a confidence below the threshold means out of scope
+            from tfchat.eval.classification import predict_with_fallback
+
+            best = int(predict_with_fallback(scores, self.intents.labels, *fallback)[0])
+            return self.intents.labels[best], confidence
+        return self.intents.labels[int(scores[0].argmax())], confidence
 
     def decide(self, messages: Sequence[Mapping[str, str]]) -> Decision:
         """The route for the conversation's last user message (`generate` when there is none)."""

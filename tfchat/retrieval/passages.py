@@ -66,33 +66,32 @@ def _words(text: str) -> int:
     return len(text.split()) + len(re.findall(r"[\u3400-\u9fff]", text))
 
 
-def _pieces(paragraph: str, max_words: int) -> list[str]:
-    """A paragraph cut into pieces of at most `max_words`: at sentence ends, then at word boundaries."""
-    if _words(paragraph) <= max_words:
-        return [paragraph]
+def _pack(pieces, max_words: int) -> list[str]:
+    """Consecutive pieces joined (with a space) while the result has at most `max_words` words."""
     out, current = [], ""
-    for sentence in filter(None, (s.strip() for s in _SENTENCE_END.split(paragraph))):
-        while _words(sentence) > max_words:  # one very long sentence: cut at words
-            head = sentence.split()
-            if len(head) <= 1:  # one spaceless CJK run: cut by characters
-                out.extend(filter(None, [current]))
-                current = ""
-                out.append(sentence[:max_words])
-                sentence = sentence[max_words:]
-                continue
-            out.extend(filter(None, [current]))
-            current = ""
-            out.append(" ".join(head[:max_words]))
-            sentence = " ".join(head[max_words:])
-        joined = f"{current} {sentence}".strip() if current else sentence
+    for piece in pieces:
+        joined = f"{current} {piece}" if current else piece
         if current and _words(joined) > max_words:
             out.append(current)
-            current = sentence
+            current = piece
         else:
             current = joined
-    if current:
-        out.append(current)
-    return out
+    return out + [current] if current else out
+
+
+def _sentences(paragraph: str, max_words: int):
+    """A paragraph's sentences; one longer than `max_words` is cut at words (a spaceless CJK run at characters)."""
+    for sentence in filter(None, (s.strip() for s in _SENTENCE_END.split(paragraph))):
+        while _words(sentence) > max_words:
+            words = sentence.split()
+            if len(words) > 1:
+                yield " ".join(words[:max_words])
+                sentence = " ".join(words[max_words:])
+            else:
+                yield sentence[:max_words]
+                sentence = sentence[max_words:]
+        if sentence:
+            yield sentence
 
 
 def split_document(title: str, text: str, max_words: int = MAX_WORDS, min_words: int = MIN_WORDS,
@@ -104,21 +103,9 @@ def split_document(title: str, text: str, max_words: int = MAX_WORDS, min_words:
     paragraphs = [p for p in paragraphs if p]
     if paragraphs and title and paragraphs[0] == title.strip():
         paragraphs = paragraphs[1:]
-    passages, current = [], ""
-    for paragraph in paragraphs:
-        for piece in _pieces(paragraph, max_words):
-            joined = f"{current} {piece}" if current else piece
-            if current and _words(joined) > max_words:
-                passages.append(current)
-                current = piece
-            else:
-                current = joined
-    if current:
-        passages.append(current)
-    return [Passage(title, p, source) for p in passages if _words(p) >= min_words]
-
-
-READING_SETS = ("topical-chat-reading-sets-valid-freq.json.xz", "topical-chat-reading-sets-valid-rare.json.xz")
+    pieces = (piece for p in paragraphs
+              for piece in ([p] if _words(p) <= max_words else _pack(_sentences(p, max_words), max_words)))
+    return [Passage(title, p, source) for p in _pack(pieces, max_words) if _words(p) >= min_words]
 
 
 def topical_chat_leads(reading_sets: Sequence[str] = (), wiki: str | None = None) -> dict[str, str]:
