@@ -176,7 +176,9 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
                 if knowledge is not None and not isinstance(knowledge, str):
                     raise BadRequest("'knowledge' must be a string")
                 if dialogue is not None and knowledge is None:
-                    decision = dialogue.decide(messages)
+                    from starlette.concurrency import run_in_threadpool
+
+                    decision = await run_in_threadpool(dialogue.decide, messages)  # a classifier call: off the loop
                     knowledge = decision.knowledge
                 requests = [GenRequest(messages=messages, sampling=sampling, logprobs=logprobs, knowledge=knowledge)]
             else:
