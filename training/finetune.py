@@ -3,6 +3,7 @@
     python -m training.finetune                                   # runs/pretrain -> runs/chat on the bundled dialogues
     python -m training.finetune --from runs/gpt2 --data my_chats.jsonl --out runs/gpt2-chat
     python -m training.finetune --data hf:HuggingFaceH4/ultrachat_200k@train_sft --seq-len 256
+    python -m training.finetune --data grounded-sample --out runs/grounded   # replies grounded in Wikipedia leads
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def parser():
     g.add_argument("--from", dest="init_from", default="runs/pretrain",
                    help="model directory (or run directory) to start from, e.g. a pretraining run or an imported GPT-2")
     g.add_argument("--data", default="dialogues-sample",
-                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), messages-JSONL files "
+                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), grounded-sample (the same "
+                        "with Topical-Chat's Wikipedia knowledge in the prompt), messages-JSONL files "
                         "(see python -m training.convert_dialogues), or a table: hf:NAME[:CONFIG][@SPLIT] "
                         "(pip install 'tfchat[hf]') or .parquet files, one conversation per row")
     g.add_argument("--messages-column", default=None,
