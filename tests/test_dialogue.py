@@ -359,6 +359,8 @@ def test_clinc150_parts_keep_their_split(tmp_path):
     examples = labelled.load_examples(f"clinc150:{tmp_path / 'clinc.json'}")
     assert {e.source: e.split for e in examples} == {"clinc150-train": "train", "clinc150-val": "validation",
                                                      "clinc150-oos_train": "train", "clinc150-test": ""}
+    benign = labelled.load_examples(f"benign:clinc150:{tmp_path / 'clinc.json'}")
+    assert {e.split for e in benign} == {""} and not any(e.labels for e in benign)  # moderation's use: as before
 
 
 def test_grounded_metrics_and_retrieval_recall_on_a_tiny_model(served, index_dir):
@@ -383,5 +385,3 @@ def test_retrieval_benchmark_prints_json(index_dir, capsys):
     record = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][0])
     assert record["passages"] == len(_passages()) and record["search_ms"]["calls"] == 5
     assert record["added_ms"]["p95"] >= record["search_ms"]["p50"] > 0 and "within_budget" in record
-    benign = labelled.load_examples(f"benign:clinc150:{tmp_path / 'clinc.json'}")
-    assert {e.split for e in benign} == {""} and not any(e.labels for e in benign)  # moderation's use: as before
