@@ -120,6 +120,8 @@ GROUNDED_FILES = (
 )
 # Messages before each reply in a grounded example: short windows leave a small model's context to knowledge.
 GROUNDED_CONTEXT = 3
+
+
 def default_dialogue_source() -> str:
     """The default fine-tuning data: the bundled OASST + Topical-Chat samples."""
     return SAMPLE_NAME
@@ -360,11 +362,16 @@ def _beside(path: str, names: Sequence[str], what: str) -> str:
                             "needs the conversations, their reading sets and wiki.json")
 
 
+def _reading_sets_of(path: str) -> str:
+    """The reading sets of a Topical-Chat conversations file (tfchat's names, or the repository's layout)."""
+    split = os.path.basename(path).split(".")[0].removeprefix("topical-chat-")  # valid_freq / valid-freq
+    return _beside(path, [f"topical-chat-reading-sets-{split}.json", f"../reading_sets/pre-build/{split}.json"],
+                   "reading sets")
+
+
 def read_topical_chat_grounded(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
     """Topical-Chat replies with the lead sections their annotations cite (see the module docstring)."""
-    split = os.path.basename(path).split(".")[0].removeprefix("topical-chat-")  # valid_freq / valid-freq
-    reading_sets = _beside(path, [f"topical-chat-reading-sets-{split}.json",
-                                  f"../reading_sets/pre-build/{split}.json"], "reading sets")
+    reading_sets = _reading_sets_of(path)
     wiki = _beside(path, ["topical-chat-wiki.json", "../reading_sets/pre-build/wiki.json", "wiki.json"], "wiki.json")
     try:
         with open_text(reading_sets) as f:
@@ -400,9 +407,7 @@ def grounded_questions(path: str | None = None) -> list[tuple[str, str]]:
     order, duplicates dropped. The question was written by a person reading the entity's Wikipedia lead, so
     a retriever should find the entity's passage for it."""
     path = path or io.resource_path("topical-chat-valid-rare.json.xz")
-    split = os.path.basename(path).split(".")[0].removeprefix("topical-chat-")
-    reading_sets = _beside(path, [f"topical-chat-reading-sets-{split}.json", f"../reading_sets/pre-build/{split}.json"],
-                           "reading sets")
+    reading_sets = _reading_sets_of(path)
     with open_text(path) as f:
         conversations = json.load(f)
     with open_text(reading_sets) as f:
