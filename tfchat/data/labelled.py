@@ -500,11 +500,9 @@ def _read(spec: str, stats: ReadStats) -> Iterator[Example]:
             fmt, _, name = part.partition(":")
             if fmt == "benign":
                 yield from _read(part, stats)
-            elif fmt in ("clinc150", "topical-chat-intents"):
+            else:  # FORMAT:FILE[@PARTS] of a bundled file
                 file, at, parts = name.partition("@")
                 yield from _read(f"{fmt}:{io.resource_path(file)}{at}{parts}", stats)
-            else:
-                yield from _read(io.resource_path(name), stats)
         return
     fmt, sep, path = spec.partition(":")
     if sep and fmt == "benign":
