@@ -151,12 +151,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run(run)
 
 
+def default_knowledge_runs(index: str | None, intent: str | None) -> tuple[str, str]:
+    """`index` and `intent`, or the default index and intent classifier, built once and kept under the cache
+    directory (`$TFCHAT_CACHE_DIR/knowledge-eval`)."""
+    import logging
+    import os
+
+    from tfchat.data.sources import default_cache_dir
+
+    log = logging.getLogger("training.evaluate")
+    cache = os.path.join(default_cache_dir(), "knowledge-eval")
+    if index is None:
+        from tfchat.retrieval.index import KnowledgeIndex
+        from training.index import build_index
+
+        index = os.path.join(cache, "index")
+        try:
+            KnowledgeIndex.load(index)
+        except (FileNotFoundError, ValueError):
+            log.info("building the default knowledge index in %s", index)
+            build_index(None, index)
+    if intent is None:
+        from training import classify
+
+        intent = os.path.join(cache, "intent")
+        if not os.path.isfile(os.path.join(intent, "model", "tfchat.json")):
+            log.info("training the default intent classifier in %s", intent)
+            if classify.main(["--task", "intent", "--out", intent, "--no-progress"]) != 0:
+                raise RuntimeError(f"training the default intent classifier in {intent} failed")
+    return index, intent
+
+
 def _evaluate_knowledge(args) -> int:
     cli.setup(args.verbose)
     from tfchat.data.io import write_jsonl
     from tfchat.eval.knowledge import knowledge_evaluation
 
-    result = knowledge_evaluation(args.model, args.index, args.intent, examples=args.knowledge_examples,
+    index, intent = default_knowledge_runs(args.index, args.intent)
+    result = knowledge_evaluation(args.model, index, intent, examples=args.knowledge_examples,
                                   passages=args.passages, max_new_tokens=args.max_new_tokens or 32,
                                   batch_size=args.batch_size)
     samples = result.pop("samples", [])

@@ -30,10 +30,7 @@ never trains on:
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Sequence
-
-log = logging.getLogger(__name__)
 
 HELD_OUT = "topical-chat-valid-rare.json.xz"
 
@@ -98,42 +95,21 @@ def grounded_metrics(loaded, index, examples: int = 200, passages: int = 2, max_
     return out
 
 
-def knowledge_evaluation(model, index: str | None = None, intent: str | None = None, *, examples: int = 200,
-                         passages: int = 2, max_new_tokens: int = 32, batch_size: int = 8,
-                         cache_dir: str | None = None) -> dict:
-    """Every figure of the module docstring. Without `index` / `intent`, the default index and intent classifier
-    are built (once: they are kept under the cache directory, `$TFCHAT_CACHE_DIR/knowledge-eval`)."""
-    import os
-
+def knowledge_evaluation(model, index: str, intent: str, *, examples: int = 200, passages: int = 2,
+                         max_new_tokens: int = 32, batch_size: int = 8) -> dict:
+    """Every figure of the module docstring: `model` (a directory or `LoadedModel`), a knowledge index run and an
+    intent classifier run."""
     from tfchat.checkpoint.model_dir import LoadedModel, load_model
     from tfchat.data import dialogues
-    from tfchat.data.sources import default_cache_dir
     from tfchat.eval.classification import evaluate_intents
+    from tfchat.inference.classifier import TextClassifier
     from tfchat.retrieval.index import KnowledgeIndex
 
+    kb = KnowledgeIndex.load(index)  # a bad index or classifier fails before the model is read
+    classifier = TextClassifier.load(intent)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    cache = os.path.join(cache_dir or default_cache_dir(), "knowledge-eval")
-    if index is None:
-        index = os.path.join(cache, "index")
-        try:
-            kb = KnowledgeIndex.load(index)
-        except (FileNotFoundError, ValueError):
-            from training.index import build_index
-
-            log.info("building the default knowledge index in %s", index)
-            kb = build_index(None, index)
-    else:
-        kb = KnowledgeIndex.load(index)
-    if intent is None:
-        intent = os.path.join(cache, "intent")
-        if not os.path.isfile(os.path.join(intent, "model", "tfchat.json")):
-            from training import classify
-
-            log.info("training the default intent classifier in %s", intent)
-            if classify.main(["--task", "intent", "--out", intent, "--no-progress"]) != 0:
-                raise RuntimeError(f"training the default intent classifier in {intent} failed")
     result = {"index": index, "index_passages": len(kb), "intent": intent}
     result.update(retrieval_recall(kb, dialogues.grounded_questions()))
     result.update(grounded_metrics(loaded, kb, examples, passages, max_new_tokens, batch_size))
-    result.update(evaluate_intents(intent))
+    result.update(evaluate_intents(classifier))
     return result
