@@ -196,7 +196,8 @@ class Backend:
             if name in ("token_ids", "token") and array.size and (array.min() < 0 or array.max() >= self.vocab_size):
                 raise BadRequest(f"input '{name}': token ids must be in 0 .. {self.vocab_size - 1}")
             if specs[name].dtype == tf.string and array.size:
-                longest = max(len(v.decode("utf-8", "replace")) for v in array.reshape(-1))
+                longest = max(len(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+                              for v in array.reshape(-1))
                 if longest > self.max_prompt_chars:
                     raise BadRequest(f"input '{name}': a text of {longest:,} characters; at most "
                                      f"{self.max_prompt_chars:,} ({CHARS_PER_TOKEN} per token of the "

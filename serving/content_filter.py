@@ -133,29 +133,33 @@ class FilteredBackend:
 
     def stream(self, request: GenRequest) -> Iterator[str]:
         """Streaming generation of screened text deltas; `request.future` then holds the Completion."""
+        return (text for text, _ in self.stream_with_logprobs(request))
+
+    def stream_with_logprobs(self, request: GenRequest) -> Iterator[tuple[str, list]]:
+        """`Backend.stream_with_logprobs`, screened: (text delta, its tokens' log-probabilities)."""
         self.backend.validate(request)
         if self._refused(request):
-            return (piece for piece in [self.refusal])  # a generator: callers close() it
+            return (piece for piece in [(self.refusal, [])])  # a generator: callers close() it
         inner = dataclasses.replace(request, future=concurrent.futures.Future(), events=None)
-        return self._screened(self.backend.stream(inner), inner, request)
+        return self._screened(self.backend.stream_with_logprobs(inner), inner, request)
 
-    def _screened(self, pieces: Iterator[str], inner: GenRequest, request: GenRequest) -> Iterator[str]:
-        sent, held, count = "", "", 0
+    def _screened(self, pieces: Iterator[tuple[str, list]], inner: GenRequest, request: GenRequest):
+        sent, held, held_lp, count = "", "", [], 0
         try:
-            for piece in pieces:
-                held, count = held + piece, count + 1
+            for piece, logprobs in pieces:
+                held, held_lp, count = held + piece, held_lp + list(logprobs), count + 1
                 if count % self.check_every:
                     continue
                 if self.flagged([sent + held]):
                     self._cut(inner, request, sent)
                     return
-                yield held
-                sent, held = sent + held, ""
+                yield held, held_lp
+                sent, held, held_lp = sent + held, "", []
             if held and self.flagged([sent + held]):
                 self._cut(inner, request, sent)
                 return
             if held:
-                yield held
+                yield held, held_lp
             request.future.set_result(inner.future.result())
         except Exception as e:
             if not request.future.done():
@@ -192,6 +196,13 @@ class FilteredBackend:
             raise NotFound(f'Serving signature name: "{name}" is not served with a content filter (it would bypass '
                            "the filter); use generate or chat")
 
+    def predict_job(self, signature: str, inputs: dict):
+        """`Backend.predict_job`, screened: a job whose `.future` resolves to `predict`'s outputs."""
+        self._check_signature(signature)
+        job = _Job()
+        job.future = self._pool.submit(self.predict, signature, inputs)
+        return job
+
     def predict(self, signature: str, inputs: dict) -> dict:
         """Runs a signature; `generate`/`chat` rows are screened (see the module docstring)."""
         self._check_signature(signature)
@@ -225,6 +236,14 @@ class FilteredBackend:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         self.backend.close()
+
+
+class _Job:
+    """A screened `predict` running in the filter's pool (`.cancelled` is accepted and ignored: the
+    screened call is short once its model call is queued)."""
+
+    future: concurrent.futures.Future
+    cancelled: bool = False
 
 
 def _strings(tensor) -> list:

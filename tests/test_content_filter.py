@@ -59,14 +59,14 @@ class ScriptedBackend:
         request.future.set_result(self._completion())
         return request.future
 
-    def stream(self, request):
+    def stream_with_logprobs(self, request):
         self.generated.append(request)
 
         def pieces():  # like Backend.stream: closing it cancels the row, which then finishes with what it has
             produced = 0
             try:
                 for piece in self.pieces:
-                    yield piece
+                    yield piece, []
                     produced += 1
             finally:
                 if produced < len(self.pieces):
@@ -280,7 +280,8 @@ def test_moderations_rejects_bad_input(real_server, body, fragment):
     r = httpx.post(url + "/v1/moderations", json=body, timeout=30)
     assert r.status_code == 400 and fragment in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(url + "/v1/moderations", content=b"{not json", timeout=30)
+    r = httpx.post(url + "/v1/moderations", content=b"{not json", headers={"Content-Type": "application/json"},
+                   timeout=30)
     assert r.status_code == 400 and "invalid JSON" in r.json()["error"]["message"]
 
 

@@ -22,9 +22,10 @@ import os
 import uuid
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from serving.errors import BadRequest
-from serving.http import in_thread, json_body
+from serving.http import json_body
 from serving.routes.openai import openai_error
 from tfchat.inference.classifier import ContentFilter
 
@@ -92,7 +93,7 @@ def router(content_filter: ContentFilter, name: str | None = None) -> APIRouter:
             texts = inputs_of(await json_body(request))
         except BadRequest as e:
             return openai_error(400, str(e))
-        results = await in_thread(moderate, content_filter, texts)
+        results = await run_in_threadpool(moderate, content_filter, texts)
         return {"id": "modr-" + uuid.uuid4().hex[:24], "model": model, "results": results}
 
     return api

@@ -244,7 +244,7 @@ def load_model(path: str, dtype: str | None = None) -> LoadedModel:
     """
     path = resolve_model_dir(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory not found: {path}")
+        raise not_found(path)
     metadata = read_marker(path, FORMAT, VERSION, "tfchat model directory")
     config = load_config(path)
     tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
