@@ -45,8 +45,9 @@ def chat_page(backend: Backend) -> str:
     return page.replace("__SCRIPT_HASH__", f"'sha256-{digest}'", 1)
 
 
-def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
-    """The FastAPI app around a loaded `Backend`; request bodies over `max_request_bytes` get a 413."""
+def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, dialogue=None) -> FastAPI:
+    """The FastAPI app around a loaded `Backend`; request bodies over `max_request_bytes` get a 413;
+    `dialogue`: a `tfchat.dialogue.manager.DialogueManager` routing OpenAI chat turns."""
     app = FastAPI(title="tfchat", docs_url="/docs")
     app.state.backend = backend
     app.state.max_request_bytes = max_request_bytes
@@ -57,7 +58,7 @@ def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BY
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(ClientGone, client_gone)
     app.include_router(tf_serving.router(backend))
-    app.include_router(openai.router(backend))
+    app.include_router(openai.router(backend, dialogue))
 
     @app.get("/healthz")
     def healthz():

@@ -96,6 +96,7 @@ class GenRequest:
     messages: list[dict] | None = None
     sampling: SamplingParams | None = None
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely ones
+    knowledge: str | None = None  # chat: text for the chat template's knowledge segment (retrieved passages)
     # Filled by the backend.
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     events: "queue.Queue | None" = None  # streaming: ("delta", str, [TokenLogprob]) ... ("done", Completion) / ("error", exc)
@@ -269,6 +270,13 @@ class Backend:
         if r.logprobs is not None and (isinstance(r.logprobs, bool) or not isinstance(r.logprobs, int)
                                        or not 0 <= r.logprobs <= MAX_TOP_LOGPROBS):
             raise BadRequest(f"top log-probabilities must be an integer in 0 .. {MAX_TOP_LOGPROBS}, got {r.logprobs!r}")
+        if r.knowledge is not None:
+            if not isinstance(r.knowledge, str) or r.messages is None:
+                raise BadRequest("knowledge must be a string, with messages")
+            if r.knowledge and "knowledge_prompt" not in self.signatures:
+                raise BadRequest("this export has no knowledge_prompt signature (exported before tfchat knew "
+                                 "knowledge): re-export it with python -m serving.export")
+            r.knowledge = r.knowledge[: self.max_prompt_chars]  # the template cuts it further, before the dialogue
         if r.prompt is not None:
             r.prompt = r.prompt[-self.max_prompt_chars:]
         else:
@@ -385,6 +393,10 @@ class Backend:
         """Right-padded prompt ids [B, T] and lengths, exactly as `generate`/`chat` build them."""
         if batch[0].is_chat:
             max_new = tf.constant([r.sampling.max_new_tokens for r in batch], tf.int32)
+            if any(r.knowledge for r in batch):
+                out = self.signatures["knowledge_prompt"](**self._conversations(batch), max_new_tokens=max_new,
+                                                          knowledge=tf.constant([r.knowledge or "" for r in batch]))
+                return out["token_ids"].numpy(), out["num_tokens"].numpy()
             out = self.signatures["chat_prompt"](**self._conversations(batch), max_new_tokens=max_new)
             return out["token_ids"].numpy(), out["num_tokens"].numpy()
         out = self.signatures["tokenize"](text=tf.constant([r.prompt for r in batch], tf.string))

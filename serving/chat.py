@@ -4,6 +4,7 @@
     python -m serving.chat --model exports/tfchat             # load the export in this process
     python -m serving.chat --model exports/tfchat --reward-model exports/reward --best-of 4   # best of 4 replies
     python -m serving.chat --model exports/tfchat --content-filter runs/moderation
+    python -m serving.chat --model exports/grounded --intent runs/intent --index runs/index   # dialogue manager
 
 Type a message and press Enter. Commands: `/reset` forgets the conversation,
 `/system TEXT` sets a system prompt (and resets), `/exit` (or Ctrl-D) quits,
@@ -11,6 +12,8 @@ Type a message and press Enter. Commands: `/reset` forgets the conversation,
 drops the oldest exchanges when it no longer fits the context. A reply the
 server's content filter refused or stopped (finish reason `content_filter`)
 is marked `[filtered: ...]`, and that exchange is left out of the history.
+The sources of a grounded reply (a server with a dialogue manager, or
+`--intent`/`--index` here) are listed under it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class RemoteChat:
         self.url = url.rstrip("/")
         self._http = httpx.Client(timeout=timeout)
         self.finish_reason: str | None = None  # of the last reply
+        self.sources: list = []  # of the last reply (a server with a dialogue manager)
         try:  # fail at start, not at the first message
             self._http.get(self.url + "/v1/models").raise_for_status()
         except httpx.HTTPError as e:
@@ -43,7 +47,7 @@ class RemoteChat:
 
     def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
         body = {"messages": messages, "stream": True, **_openai_names(sampling)}
-        self.finish_reason = None
+        self.finish_reason, self.sources = None, []
         with self._http.stream("POST", self.url + "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()
@@ -56,6 +60,8 @@ class RemoteChat:
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
+                if isinstance(chunk.get("sources"), list):
+                    self.sources = chunk["sources"]
                 if "error" in chunk:
                     raise RuntimeError(chunk["error"]["message"])
                 choice = chunk["choices"][0]
@@ -75,9 +81,12 @@ def _openai_names(sampling: dict) -> dict:
 class LocalChat:
     """Streams replies from an export loaded in this process."""
 
-    def __init__(self, path: str, content_filter: str | None = None, best_of=None):
+    def __init__(self, path: str, content_filter: str | None = None, best_of=None, dialogue=None):
         from serving.backend import Backend
 
+        self.dialogue = dialogue  # a tfchat.dialogue.manager.DialogueManager, or None
+        self.sources: list = []
+        self._fixed_finish = None
         self.backend = Backend(path)
         self.backend.best_of = best_of  # best-of-n hook (serving.best_of)
         if content_filter:
@@ -89,6 +98,8 @@ class LocalChat:
 
     @property
     def finish_reason(self) -> str | None:
+        if self._fixed_finish:
+            return self._fixed_finish
         done = self._request is not None and self._request.future.done() and not self._request.future.exception()
         return self._request.future.result().finish_reason if done else None
 
@@ -96,7 +107,12 @@ class LocalChat:
         from serving.backend import GenRequest
 
         params = self.backend.defaults.replace(**sampling)
-        self._request = GenRequest(messages=messages, sampling=params)
+        decision = self.dialogue.decide(messages) if self.dialogue is not None else None
+        self.sources, self._fixed_finish = (decision.sources if decision else []), None
+        if decision is not None and decision.reply is not None:  # a template or a refusal: no model call
+            self._fixed_finish = FILTERED if decision.route == "refuse" else "stop"
+            return iter([decision.reply])
+        self._request = GenRequest(messages=messages, sampling=params, knowledge=decision and decision.knowledge)
         return self.backend.stream(self._request)
 
 
@@ -149,6 +165,9 @@ def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampli
                   file=stdout)
             continue
         stdout.write("\n")
+        for i, source in enumerate(getattr(chat, "sources", None) or [], 1):
+            print(f"  [{i}] {source.get('title', '')}" + (f"  {source['url']}" if source.get("url") else ""),
+                  file=stdout)
         history.append({"role": "assistant", "content": "".join(reply)})
     print("bye", file=stdout)
 
@@ -160,6 +179,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     source.add_argument("--model", help="export path (exports/tfchat) to load in-process")
     parser.add_argument("--content-filter", default=None, metavar="DIR",
                         help="with --model: screen messages and replies with this moderation classifier")
+    parser.add_argument("--intent", default=None, metavar="DIR",
+                        help="with --model: route turns with this intent classifier (training.classify --task intent)")
+    parser.add_argument("--index", default=None, metavar="DIR",
+                        help="with --model: answer knowledge questions from this index (training.index)")
     parser.add_argument("--system", default=None, help="system prompt")
     g = parser.add_argument_group("sampling (default: the model's recommended settings)")
     g.add_argument("--max-tokens", type=cli.positive_int, default=None, help="longest reply in tokens")
@@ -173,6 +196,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     args = parser.parse_args(argv)
     if args.content_filter and not args.model:
         parser.error("--content-filter is for --model (a server applies its own: serving.server --content-filter)")
+    if (args.intent or args.index) and not args.model:
+        parser.error("--intent and --index are for --model (a server routes its own: serving.server --intent/--index)")
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     given = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
              "top_p": args.top_p, "seed": args.seed}
@@ -184,7 +209,13 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         check_best_of_flags(args)
         if args.model:
             cli.setup(args.verbose)
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter, best_of(args))
+        dialogue = None
+        if args.intent or args.index:
+            from tfchat.dialogue.manager import DialogueManager
+
+            dialogue = DialogueManager.load(args.intent, args.index)
+        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter, best_of(args),
+                                                                                dialogue)
         run(chat, stdin, stdout, system=args.system, **sampling)
         return 0
 

@@ -22,6 +22,9 @@ always given, per row):
   joins them and holds back a character until its last byte-fallback id
   arrives (decoding a prefix of ids with `detokenize` shows it as U+FFFD).
 * `chat_prompt`: roles, contents [B, M], max_new_tokens [B] -> token_ids, num_tokens.
+* `knowledge_prompt`: `chat_prompt` plus knowledge string [B], each row's
+  text for the chat template's knowledge segment ("" = none): grounded
+  replies (retrieved passages) through `prefill`/`decode`.
 * `prefill`: token_ids [B, T] right-padded prompt ids, num_tokens [B] + the
   sampling inputs -> next_token [B], logits [B, V], cache
   [n_layer, S, B, 2, n_head, head_dim], key_mask bool [B, S], position [B],
@@ -62,7 +65,7 @@ from tfchat.text import chat_template
 log = logging.getLogger(__name__)
 
 SIGNATURES = ("serving_default", "generate", "chat", "score", "tokenize", "detokenize", "token_bytes", "chat_prompt",
-              "prefill", "decode")
+              "knowledge_prompt", "prefill", "decode")
 METADATA_FILE = os.path.join("assets.extra", "tfchat.json")
 
 _vec = lambda dtype, name: tf.TensorSpec([None], dtype, name=name)  # noqa: E731
@@ -106,8 +109,9 @@ class ServingModule(tf.Module):
         )
         return tokens, lengths, self._decode(tokens, lengths)
 
-    def _chat_ids(self, roles, contents, max_new_tokens):
-        """One `tf_prompt` per conversation, all fitted to the room left by the longest reply."""
+    def _chat_ids(self, roles, contents, max_new_tokens, knowledge=None):
+        """One `tf_prompt` per conversation (with its row of `knowledge`, if given), all fitted to the room
+        left by the longest reply."""
         longest = chat_template.MIN_MAX_LEN
         check = tf.debugging.assert_less_equal(
             max_new_tokens, self.max_len - longest,
@@ -117,12 +121,14 @@ class ServingModule(tf.Module):
             room = self.max_len - tf.reduce_max(tf.concat([max_new_tokens, [1]], 0))
 
         def one(args):
-            r, c = args
+            r, c, k = args if knowledge is not None else (*args, None)
             keep = tf.not_equal(r, "")
-            return chat_template.tf_prompt(tf.boolean_mask(r, keep), tf.boolean_mask(c, keep), self.tokenizer, room)
+            return chat_template.tf_prompt(tf.boolean_mask(r, keep), tf.boolean_mask(c, keep), self.tokenizer, room,
+                                           knowledge=k)
 
         return tf.map_fn(
-            one, (roles, contents), fn_output_signature=tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0)
+            one, (roles, contents) if knowledge is None else (roles, contents, knowledge),
+            fn_output_signature=tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0)
         )
 
     # ---------------------------------------------------------------- signatures
@@ -154,6 +160,18 @@ class ServingModule(tf.Module):
     )
     def chat_prompt(self, roles, contents, max_new_tokens):
         ids = self._chat_ids(roles, contents, max_new_tokens)
+        return {"token_ids": ids.to_tensor(self.pad_id), "num_tokens": tf.cast(ids.row_lengths(), tf.int32)}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.string, name="roles"),
+            tf.TensorSpec([None, None], tf.string, name="contents"),
+            _vec(tf.string, "knowledge"),
+            _vec(tf.int32, "max_new_tokens"),
+        ]
+    )
+    def knowledge_prompt(self, roles, contents, knowledge, max_new_tokens):
+        ids = self._chat_ids(roles, contents, max_new_tokens, knowledge)
         return {"token_ids": ids.to_tensor(self.pad_id), "num_tokens": tf.cast(ids.row_lengths(), tf.int32)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])

@@ -51,6 +51,9 @@ CHAT_REQUEST = {
         "logprobs": {"type": ["boolean", "null"], "description": "return each reply token's log-probability"},
         "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20,
                          "description": "with logprobs: the most likely tokens at each position"},
+        "knowledge": {"type": ["string", "null"],
+                      "description": "tfchat extension: text for the knowledge segment (instead of the server's "
+                                     "retrieval)"},
     },
 }
 

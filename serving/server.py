@@ -3,6 +3,7 @@
     python -m serving.server --model exports/tfchat [--port 8501] [--grpc-port 8500] [--max-batch 8]
     python -m serving.server --model exports/tfchat --reward-model exports/reward --best-of 4
     python -m serving.server --model exports/tfchat --content-filter runs/moderation [--filter-threshold 0.5]
+    python -m serving.server --model exports/tfchat --intent runs/intent --index runs/index   # dialogue manager
 
 Then open http://127.0.0.1:8501/ for the web chat, or talk to it:
 
@@ -18,6 +19,10 @@ are screened as they are generated (`serving/content_filter.py`), and
 `POST /v1/moderations` serves the classifier (`serving/routes/moderation.py`).
 With `--reward-model`, every chat reply is the best of `--best-of` sampled
 candidates by the reward model's score (`serving/best_of.py`).
+With `--intent` (a `training.classify --task intent` run) and/or `--index` (a
+`training.index` run), chat turns go through the dialogue manager
+(`tfchat/dialogue/manager.py`): templates, retrieved knowledge, the model, or
+a refusal; responses name the route and the sources.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def parser():
                    help="flag at or above this 'flagged' score (default: the threshold stored with the classifier)")
     g.add_argument("--filter-every", type=cli.positive_int, default=4,
                    help="check a reply being generated every this many tokens")
+    g = p.add_argument_group("dialogue manager (knowledge and intents)")
+    g.add_argument("--intent", default=None, metavar="DIR", help="intent classifier (training.classify --task intent)")
+    g.add_argument("--index", default=None, metavar="DIR", help="knowledge index (training.index run directory)")
+    g.add_argument("--rules", default=None, metavar="FILE",
+                   help="dialogue rules JSON (default: the bundled tfchat/resources/dialogue-rules.json)")
+    g.add_argument("--passages", type=cli.positive_int, default=3, help="retrieved passages put into a prompt")
     add_best_of_flags(p)
     return p
 
@@ -103,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             content_filter = ContentFilter.load(args.content_filter, args.filter_threshold)
             log.info("content filter %s: flagged at %.3f", args.content_filter, content_filter.threshold)
         reranker = best_of(args)  # best-of-n hook (serving.best_of)
+        dialogue = None
+        if args.intent or args.index or args.rules:  # loaded before the model too: bad paths fail fast
+            from tfchat.dialogue.manager import DialogueManager
+
+            dialogue = DialogueManager.load(args.intent, args.index, args.rules, k=args.passages)
+            dialogue.content_filter = content_filter
         backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
         backend.best_of = reranker
         if content_filter is not None:
@@ -114,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)
         try:
-            app = create_app(backend, max_request_bytes=args.max_request_bytes)
+            app = create_app(backend, max_request_bytes=args.max_request_bytes, dialogue=dialogue)
             if content_filter is not None:
                 from serving.routes import moderation
 

@@ -7,6 +7,7 @@
     python -m training.evaluate --model runs/aligned --reference runs/chat --preferences preferences-sample --json
     python -m training.evaluate --model runs/reward --preferences hh-rlhf-sample --json
     python -m training.evaluate --classifier runs/moderation --data moderation-requests --json
+    python -m training.evaluate --model runs/grounded --knowledge-eval --index runs/index --intent runs/intent --json
 
 Metrics and their definitions: `tfchat/eval/evaluate.py`. Output: a short
 table, or with `--json` one compact JSON object on stdout (generated replies
@@ -19,6 +20,12 @@ PR-AUC and the threshold used, and the flagged rate per data source
 (`tfchat/eval/classification.py`). `--split auto` (the default for
 classifiers) takes the held-out 5% of the data the classifier was trained
 on, and all of any other data.
+
+With `--knowledge-eval` (and `--model`): retrieval recall@k, knowledge F1
+and assistant-token loss with and without retrieved knowledge on held-out
+Topical-Chat, and the intent classifier's CLINC150 in-scope accuracy and
+out-of-scope recall (`tfchat/eval/knowledge.py`); without `--index` /
+`--intent` the default ones are built once and cached.
 """
 
 from __future__ import annotations
@@ -67,6 +74,15 @@ def parser():
     g.add_argument("--reference", default=None, metavar="DIR",
                    help="judge --model's implicit reward relative to this model (DPO's reference, e.g. runs/chat)")
     g.add_argument("--reward-model", default=None, metavar="DIR", help="also the reward accuracy of this reward model")
+    g = p.add_argument_group("knowledge and intents")
+    g.add_argument("--knowledge-eval", action="store_true",
+                   help="retrieval recall, grounded replies with/without knowledge and intent accuracy (needs --model)")
+    g.add_argument("--index", default=None, help="knowledge index (training.index run; default: built and cached)")
+    g.add_argument("--intent", default=None,
+                   help="intent classifier (training.classify --task intent run; default: trained and cached)")
+    g.add_argument("--knowledge-examples", type=cli.positive_int, default=200,
+                   help="held-out grounded replies to score and generate")
+    g.add_argument("--passages", type=cli.positive_int, default=2, help="retrieved passages per prompt")
     p.add_argument("--json", action="store_true", help="print one compact JSON object on stdout")
     p.add_argument("--samples-out", default=None, metavar="FILE.jsonl",
                    help="write every generated reply (prompt, reference, reply) here as JSONL")
@@ -107,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data is None or args.blimp or args.preferences:
             p.error("--classifier takes --data (labelled data), not --blimp or --preferences")
         return cli.run(lambda: _evaluate_classifier(args))
+    if args.knowledge_eval:
+        if args.data or args.blimp or args.preferences:
+            p.error("--knowledge-eval runs on bundled held-out data: no --data, --blimp or --preferences")
+        return cli.run(lambda: _evaluate_knowledge(args))
+    if args.index or args.intent:
+        p.error("--index and --intent are for --knowledge-eval")
     if args.data is None and not args.blimp and args.preferences is None:
         p.error("give --data, --blimp, --preferences or several")
     if args.split == "auto":
@@ -139,6 +161,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return cli.run(run)
+
+
+def default_knowledge_runs(index: str | None, intent: str | None) -> tuple[str, str]:
+    """`index` and `intent`, or the default index and intent classifier, built once and kept under the cache
+    directory (`$TFCHAT_CACHE_DIR/knowledge-eval`)."""
+    import logging
+    import os
+
+    from tfchat.data.sources import default_cache_dir
+
+    log = logging.getLogger("training.evaluate")
+    cache = os.path.join(default_cache_dir(), "knowledge-eval")
+    if index is None:
+        from tfchat.retrieval.index import KnowledgeIndex
+        from training.index import build_index
+
+        index = os.path.join(cache, "index")
+        try:
+            KnowledgeIndex.load(index)
+        except (FileNotFoundError, ValueError):
+            log.info("building the default knowledge index in %s", index)
+            build_index(None, index)
+    if intent is None:
+        from training import classify
+
+        intent = os.path.join(cache, "intent")
+        if not os.path.isfile(os.path.join(intent, "model", "tfchat.json")):
+            log.info("training the default intent classifier in %s", intent)
+            if classify.main(["--task", "intent", "--out", intent, "--no-progress"]) != 0:
+                raise RuntimeError(f"training the default intent classifier in {intent} failed")
+    return index, intent
+
+
+def _evaluate_knowledge(args) -> int:
+    cli.setup(args.verbose)
+    from tfchat.data.io import write_jsonl
+    from tfchat.eval.knowledge import knowledge_evaluation
+
+    index, intent = default_knowledge_runs(args.index, args.intent)
+    result = knowledge_evaluation(args.model, index, intent, examples=args.knowledge_examples,
+                                  passages=args.passages, max_new_tokens=args.max_new_tokens or 32,
+                                  batch_size=args.batch_size)
+    samples = result.pop("samples", [])
+    if args.samples_out:
+        write_jsonl(samples, args.samples_out)
+    if args.json:
+        print(json.dumps(_jsonable(result), ensure_ascii=False))
+        return 0
+    print(f"retrieval recall@1/5/20: {result['recall_at_1']:.3f} / {result['recall_at_5']:.3f} / "
+          f"{result['recall_at_20']:.3f} on {result['questions']} questions ({result['index_passages']} passages)\n"
+          f"held-out Topical-Chat ({result['examples']} replies, {result['passages']} passages each; retrieved the "
+          f"cited entity for {result['retrieval_hit_rate']:.1%}):\n"
+          f"  assistant-token loss  with knowledge {result['loss_with_knowledge']:.4f}, without "
+          f"{result['loss_without_knowledge']:.4f} (with the cited lead section: "
+          f"{result['loss_with_gold_knowledge']:.4f})\n"
+          f"  knowledge F1          with knowledge {result['knowledge_f1']:.4f}, without "
+          f"{result['knowledge_f1_without']:.4f}\n"
+          f"intents (CLINC150 test): in-scope accuracy {result['in_scope_accuracy']:.4f}, out-of-scope recall "
+          f"{result['oos_recall']:.4f}")
+    return 0
 
 
 def _evaluate_classifier(args) -> int:

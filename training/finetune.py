@@ -4,6 +4,7 @@
     python -m training.finetune --from runs/gpt2 --data my_chats.jsonl --out runs/gpt2-chat
     python -m training.finetune --data hf:HuggingFaceH4/ultrachat_200k@train_sft --seq-len 256
     python -m training.finetune --from runs/zh --data dialogues-sample-zh --out runs/zh-chat   # Chinese
+    python -m training.finetune --data grounded-sample --out runs/grounded   # replies grounded in Wikipedia leads
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def parser():
                    help="model directory (or run directory) to start from, e.g. a pretraining run or an imported GPT-2")
     g.add_argument("--data", default="dialogues-sample",
                    help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), dialogues-sample-zh "
-                        "(bundled Chinese KdConv + LCCC), messages-JSONL files "
+                        "(bundled Chinese KdConv + LCCC), grounded-sample (OpenAssistant + Topical-Chat with its "
+                        "Wikipedia knowledge in the prompt), messages-JSONL files "
                         "(see python -m training.convert_dialogues), or a table: hf:NAME[:CONFIG][@SPLIT] "
                         "(pip install 'tfchat[hf]') or .parquet files, one conversation per row")
     g.add_argument("--messages-column", default=None,

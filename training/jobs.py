@@ -493,7 +493,8 @@ def classify(opts: ClassifyOptions) -> dict:
     """
     from tfchat.data import labelled
     from tfchat.data.batches import labelled_batches
-    from tfchat.eval.classification import best_thresholds, classification_metrics
+    from tfchat.eval.classification import (best_fallback_threshold, best_thresholds, classification_metrics,
+                                            out_of_scope_metrics, predict_with_fallback)
     from tfchat.inference.classifier import batched_scores, keras_score_fn
     from tfchat.model.classifier import ClassifierConfig
     from training.objectives import Classification
@@ -537,7 +538,15 @@ def classify(opts: ClassifyOptions) -> dict:
         thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
         result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
                                         sources=[e.source for e in held_out], primary=labelled.FLAGGED)
-        trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result),
+        extra = {}
+        if task.fallback and task.fallback in labels:
+            truth = [e.labels[0] for e in held_out]
+            t = best_fallback_threshold(scores, labels, truth, task.fallback)
+            extra["fallback"] = {"label": task.fallback, "threshold": t}
+            predicted = predict_with_fallback(scores, labels, task.fallback, t)
+            result["with_fallback"] = {"threshold": t, **out_of_scope_metrics([labels[j] for j in predicted], truth,
+                                                                               task.fallback)}
+        trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result), **extra,
                                 **figures(metrics)})
         return {**metrics, "held_out": result}
 

@@ -13,6 +13,15 @@ completions: `logprobs.tokens`, `token_logprobs`, `top_logprobs`,
 `text_offset`), streamed with the chunk that carries their text. Errors are
 OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
 
+Knowledge (extensions OpenAI clients ignore): a chat request may carry
+`"knowledge": str`, text for the chat template's knowledge segment. With a
+dialogue manager (`serving.server --intent/--index`), every chat turn is
+routed (`tfchat.dialogue.manager`: template, retrieve, generate, refuse) and
+the response carries `"tfchat": {"route", "intent", "confidence",
+"sources"}` and `"sources": [{"title", "snippet", "url", "score"}]` (the
+first chunk of a stream carries both; the web chat shows the sources under
+the reply). A template or refusal is answered without the model.
+
 Example:
 
     curl -s localhost:8501/v1/chat/completions -H 'Content-Type: application/json' \
@@ -137,7 +146,8 @@ def usage_of(completions: list) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
 
-def router(backend: Backend) -> APIRouter:
+def router(backend: Backend, dialogue=None) -> APIRouter:
+    """The routes; `dialogue`: an optional `tfchat.dialogue.manager.DialogueManager` routing chat turns."""
     api = APIRouter()
 
     @api.get("/v1/models")
@@ -158,10 +168,19 @@ def router(backend: Backend) -> APIRouter:
                 raise BadRequest("stream must be a boolean")
             sampling = sampling_of(body, backend)
             logprobs = logprobs_of(body, chat)
+            decision = None
             if chat:
                 if "messages" not in body:
                     raise BadRequest("'messages' is required")
-                requests = [GenRequest(messages=messages_of(body["messages"]), sampling=sampling, logprobs=logprobs)]
+                messages, knowledge = messages_of(body["messages"]), body.get("knowledge")
+                if knowledge is not None and not isinstance(knowledge, str):
+                    raise BadRequest("'knowledge' must be a string")
+                if dialogue is not None and knowledge is None:
+                    from starlette.concurrency import run_in_threadpool
+
+                    decision = await run_in_threadpool(dialogue.decide, messages)  # a classifier call: off the loop
+                    knowledge = decision.knowledge
+                requests = [GenRequest(messages=messages, sampling=sampling, logprobs=logprobs, knowledge=knowledge)]
             else:
                 prompt = body.get("prompt")
                 prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -174,9 +193,13 @@ def router(backend: Backend) -> APIRouter:
                 backend.validate(r)
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
             base = {"id": rid, "created": int(time.time()), "model": backend.name}
+            extra = {"tfchat": decision.to_json(), "sources": decision.sources} if decision is not None else {}
+            if decision is not None and decision.reply is not None:  # template or refusal: no model call
+                return _fixed_reply(decision.reply, base, extra, stream, "content_filter" if decision.route == "refuse"
+                                    else "stop")
             if stream:
                 pieces = backend.stream_with_logprobs(requests[0])
-                return StreamingResponse(_sse_until_disconnect(pieces, requests[0], base, chat),
+                return StreamingResponse(_sse_until_disconnect(pieces, requests[0], base, chat, extra),
                                          media_type="text/event-stream")
             for r in requests:
                 backend.submit(r)
@@ -193,7 +216,7 @@ def router(backend: Backend) -> APIRouter:
                 lp = completion_logprobs(c.logprobs) if c.logprobs is not None else None
                 choices.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
         kind = "chat.completion" if chat else "text_completion"
-        return {**base, "object": kind, "choices": choices, "usage": usage_of(results)}
+        return {**base, "object": kind, "choices": choices, "usage": usage_of(results), **extra}
 
     @api.post("/v1/chat/completions", **documented(CHAT_REQUEST, OPENAI_ERROR))
     async def chat_completions(request: Request):
@@ -206,21 +229,38 @@ def router(backend: Backend) -> APIRouter:
     return api
 
 
-async def _sse_until_disconnect(pieces, request: GenRequest, base: dict, chat: bool):
+def _fixed_reply(text: str, base: dict, extra: dict, stream: bool, finish: str):
+    """A chat completion (or its stream) whose whole reply is `text` (a template or a refusal)."""
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if not stream:
+        return {**base, "object": "chat.completion", "usage": usage, **extra, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}]}
+    chunk = {**base, "object": "chat.completion.chunk"}
+    events = [_data({**chunk, **extra, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                    "logprobs": None, "finish_reason": None}]}),
+              _data({**chunk, "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None,
+                                           "finish_reason": None}]}),
+              _data({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}),
+              "data: [DONE]\n\n"]
+    return StreamingResponse(iter(events), media_type="text/event-stream")
+
+
+async def _sse_until_disconnect(pieces, request: GenRequest, base: dict, chat: bool, extra: dict | None = None):
     """`_sse`, iterated off the event loop. Starlette cancels this generator when
     the client disconnects; the blocking iterator in its thread would not notice,
     so the row is cancelled here and the backend stops decoding it."""
     from starlette.concurrency import iterate_in_threadpool
 
     try:
-        async for chunk in iterate_in_threadpool(_sse(pieces, request, base, chat)):
+        async for chunk in iterate_in_threadpool(_sse(pieces, request, base, chat, extra)):
             yield chunk
     finally:
         request.cancelled = True
 
 
-def _sse(pieces, request: GenRequest, base: dict, chat: bool):
-    """Server-sent events in OpenAI's chunk format; ends with `data: [DONE]`."""
+def _sse(pieces, request: GenRequest, base: dict, chat: bool, extra: dict | None = None):
+    """Server-sent events in OpenAI's chunk format; ends with `data: [DONE]`. `extra` (the dialogue
+    manager's decision and sources) rides on the first chunk."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     sent = b""  # the reply's bytes so far (completions' text_offset)
 
@@ -234,7 +274,7 @@ def _sse(pieces, request: GenRequest, base: dict, chat: bool):
             lp = completion_logprobs(tokens, sent) if tokens else None
             choice = {"index": 0, "text": delta_text or "", "logprobs": lp, "finish_reason": finish}
         sent += (delta_text or "").encode("utf-8")
-        return _data({**base, "object": kind, "choices": [choice]})
+        return _data({**base, "object": kind, **(extra or {} if first else {}), "choices": [choice]})
 
     try:
         if chat:

@@ -155,12 +155,14 @@ def render_conversations(
     stream = iter(conversations)
     # No progress bar of its own: this runs inside a command's bar (one bar per command).
     while part := list(itertools.islice(stream, chunk)):
-        contents = [m["content"] for conv in part for m in conv]
+        # The knowledge of grounded conversations (`dialogues.Grounded`) is encoded in the same batch, after them.
+        contents = [m["content"] for conv in part for m in conv] + [dialogues.knowledge_of(c) for c in part]
         encoded = tokenizer.tf_encode_batch(tf.constant(contents, tf.string)).to_list()
+        knowledge = encoded[len(contents) - len(part):]
         pos = 0
-        for conv in part:
+        for conv, known in zip(part, knowledge):
             ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
-                                                     tokenizer, max_len)
+                                                     tokenizer, max_len, knowledge=known or None)
             pos += len(conv)
             if not any(mask):
                 skipped += 1

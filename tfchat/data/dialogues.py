@@ -4,12 +4,13 @@ The canonical format is messages-JSONL: one conversation per line,
 
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
-(other keys are ignored). A message may carry `knowledge`, the facts its
-speaker used, as `[subject, relation, object]` triples of strings (KdConv's
-`attrs`: `[["恋恋笔记本", "导演", "尼克·卡索维茨"]]`; an `Information`
-relation holds a passage about the subject), for the chat template's
-knowledge segment; the chat template ignores it until then. Readers convert
-public datasets to it:
+(other keys are ignored, except `"knowledge"`: text the conversation is
+grounded in, rendered into the chat template's knowledge segment, never
+trained on). A message may carry `knowledge` too, the facts its speaker
+used, as `[subject, relation, object]` triples of strings (KdConv's `attrs`:
+`[["恋恋笔记本", "导演", "尼克·卡索维茨"]]`; an `Information` relation holds
+a passage about the subject), kept for evaluation; the chat template does
+not render them. Readers convert public datasets to it:
 
 - `oasst`: OpenAssistant message trees (one tree per JSONL line). From the
   prompt we follow the best-ranked reply (lowest `rank`; unranked replies
@@ -19,6 +20,15 @@ public datasets to it:
 - `topical-chat`: `{id: {"content": [{"agent", "message", ...}]}}`. Every
   conversation opens with agent_1 and the agents alternate, so agent_1 is the
   user and agent_2, who replies to agent_1, is the assistant.
+- `topical-chat-grounded`: Topical-Chat with its knowledge, for grounded
+  fine-tuning: one example per assistant reply (the reply and up to
+  `GROUNDED_CONTEXT` messages before it), grounded in the Wikipedia lead
+  sections of the reading-set entities (`FS1`..`FS3`) that the reply's
+  `knowledge_source` annotation cites (no knowledge when it cites none).
+  The reading sets and `wiki.json` are found beside the conversations
+  (`topical-chat-reading-sets-SPLIT.json`, or the repository's
+  `reading_sets/pre-build/SPLIT.json`); examples of one conversation share
+  its split. `topical-chat-grounded` alone names the bundled `valid_freq`.
 - `cornell`: Cornell Movie-Dialogs (`movie_lines.txt` and
   `movie_conversations.txt`, ` +++$+++ `-separated, ISO-8859-1). The
   character who speaks first is the user, the other the assistant;
@@ -64,8 +74,10 @@ line; if nothing usable is left, a `ValueError` names the file.
 A source is named `FORMAT:PATH` (e.g. `oasst:trees.jsonl.gz`), a bare path
 (messages-JSONL), a table (`hf:...`, `*.parquet`), `tfds:databricks_dolly`, or
 `dialogues-sample` (the bundled OASST and Topical-Chat samples, the default
-fine-tuning data) or `dialogues-sample-zh` (the bundled KdConv and LCCC
-samples: 900 + 13,400 Chinese conversations, Simplified script).
+fine-tuning data), `dialogues-sample-zh` (the bundled KdConv and LCCC
+samples: 900 + 13,400 Chinese conversations, Simplified script), or
+`grounded-sample` (the bundled OASST sample and Topical-Chat with its
+knowledge, for models that answer from retrieved passages).
 
 Example:
 
@@ -96,7 +108,22 @@ log = logging.getLogger(__name__)
 Message = dict  # {"role": str, "content": str}
 Conversation = list  # list[Message]
 
-FORMATS = ("oasst", "topical-chat", "cornell", "dolly", "kdconv", "lccc", "messages", "table")
+
+class Grounded(list):
+    """A conversation (a list of messages) with the `knowledge` text it is grounded in, and the `key` that
+    decides its split (examples cut from one source conversation share it)."""
+
+    def __init__(self, messages=(), knowledge: str = "", key: str = ""):
+        super().__init__(messages)
+        self.knowledge, self.key = knowledge, key
+
+
+def knowledge_of(conversation: Conversation) -> str:
+    """The knowledge a conversation is grounded in ("" for none)."""
+    return getattr(conversation, "knowledge", "") or ""
+
+
+FORMATS = ("oasst", "topical-chat", "topical-chat-grounded", "cornell", "dolly", "kdconv", "lccc", "messages", "table")
 SAMPLE_NAME = "dialogues-sample"
 SAMPLE_FILES = (
     ("oasst", "oasst1-en-100-trees.jsonl.gz"),
@@ -108,7 +135,17 @@ SAMPLE_FILES_ZH = (
     ("lccc", "lccc-toy-data.json.xz"),
     ("lccc", "lccc-toy-pairs.txt.xz"),
 )
-BUNDLED = {SAMPLE_NAME: SAMPLE_FILES, SAMPLE_NAME_ZH: SAMPLE_FILES_ZH}
+GROUNDED_NAME = "grounded-sample"
+GROUNDED_FILES = (
+    ("oasst", "oasst1-en-100-trees.jsonl.gz"),
+    ("topical-chat-grounded", "topical-chat-valid-freq.json.gz"),
+)
+# Messages before each reply in a grounded example: short windows leave a small model's context to knowledge.
+GROUNDED_CONTEXT = 3
+BUNDLED = {SAMPLE_NAME: SAMPLE_FILES, SAMPLE_NAME_ZH: SAMPLE_FILES_ZH, GROUNDED_NAME: GROUNDED_FILES,
+           "topical-chat-grounded": (("topical-chat-grounded", "topical-chat-valid-freq.json.gz"),)}
+
+
 def default_dialogue_source() -> str:
     """The default fine-tuning data: the bundled OASST + Topical-Chat samples."""
     return SAMPLE_NAME
@@ -285,7 +322,11 @@ def read_messages_jsonl(path: str, stats: ReadStats, columns: Columns | None = N
                 if columns and (columns.messages or columns.prompt) else None
             stats.skip(path, where, f"no {fields} fields" if fields else 'no "messages" list')
             continue
-        yield where, path, messages_from_row(obj, shape)
+        messages = messages_from_row(obj, shape)
+        knowledge = obj.get("knowledge")
+        if isinstance(knowledge, str) and knowledge.strip() and isinstance(messages, list):
+            messages = Grounded(messages, knowledge.strip())
+        yield where, path, messages
 
 
 def read_table(spec: str, stats: ReadStats, columns: Columns | None = None) -> Iterator[tuple[str, str, object]]:
@@ -333,7 +374,8 @@ def _read_json(path: str, what: str):
         raise ValueError(f"{path}: not {what} ({e})") from None
 
 
-def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+def read_topical_chat(path: str, stats: ReadStats, raw: dict | None = None) -> Iterator[tuple[str, str, object]]:
+    """Topical-Chat conversations; `raw`, when given, receives each conversation's annotated turns by id."""
     agents = {"agent_1": "user", "agent_2": "assistant"}
     data = _read_json(path, "a Topical-Chat JSON file")
     if not isinstance(data, dict):
@@ -349,7 +391,85 @@ def read_topical_chat(path: str, stats: ReadStats) -> Iterator[tuple[str, str, o
         for t in turns:
             t = t if isinstance(t, dict) else {}
             messages.append({"role": agents.get(t.get("agent"), t.get("agent")), "content": t.get("message")})
+        if raw is not None:
+            raw[conv_id] = turns
         yield where, path, _trim_trailing_user(messages)
+
+
+def _beside(path: str, names: Sequence[str], what: str) -> str:
+    """The first of `names` (relative to `path`'s directory, compressed or not) that exists."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for name in names:
+        for suffix in ("", ".gz", ".bz2", ".xz"):
+            candidate = os.path.normpath(os.path.join(directory, name + suffix))
+            if os.path.exists(candidate):
+                return candidate
+    raise FileNotFoundError(f"{path}: no {what} beside it (looked for {', '.join(names)}); grounded Topical-Chat "
+                            "needs the conversations, their reading sets and wiki.json")
+
+
+def _reading_sets_of(path: str) -> str:
+    """The reading sets of a Topical-Chat conversations file (tfchat's names, or the repository's layout)."""
+    split = os.path.basename(path).split(".")[0].removeprefix("topical-chat-")  # valid_freq / valid-freq
+    return _beside(path, [f"topical-chat-reading-sets-{split}.json", f"../reading_sets/pre-build/{split}.json"],
+                   "reading sets")
+
+
+def read_topical_chat_grounded(path: str, stats: ReadStats) -> Iterator[tuple[str, str, object]]:
+    """Topical-Chat replies with the lead sections their annotations cite (see the module docstring)."""
+    reading_sets = _reading_sets_of(path)
+    wiki = _beside(path, ["topical-chat-wiki.json", "../reading_sets/pre-build/wiki.json", "wiki.json"], "wiki.json")
+    try:
+        with open_text(reading_sets) as f:
+            sets = json.load(f)
+        with open_text(wiki) as f:
+            texts = {i: text for sections in json.load(f).values() for text, i in sections.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, EOFError) as e:
+        raise ValueError(f"{reading_sets} or {wiki}: not Topical-Chat reading sets / wiki.json ({e})") from None
+    conversations = {}
+    for where, _, messages in read_topical_chat(path, stats, conversations):
+        conv_id = where.rsplit(":", 1)[1]
+        facts = (sets.get(conv_id) or {}).get("agent_2") or {}
+        turns = conversations[conv_id]
+        for i, message in enumerate(messages):
+            if message.get("role") != "assistant" or i == 0:
+                continue
+            start = max(0, i - GROUNDED_CONTEXT)
+            start += start % 2  # open on a user turn (even positions: agent_1)
+            leads = []
+            for key in turns[i].get("knowledge_source") or []:
+                fact = facts.get(key) if isinstance(key, str) and key.startswith("FS") else None
+                if isinstance(fact, dict):
+                    lead = texts.get(fact.get("summarized_wiki_lead_section") or fact.get("shortened_wiki_lead_section"))
+                    if lead:
+                        leads.append(f"{fact.get('entity', '')}: {' '.join(lead.split())}")
+            yield f"{where}#{i}", path, Grounded(messages[start:i + 1], "\n\n".join(leads), key=conv_id)
+
+
+def grounded_questions(path: str | None = None) -> list[tuple[str, str]]:
+    """A labelled retrieval question set from Topical-Chat (default: the bundled `valid_rare`, a split tfchat
+    never fine-tunes on): every user turn (agent_1) that asks a question ("?") and whose `knowledge_source`
+    cites one of its reading set's entities (`FS1`..`FS3`), with that entity: [(question, entity)], in file
+    order, duplicates dropped. The question was written by a person reading the entity's Wikipedia lead, so
+    a retriever should find the entity's passage for it."""
+    path = path or io.resource_path("topical-chat-valid-rare.json.xz")
+    reading_sets = _reading_sets_of(path)
+    with open_text(path) as f:
+        conversations = json.load(f)
+    with open_text(reading_sets) as f:
+        sets = json.load(f)
+    out, seen = [], set()
+    for conv_id, conv in conversations.items():
+        facts = (sets.get(conv_id) or {}).get("agent_1") or {}
+        for turn in conv.get("content") or []:
+            text = " ".join(str(turn.get("message") or "").split())
+            cited = [facts[k]["entity"] for k in turn.get("knowledge_source") or []
+                     if isinstance(k, str) and k.startswith("FS") and isinstance(facts.get(k), dict)
+                     and facts[k].get("entity")]
+            if turn.get("agent") == "agent_1" and "?" in text and len(set(cited)) == 1 and text not in seen:
+                seen.add(text)
+                out.append((text, cited[0]))
+    return out
 
 
 _CORNELL_SEP = " +++$+++ "
@@ -489,6 +609,7 @@ def _tab_lines(path: str) -> Iterator[tuple[str, list]]:
 READERS = {
     "oasst": read_oasst,
     "topical-chat": read_topical_chat,
+    "topical-chat-grounded": read_topical_chat_grounded,
     "cornell": read_cornell,
     "dolly": read_dolly,
     "kdconv": read_kdconv,
@@ -520,7 +641,8 @@ def read_conversations(format: str, path: str, stats: ReadStats | None = None, c
             stats.skip(file, where, reason)
             continue
         stats.kept["conversations"] += 1
-        yield [_canonical(m) for m in messages]
+        clean = [_canonical(m) for m in messages]
+        yield Grounded(clean, messages.knowledge, messages.key) if isinstance(messages, Grounded) else clean
     if stats.total_kept == kept_before:
         first = "; ".join(stats.first_problems.values()) or "the file holds no records"
         raise ValueError(f"{path}: no usable {format} conversations ({stats.summary()}; first problem: {first})")
@@ -584,8 +706,9 @@ def is_dialogue_source(source: str, columns: Columns | None = None) -> bool:
 
 
 def split_of(conversation: Conversation) -> str:
-    """'train' or 'validation', a deterministic function of the conversation's content."""
-    key = json.dumps(conversation, ensure_ascii=False, sort_keys=True)
+    """'train' or 'validation', a deterministic function of the conversation's content (or of its `key`:
+    the examples cut from one grounded conversation share a split)."""
+    key = getattr(conversation, "key", "") or json.dumps(conversation, ensure_ascii=False, sort_keys=True)
     return io.split_of(key)
 
 
@@ -602,4 +725,5 @@ def convert_script(conversation: Conversation, config: str) -> Conversation:
 
 def write_messages_jsonl(conversations: Iterable[Conversation], path: str) -> int:
     """Writes messages-JSONL atomically (temp file, then rename). Returns the count."""
-    return io.write_jsonl(({"messages": c} for c in conversations), path)
+    return io.write_jsonl(({"messages": c, **({"knowledge": knowledge_of(c)} if knowledge_of(c) else {})}
+                           for c in conversations), path)

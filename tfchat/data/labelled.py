@@ -22,7 +22,8 @@ Converters turn public datasets into examples (`FORMAT:PATH`):
 | `jailbreakbench` | category -> `harassment`, `illicit`, `violence`, `sexual`, none beyond `flagged` (disinformation); "Expert advice" skipped (unqualified advice is not a moderation category) |
 | `advbench` | every behaviour: `flagged` only (no categories) |
 | `cold` | COLD (Chinese): offensive -> `hate`, else none; PATH: the directory or one CSV |
-| `clinc150` | CLINC150 utterances: their intent (`oos` out of scope); `PATH@train,oos_train` picks parts |
+| `clinc150` | CLINC150 utterances: their intent (`oos` out of scope); `PATH@train,oos_train` picks parts; `val`/`oos_val` rows are in the `validation` split, `train`/`oos_train` rows in `train` |
+| `topical-chat-intents` | the routing intents of a chat assistant from Topical-Chat user turns, by their annotated knowledge source: `knowledge_question` (a question that drew on a Wikipedia fact section), `chit_chat` (a turn from personal knowledge only); at most `ROUTING_PER_INTENT` of each |
 | `topical-chat-questions` | user turns of Topical-Chat that ask a question: no label |
 | `lines` | a text file, one example per line: no label |
 | `labelled` | labelled JSONL itself (a bare path means this) |
@@ -58,6 +59,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import hashlib
 import html
 import json
 import logging
@@ -345,7 +347,9 @@ def read_clinc150(path: str, stats: ReadStats) -> Iterator[Example]:
             if not (isinstance(row, list) and len(row) == 2 and all(isinstance(x, str) and x.strip() for x in row)):
                 stats.skip(path, f"{path}:{part}[{i}]", "not a [text, intent] pair")
                 continue
-            yield Example(row[0].strip(), (row[1],), f"clinc150-{part}")
+            # CLINC150's own validation parts are the held-out split (chosen thresholds are tuned on them).
+            split = {"train": "train", "oos_train": "train", "val": "validation", "oos_val": "validation"}.get(part, "")
+            yield Example(row[0].strip(), (row[1],), f"clinc150-{part}", split)
 
 
 def read_topical_chat_questions(path: str, stats: ReadStats) -> Iterator[Example]:
@@ -357,6 +361,38 @@ def read_topical_chat_questions(path: str, stats: ReadStats) -> Iterator[Example
             content = m.get("content") if isinstance(m, dict) else None
             if m.get("role") == "user" and isinstance(content, str) and "?" in content:
                 yield Example(" ".join(content.split()), (), "topical-chat-questions")
+
+
+# Examples per routing intent: about CLINC150's 100-150 per intent, so no intent dominates the softmax.
+ROUTING_PER_INTENT = 150
+OUT_OF_SCOPE = "oos"
+
+
+def read_topical_chat_intents(path: str, stats: ReadStats) -> Iterator[Example]:
+    """Routing intents from Topical-Chat's user turns (agent_1) and their `knowledge_source` annotations."""
+    try:
+        with open_text(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError) as e:
+        raise ValueError(f"{path}: not a Topical-Chat JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a Topical-Chat JSON file (expected an object of conversations)")
+    found: dict[str, list[str]] = {"knowledge_question": [], "chit_chat": []}
+    for conv in data.values():
+        for turn in (conv.get("content") or []) if isinstance(conv, dict) else []:
+            stats.read += 1
+            text = " ".join(str(turn.get("message") or "").split()) if isinstance(turn, dict) else ""
+            sources = turn.get("knowledge_source") or [] if isinstance(turn, dict) else []
+            if not text or turn.get("agent") != "agent_1":
+                continue
+            if "?" in text and any(str(s).startswith("FS") for s in sources):
+                found["knowledge_question"].append(text)
+            elif list(sources) == ["Personal Knowledge"]:
+                found["chit_chat"].append(text)
+    for intent, texts in found.items():
+        # A deterministic, content-based choice (not file order): the same texts on every machine.
+        for text in sorted(set(texts), key=lambda t: hashlib.sha256(t.encode()).digest())[:ROUTING_PER_INTENT]:
+            yield Example(text, (intent,), "topical-chat-intents")
 
 
 def read_lines(path: str, stats: ReadStats) -> Iterator[Example]:
@@ -380,6 +416,7 @@ CONVERTERS: dict[str, Callable[[str, ReadStats], Iterator[Example]]] = {
     "cold": read_cold,
     "clinc150": read_clinc150,
     "topical-chat-questions": read_topical_chat_questions,
+    "topical-chat-intents": read_topical_chat_intents,
     "lines": read_lines,
     "labelled": read_labelled_jsonl,
 }
@@ -407,7 +444,8 @@ def read_benign(spec: str, stats: ReadStats) -> Iterator[Example]:
     fmt, sep, _ = spec.partition(":")
     if (sep and fmt in CONVERTERS) or spec in BUNDLED:
         for e in _read(spec, stats):
-            yield dataclasses.replace(e, labels=())
+            # CLINC150's part splits belong to its intents: as benign text its rows split by hash, as before.
+            yield dataclasses.replace(e, labels=(), split="" if fmt == "clinc150" else e.split)
         return
     from tfchat.data import dialogues
 
@@ -431,6 +469,10 @@ BUNDLED = {
     "moderation-sample": ("labelled:moderation-train.jsonl.gz", "benign:wikipedia-sample", "benign:dialogues-sample"),
     "moderation-requests": ("labelled:moderation-requests.jsonl.gz",),
     "moderation-hatecheck": ("labelled:moderation-hatecheck.jsonl.gz",),
+    # Intents: CLINC150 train (+ val, held out) and the two routing intents; its test parts are `intent-test`.
+    "intent-sample": ("clinc150:clinc150-data-full.json.xz@train,oos_train,val,oos_val",
+                      "topical-chat-intents:topical-chat-valid-freq.json.gz"),
+    "intent-test": ("clinc150:clinc150-data-full.json.xz@test,oos_test",),
 }
 
 
@@ -456,7 +498,11 @@ def _read(spec: str, stats: ReadStats) -> Iterator[Example]:
     if spec in BUNDLED:
         for part in BUNDLED[spec]:
             fmt, _, name = part.partition(":")
-            yield from _read(part if fmt == "benign" else io.resource_path(name), stats)
+            if fmt == "benign":
+                yield from _read(part, stats)
+            else:  # FORMAT:FILE[@PARTS] of a bundled file
+                file, at, parts = name.partition("@")
+                yield from _read(f"{fmt}:{io.resource_path(file)}{at}{parts}", stats)
         return
     fmt, sep, path = spec.partition(":")
     if sep and fmt == "benign":
@@ -499,6 +545,8 @@ class Task:
     preferred_labels: tuple[str, ...] = ()
     # Added to every example that has any label (moderation: `flagged`).
     implied: str | None = None
+    # Single-label: the label predicted when no other scores at least the stored threshold (out of scope).
+    fallback: str | None = None
 
     def prepare(self, examples: Sequence[Example]) -> tuple[list[Example], list[str]]:
         """The examples with implied labels added, and the label vocabulary (checked for single-label)."""
@@ -520,6 +568,7 @@ TASKS = {
     "moderation": Task("moderation", True, "moderation-sample", MODERATION_LABELS, implied=FLAGGED),
     "multi-label": Task("multi-label", True),
     "single-label": Task("single-label", False),
+    "intent": Task("intent", False, "intent-sample", fallback=OUT_OF_SCOPE),
 }
 
 

@@ -157,8 +157,9 @@ def _check_max_new_tokens(max_new_tokens: int, context: int) -> None:
 
 
 def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_tokens: int,
-                     batch_size: int = 8) -> list[dict]:
-    """Greedy replies to the history before each conversation's last assistant message.
+                     batch_size: int = 8, knowledge: Sequence[str] | None = None) -> list[dict]:
+    """Greedy replies to the history before each conversation's last assistant message (with the text of
+    `knowledge[i]`, when given, in the chat template's knowledge segment).
 
     Returns [{"prompt": last user message, "reference": the real reply, "reply": the model's}].
     """
@@ -166,11 +167,12 @@ def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_token
     context = loaded.config.block_size
     _check_max_new_tokens(max_new_tokens, context)
     prompts, items = [], []
-    for conv in conversations:
+    for i, conv in enumerate(conversations):
         last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
         history = conv[:last]
         # Room for the reply: generation would otherwise cut the prompt itself.
-        prompts.append(chat_template.prompt(history, tok, max_len=context - max_new_tokens))
+        prompts.append(chat_template.prompt(history, tok, max_len=context - max_new_tokens,
+                                            knowledge=knowledge[i] if knowledge is not None else None))
         question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         items.append({"prompt": question, "reference": conv[last]["content"]})
     stops = tok.special.stop_ids

@@ -31,6 +31,11 @@ Definitions (natural logs throughout):
   `zh` tokenizer), ROUGE-L on the sequence of Han characters and other
   words (CJK punctuation dropped like other punctuation), each Han character
   handed to rouge-score as an ASCII token of its code point.
+- knowledge F1 (Dinan et al. 2019, "Wizard of Wikipedia"; Gopalakrishnan et
+  al. 2019, "Topical-Chat"): mean over pairs of the unigram F1 between a reply
+  and the knowledge it was given, after SQuAD's normalisation (lower case,
+  punctuation and the articles a/an/the removed); how much of the passage the
+  reply uses.
 
 Example:
 
@@ -178,6 +183,32 @@ def rouge_l(references: Sequence[str], hypotheses: Sequence[str], tokenize: str 
 def _rouge_units(text: str) -> str:
     """Han characters as ASCII tokens rouge-score keeps ("cjk4f60"), other words as they are; CJK punctuation goes."""
     return " ".join(f"cjk{ord(u):x}" if chinese.CJK.match(u) else u for u in chinese.units(text) if u.isalnum())
+
+
+def _normalized_words(text: str) -> list[str]:
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def unigram_f1(hypothesis: str, reference: str) -> float:
+    """Unigram F1 of two texts after SQuAD's normalisation (0 when either is empty)."""
+    import collections
+
+    hyp, ref = _normalized_words(hypothesis), _normalized_words(reference)
+    common = sum((collections.Counter(hyp) & collections.Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(hyp), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def knowledge_f1(replies: Sequence[str], knowledge: Sequence[str]) -> float:
+    """Mean unigram F1 between each reply and the knowledge it was given."""
+    _check_pairs(knowledge, replies)
+    return float(np.mean([unigram_f1(r, k) for r, k in zip(replies, knowledge)]))
 
 
 def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:

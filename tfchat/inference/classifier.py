@@ -101,10 +101,22 @@ class TextClassifier:
         """float32 [N, L] scores of `texts` (probabilities: sigmoid per label, or softmax)."""
         return batched_scores(self._score_fn, texts, len(self.labels))
 
+    @property
+    def fallback(self) -> tuple[str, float] | None:
+        """(label, threshold) of a single-label classifier with an out-of-scope label (`training.classify
+        --task intent`): that label is predicted when no label scores at least the threshold."""
+        f = self.metadata.get("fallback")
+        return (f["label"], float(f["threshold"])) if isinstance(f, dict) and f.get("label") in self.labels else None
+
     def predict(self, texts: Sequence[str]) -> list[list[str]]:
-        """The labels predicted for each text: those at or above their thresholds, or the argmax."""
+        """The labels predicted for each text: those at or above their thresholds, or the argmax (the
+        fallback label when the argmax scores below its threshold)."""
         s = self.scores(texts)
         if not self.multi_label:
+            if self.fallback:
+                from tfchat.eval.classification import predict_with_fallback
+
+                return [[self.labels[j]] for j in predict_with_fallback(s, self.labels, *self.fallback)]
             return [[self.labels[j]] for j in s.argmax(axis=1)]
         cut = np.array([self.thresholds.get(label, 0.5) for label in self.labels])
         return [[label for label, on in zip(self.labels, row) if on] for row in s >= cut]
