@@ -74,10 +74,10 @@ def _openai_names(sampling: dict) -> dict:
 class LocalChat:
     """Streams replies from an export loaded in this process."""
 
-    def __init__(self, path: str, content_filter: str | None = None):
+    def __init__(self, path: str, content_filter: str | None = None, fast: bool = True):
         from serving.backend import Backend
 
-        self.backend = Backend(path)
+        self.backend = Backend(path, fast=fast)
         if content_filter:
             from serving.content_filter import FilteredBackend
             from tfchat.inference.classifier import ContentFilter
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     parser.add_argument("--content-filter", default=None, metavar="DIR",
                         help="with --model: screen messages and replies with this moderation classifier")
     parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--plain-signatures", action="store_true",
+                        help="with --model: decode with the exported XLA-free signatures instead of the fast path")
     g = parser.add_argument_group("sampling (default: the model's recommended settings)")
     g.add_argument("--max-tokens", type=cli.positive_int, default=None, help="longest reply in tokens")
     g.add_argument("--temperature", type=cli.non_negative_float, default=None, help="0 = greedy")
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     def body() -> int:
         if args.model:
             cli.setup(args.verbose)
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter)
+        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter, not args.plain_signatures)
         run(chat, stdin, stdout, system=args.system, **sampling)
         return 0
 
