@@ -11,9 +11,11 @@ itself through a cached `tf.function` (`compiled_generate`), since an eager
 while loop would dispatch every op from Python.
 
 Sampling (`sample`) is per row: temperature (0 = greedy), top-k (0 = off),
-top-p (1 = off). Randomness is Gumbel-max noise from stateless random ops
-keyed by (seed, position of the sampled token), so a prompt with a given seed
-gives the same text whatever else is in the batch. The model only needs
+top-p (1 = off). Randomness is Gumbel-max noise from a counter-based integer
+hash keyed by (seed, position of the sampled token), so a prompt with a given
+seed gives the same text whatever else is in the batch, and the XLA fast path
+(`tfchat.inference.slots`, built from `prefill`, `decode_step` and `sample`)
+draws the same noise as this XLA-free loop. The model only needs
 `model.config.block_size`, `model.init_cache` and `model.call_with_cache`
 (a `tfchat.model.CausalLM`); it knows nothing of tokenization, which
 `generate_text` adds on top.
