@@ -63,17 +63,11 @@ class GPTBackbone(keras.Model):
         dtype = self.blocks[0].attn.compute_dtype
         return [tf.zeros([max_len, batch_size, 2, c.n_head, c.head_dim], dtype) for _ in self.blocks]
 
-    def init_slot_cache(self, batch_size, max_len) -> list[tuple[tf.Tensor, tf.Tensor]]:
-        """Zero per-row ("slot") KV caches, one (keys, values) pair of `[B, n_head, max_len, head_dim]` per block."""
-        c = self.config
-        shape = [batch_size, c.n_head, max_len, c.head_dim]
-        dtype = self.blocks[0].attn.compute_dtype
-        return [(tf.zeros(shape, dtype), tf.zeros(shape, dtype)) for _ in self.blocks]
-
     def call_with_cache(self, token_ids, positions, caches, cache_index, key_mask):
         """Runs `token_ids` [B, T] through the blocks, reading and extending the caches.
 
-        With slot caches (`init_slot_cache`), T is 1, `cache_index` is int32 [B]
+        With slot caches (`tfchat.inference.slots`: one (keys, values) pair of
+        `[B, n_head, S, head_dim]` per block), T is 1, `cache_index` is int32 [B]
         (each row's own write position) and `key_mask` is ignored.
 
         Args:

@@ -77,9 +77,6 @@ class CausalLM(keras.Model):
     def init_cache(self, batch_size, max_len):
         return self.backbone.init_cache(batch_size, max_len)
 
-    def init_slot_cache(self, batch_size, max_len):
-        return self.backbone.init_slot_cache(batch_size, max_len)
-
     def call_with_cache(self, token_ids, positions, caches, cache_index, key_mask):
         """`GPTBackbone.call_with_cache`, returning float32 logits [B, T, V] instead of hidden states."""
         hidden, caches = self.backbone.call_with_cache(token_ids, positions, caches, cache_index, key_mask)
