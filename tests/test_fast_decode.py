@@ -190,3 +190,31 @@ def test_concurrent_clients_all_finish_with_their_own_answers(export_path):
         assert backend.largest_batch == 3  # never more than max_batch slots
     finally:
         backend.close()
+
+
+def test_caches_grow_and_shrink_with_the_positions_in_use():
+    model = _model(position="rope", norm="rmsnorm")
+    model = build_gpt(model.config.replace(block_size=300))
+    decoder = SlotDecoder(model, chunk=5)
+    long, short = list(np.arange(118) % 90 + 1), [4, 2]
+    expected = [generate(model, tf.ragged.constant([p]), max_new_tokens=20, temperature=0.0)[0][0].numpy().tolist()
+                for p in (long, short)]
+    greedy = dict(temperature=[0.0], top_k=[0], top_p=[1.0], seed=[0])
+    rows = decoder.prefill([long], [20], **greedy)
+    assert rows.caches[0][0].shape[2] == 128
+    seen = [[int(rows.token[0])], []]
+    tokens, _, rows = decoder.decode(rows)  # positions 118..122: still 128
+    seen[0] += tokens[0].tolist()
+    joining = decoder.prefill([short], [20], **greedy)
+    seen[1] = [int(joining.token[0])]
+    rows = decoder.select(rows, [0, 1], more=joining)
+    for _ in range(3):  # the long row crosses position 128: the caches grow to 256 for both rows
+        tokens, _, rows = decoder.decode(rows)
+        seen[0] += tokens[0].tolist()
+        seen[1] += tokens[1].tolist()
+    assert rows.caches[0][0].shape[2] == 256
+    rows = decoder.select(rows, [1])  # the long row leaves; the short one's next chunk shrinks them to 128
+    tokens, _, rows = decoder.decode(rows)
+    seen[1] += tokens[0].tolist()
+    assert rows.caches[0][0].shape[2] == 128
+    assert seen[0][:20] == expected[0] and seen[1][:20] == expected[1]

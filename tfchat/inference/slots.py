@@ -14,13 +14,16 @@ library's own, not a second copy:
 * `decode` runs `chunk` steps of `generation.decode_step` in one
   `tf.function(jit_compile=True)` call: XLA fuses each layer's ops, so a
   step costs about its arithmetic, not ~100 op dispatches. Attention runs
-  over all `max_len` positions, masked (static shapes): the time per token
-  does not grow with the position;
+  over the whole cache, masked (static shapes); the caches hold the
+  positions the batch needs rounded up to a multiple of `LENGTH_STEP`, so
+  a step reads little more than the filled prefix and its time grows only
+  in those steps;
 * sampling is `generation.sample` keyed by (seed, position), so a row's
   tokens equal those `generate` gives it alone, whatever else is batched.
 
 Batches are padded to a power of two with copies of row 0 (`bucket`), so
-XLA compiles at most log2(max_batch) + 1 decode programs.
+XLA compiles one decode program per batch bucket and cache length in use
+(at most (log2(max_batch) + 1) * max_len / LENGTH_STEP).
 
 Example:
 
@@ -46,6 +49,7 @@ import tensorflow as tf
 from tfchat.inference.generation import _context, decode_step, prefill
 
 SAMPLING = ("temperature", "top_k", "top_p", "seed")
+LENGTH_STEP = 128  # slot caches grow and shrink in steps of this many positions
 _DTYPES = {"temperature": np.float32, "top_k": np.int32, "top_p": np.float32, "seed": np.int32}
 
 
@@ -89,13 +93,13 @@ class SlotDecoder:
         vec = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
         self._prefill = tf.function(self._prefill_fn, input_signature=[
             tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-            vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32),
+            vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), tf.TensorSpec([], tf.int32),
         ])
         self._decode = {}  # with_logits -> tf.function; XLA keeps one program per input shape
 
     # ------------------------------------------------------------------ graph functions
 
-    def _prefill_fn(self, prompt_ids, temperature, top_k, top_p, seed):
+    def _prefill_fn(self, prompt_ids, temperature, top_k, top_p, seed, capacity):
         # max_new_tokens=1: prompts arrive cut to their own room; a batch-wide cut would change them.
         s = prefill(self.model, prompt_ids, 1, temperature, top_k, top_p, seed, self.pad_id, self.max_len)
         lengths = s["position"]  # [B] kept prompt lengths = the first new token's position
@@ -103,7 +107,7 @@ class SlotDecoder:
         steps = tf.shape(s["caches"][0])[0]
         # Slot position p of row b <- prefill cache row p + pad[b]; positions >= length hold junk that the
         # slot mask hides until decoding overwrites them.
-        src = tf.minimum(tf.range(self.max_len)[None, :] + pad[:, None], steps - 1)  # [B, S]
+        src = tf.minimum(tf.range(capacity)[None, :] + pad[:, None], steps - 1)  # [B, S]
         caches = []
         for cache in s["caches"]:  # [T, B, 2, H, D]
             kv = tf.gather(tf.transpose(cache, [1, 2, 3, 0, 4]), src, axis=3, batch_dims=1)  # [B, 2, H, S, D]
@@ -111,7 +115,7 @@ class SlotDecoder:
         return s["token"], s["logits"], lengths, caches
 
     def _decode_fn(self, token, position, caches, temperature, top_k, top_p, seed, with_logits: bool):
-        last = self.max_len - 1
+        last = tf.shape(caches[0][0])[2] - 1
         out = tf.TensorArray(tf.int32, size=self.chunk)
         out_logits = tf.TensorArray(tf.float32, size=self.chunk if with_logits else 1)
 
@@ -135,6 +139,11 @@ class SlotDecoder:
 
     # ------------------------------------------------------------------ public
 
+    def capacity(self, positions) -> int:
+        """Cache length for rows at `positions` about to decode a chunk: a multiple of LENGTH_STEP, at most max_len."""
+        need = min(self.max_len, int(np.max(positions)) + self.chunk + 1)
+        return min(self.max_len, -(-need // LENGTH_STEP) * LENGTH_STEP)
+
     def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens, temperature, top_k, top_p, seed) -> Rows:
         """Fills slots for `prompts` (lists of ids; each cut from the left to `max_len - its max_new_tokens`)
         and samples each row's first new token (`Rows.token`, its logits `Rows.logits`)."""
@@ -142,7 +151,8 @@ class SlotDecoder:
         sampling = {k: np.asarray(v, _DTYPES[k]).reshape(-1) for k, v in
                     zip(SAMPLING, (temperature, top_k, top_p, seed))}
         token, logits, lengths, caches = self._prefill(
-            tf.ragged.constant(kept, tf.int32, ragged_rank=1), *(tf.constant(sampling[k]) for k in SAMPLING)
+            tf.ragged.constant(kept, tf.int32, ragged_rank=1), *(tf.constant(sampling[k]) for k in SAMPLING),
+            tf.constant(self.capacity([len(p) for p in kept]), tf.int32),
         )
         return Rows(token, lengths, caches, sampling, logits)
 
@@ -158,6 +168,7 @@ class SlotDecoder:
                 lambda *a: self._decode_fn(*a, with_logits=with_logits), jit_compile=self.jit, reduce_retracing=True
             )
         n = len(rows)
+        rows = self.resize(rows, self.capacity(rows.position.numpy()))
         padded = rows if bucket(n) == n else self.select(rows, list(range(n)) + [0] * (bucket(n) - n))
         tokens, logits, position, caches = fn(padded.token, padded.position, padded.caches,
                                               *(tf.constant(padded.sampling[k]) for k in SAMPLING))
@@ -167,9 +178,24 @@ class SlotDecoder:
             caches = [(k[:n], v[:n]) for k, v in caches]
         return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling)
 
+    @staticmethod
+    def resize(rows: Rows, capacity: int) -> Rows:
+        """`rows` with caches of `capacity` positions (cut or zero-padded at the end)."""
+        have = int(rows.caches[0][0].shape[2])
+        if have == capacity:
+            return rows
+        if have > capacity:
+            caches = [(k[:, :, :capacity], v[:, :, :capacity]) for k, v in rows.caches]
+        else:
+            pad = [[0, 0], [0, 0], [0, capacity - have], [0, 0]]
+            caches = [(tf.pad(k, pad), tf.pad(v, pad)) for k, v in rows.caches]
+        return dataclasses.replace(rows, caches=caches)
+
     def select(self, rows: Rows, index: Sequence[int], more: Rows | None = None) -> Rows:
         """The rows `index` of `rows` (followed by those of `more`, numbered after them): rows leave or join."""
         if more is not None:
+            capacity = max(int(r.caches[0][0].shape[2]) for r in (rows, more))
+            rows, more = self.resize(rows, capacity), self.resize(more, capacity)
             rows = Rows(
                 tf.concat([rows.token, more.token], 0), tf.concat([rows.position, more.position], 0),
                 [tuple(tf.concat([a, b], 0) for a, b in zip(x, y)) for x, y in zip(rows.caches, more.caches)],
