@@ -1,7 +1,7 @@
 """Server throughput under load: N concurrent streaming clients against `serving.server` on loopback.
 
     python -m benchmarks.serve [--preset small] [--export exports/tfchat] [--clients 1,16] [--new-tokens 128]
-                               [--plain-signatures] [--chunk 4] [--url http://127.0.0.1:8501]
+                               [--plain-signatures] [--chunk 8] [--url http://127.0.0.1:8501]
 
 Prints one JSON object. Unless `--url` names a running server, the server is
 started as a subprocess (its own process: client threads here do not take
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,16", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--new-tokens", type=cli.positive_int, default=128)
     parser.add_argument("--max-batch", type=cli.positive_int, default=16, help="server --max-batch")
-    parser.add_argument("--chunk", type=cli.positive_int, default=4, help="server --chunk")
+    parser.add_argument("--chunk", type=cli.positive_int, default=8, help="server --chunk")
     parser.add_argument("--plain-signatures", action="store_true", help="server --plain-signatures")
     parser.add_argument("--port", type=cli.port, default=8517)
     parser.add_argument("--work-dir", default=os.path.join("runs", "bench"), help="where the random export is kept")

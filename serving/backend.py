@@ -142,7 +142,7 @@ class Backend:
     """
 
     def __init__(self, path: str, name: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0,
-                 fast: bool = True, chunk: int = 4):
+                 fast: bool = True, chunk: int = 8):
         path = os.path.abspath(path)
         create = f"create it with `python -m serving.export --model runs/chat --out {path}`"
         if not os.path.isdir(path):
@@ -305,6 +305,11 @@ class Backend:
         for variable, value in zip(model.weights, weights):
             variable.assign(value)
         return SlotDecoder(model, max_len=self.max_len, chunk=chunk, pad_id=self.special.pad)
+
+    def warmup(self) -> None:
+        """Compiles the fast path for one row (the first request would otherwise wait for it)."""
+        if self.decoder is not None:
+            self.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(2)))
 
     def _signature(self, name: str):
         if name not in self.signatures:

@@ -40,7 +40,7 @@ def parser():
     p.add_argument("--plain-signatures", action="store_true",
                    help="decode with the exported XLA-free prefill/decode signatures (one call per token, batches "
                         "start and end together) instead of the XLA fast path with continuous batching")
-    p.add_argument("--chunk", type=cli.positive_int, default=4,
+    p.add_argument("--chunk", type=cli.positive_int, default=8,
                    help="fast path: tokens decoded per call (streamed together; requests join between chunks)")
     p.add_argument("--max-request-bytes", type=cli.positive_int, default=1 << 20,
                    help="largest request body; larger ones get HTTP 413 before they are read")
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("content filter %s: flagged at %.3f", args.content_filter, content_filter.threshold)
         backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                           fast=not args.plain_signatures, chunk=args.chunk)
+        backend.warmup()
         if content_filter is not None:
             from serving.content_filter import FilteredBackend
 
