@@ -300,16 +300,26 @@ class Backend:
             log.warning("%s has no weights list (exported before tfchat 0.3): plain signatures only", self.path)
             return None
         model = build_gpt(GPTConfig.from_dict(self.metadata["config"]), dtype="float32")
-        if len(model.weights) != len(weights):
-            raise ValueError(f"{self.path}: {len(weights)} exported weights, the model has {len(model.weights)}")
+        shapes = [tuple(w.shape) for w in model.weights]
+        if shapes != [tuple(w.shape) for w in weights]:
+            raise ValueError(f"{self.path}: the exported weights do not fit the model its config describes")
         for variable, value in zip(model.weights, weights):
             variable.assign(value)
         return SlotDecoder(model, max_len=self.max_len, chunk=chunk, pad_id=self.special.pad)
 
     def warmup(self) -> None:
-        """Compiles the fast path for one row (the first request would otherwise wait for it)."""
-        if self.decoder is not None:
-            self.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(2)))
+        """Compiles the fast path before the first requests would wait for it: every batch size up to
+        `max_batch` at the shortest cache length now, the longer lengths on a background thread."""
+        if self.decoder is None:
+            return
+        from tfchat.inference.slots import LENGTH_STEP
+
+        self.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(2)))
+        self.decoder.compile(self.max_batch, [LENGTH_STEP])
+        if self.max_len > LENGTH_STEP:
+            longer = range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP)
+            threading.Thread(target=self.decoder.compile, args=(self.max_batch, longer), daemon=True,
+                             name="tfchat-compile").start()
 
     def _signature(self, name: str):
         if name not in self.signatures:

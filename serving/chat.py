@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     def body() -> int:
         if args.model:
             cli.setup(args.verbose)
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter, not args.plain_signatures)
+        if args.server:
+            chat = RemoteChat(args.server)
+        else:
+            chat = LocalChat(args.model, args.content_filter, fast=not args.plain_signatures)
         run(chat, stdin, stdout, system=args.system, **sampling)
         return 0
 

@@ -218,3 +218,13 @@ def test_caches_grow_and_shrink_with_the_positions_in_use():
     seen[1] += tokens[0].tolist()
     assert rows.caches[0][0].shape[2] == 128
     assert seen[0][:20] == expected[0] and seen[1][:20] == expected[1]
+
+
+def test_warmup_compiles_every_batch_size(export_path):
+    backend = Backend(export_path, max_batch=3, chunk=2)
+    try:
+        backend.warmup()
+        assert backend.decoder.compiled == {(1, 64), (2, 64), (4, 64)}  # the export's context is 64
+        assert backend.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(3))).token_ids
+    finally:
+        backend.close()

@@ -96,6 +96,7 @@ class SlotDecoder:
             vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), tf.TensorSpec([], tf.int32),
         ])
         self._decode = {}  # with_logits -> tf.function; XLA keeps one program per input shape
+        self.compiled: set[tuple[int, int]] = set()  # (batch, cache length) compiled ahead by `compile`
 
     # ------------------------------------------------------------------ graph functions
 
@@ -162,11 +163,7 @@ class SlotDecoder:
         Returns:
             (tokens int32 [B, chunk], their logits float32 [B, chunk, V] or None, the advanced rows).
         """
-        fn = self._decode.get(with_logits)
-        if fn is None:
-            fn = self._decode[with_logits] = tf.function(
-                lambda *a: self._decode_fn(*a, with_logits=with_logits), jit_compile=self.jit, reduce_retracing=True
-            )
+        fn = self._decode_function(with_logits)
         n = len(rows)
         rows = self.resize(rows, self.capacity(rows.position.numpy()))
         padded = rows if bucket(n) == n else self.select(rows, list(range(n)) + [0] * (bucket(n) - n))
@@ -177,6 +174,27 @@ class SlotDecoder:
         if n != len(padded):
             caches = [(k[:n], v[:n]) for k, v in caches]
         return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling)
+
+    def _decode_function(self, with_logits: bool):
+        fn = self._decode.get(with_logits)
+        if fn is None:
+            fn = self._decode[with_logits] = tf.function(
+                lambda *a: self._decode_fn(*a, with_logits=with_logits), jit_compile=self.jit, reduce_retracing=True
+            )
+        return fn
+
+    def compile(self, max_batch: int, capacities: Sequence[int] | None = None) -> None:
+        """Compiles `decode` for every batch bucket up to `max_batch` and each cache length in `capacities`
+        (default: all), so requests do not wait for XLA when the batch first reaches a size."""
+        fn = self._decode_function(False)
+        c = self.model.config
+        for capacity in capacities or range(LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP):
+            capacity = min(capacity, self.max_len)
+            for b in sorted({bucket(n) for n in range(1, max_batch + 1)}):
+                zeros = tf.zeros([b, c.n_head, capacity, c.head_dim], self.model.backbone.blocks[0].attn.compute_dtype)
+                fn(tf.zeros([b], tf.int32), tf.zeros([b], tf.int32), [(zeros, zeros)] * c.n_layer,
+                   tf.zeros([b], tf.float32), tf.zeros([b], tf.int32), tf.ones([b], tf.float32), tf.zeros([b], tf.int32))
+                self.compiled.add((b, capacity))
 
     @staticmethod
     def resize(rows: Rows, capacity: int) -> Rows:
