@@ -65,14 +65,15 @@ def start_server(export_dir: str, port: int, max_batch: int, chunk: int, plain: 
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_ready(url: str, timeout: float = 300.0) -> None:
+def wait_ready(url: str, timeout: float = 900.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
+            health = httpx.get(url + "/healthz", timeout=2)
+            if health.status_code == 200 and not health.json().get("compiling"):
+                return  # up, and done compiling the fast path for every batch size and cache length
         except httpx.HTTPError:
             pass
         time.sleep(0.5)

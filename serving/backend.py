@@ -182,6 +182,7 @@ class Backend:
         self.largest_batch = 0  # for tests and /healthz
         self._piece_bytes: dict[int, bytes] = {}  # token id -> its text alone (top log-probabilities)
         self.decoder = self._fast_decoder(chunk) if fast else None
+        self.compiling = False  # the fast path is being compiled for longer caches (`warmup`)
         self._running: list[_Row] = []  # fast path: the rows decoding now, in the order of `self._rows`
         self._rows = None  # their slots (tfchat.inference.slots.Rows)
         self._jobs: collections.deque = collections.deque()
@@ -317,9 +318,15 @@ class Backend:
         self.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(2)))
         self.decoder.compile(self.max_batch, [LENGTH_STEP])
         if self.max_len > LENGTH_STEP:
-            longer = range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP)
-            threading.Thread(target=self.decoder.compile, args=(self.max_batch, longer), daemon=True,
-                             name="tfchat-compile").start()
+            self.compiling = True
+
+            def compile_longer():
+                try:
+                    self.decoder.compile(self.max_batch, range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP))
+                finally:
+                    self.compiling = False
+
+            threading.Thread(target=compile_longer, daemon=True, name="tfchat-compile").start()
 
     def _signature(self, name: str):
         if name not in self.signatures:
