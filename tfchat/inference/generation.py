@@ -110,7 +110,7 @@ def _filter_top_k_top_p(logits, top_k, top_p, static_shapes: bool = False):
 
 
 def _hash32(x):
-    """A 32-bit integer mix (\"lowbias32\", C. Wellons' hash-prospector), elementwise on uint32."""
+    """A 32-bit integer mix ("lowbias32" from C. Wellons' hash-prospector), elementwise on uint32."""
     for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B)):
         x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift)) * tf.constant(mul, tf.uint32)
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
@@ -160,7 +160,9 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0, static_s
     def sampled():
         scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
         needs_filter = tf.reduce_any(tf.logical_or(top_k > 0, top_p < 1.0))
-        scaled = tf.cond(needs_filter, lambda: _filter_top_k_top_p(scaled, top_k, top_p, static_shapes), lambda: scaled)
+        scaled = tf.cond(
+            needs_filter, lambda: _filter_top_k_top_p(scaled, top_k, top_p, static_shapes), lambda: scaled
+        )
         # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits).
         gumbel = gumbel_noise(seed, step, batch, vocab)
         drawn = tf.argmax(scaled + gumbel, axis=-1, output_type=tf.int32)
