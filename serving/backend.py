@@ -322,7 +322,8 @@ class Backend:
 
             def compile_longer():
                 try:
-                    self.decoder.compile(self.max_batch, range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP))
+                    lengths = range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP)
+                    self.decoder.compile(self.max_batch, lengths)
                 finally:
                     self.compiling = False
 

@@ -89,7 +89,8 @@ class SlotDecoder:
                  pad_id: int = 0):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        self.model, self.max_len, self.chunk, self.jit, self.pad_id = model, _context(model, max_len), chunk, jit, pad_id
+        self.model, self.max_len, self.chunk, self.jit = model, _context(model, max_len), chunk, jit
+        self.pad_id = pad_id
         vec = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
         self._prefill = tf.function(self._prefill_fn, input_signature=[
             tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
@@ -192,8 +193,8 @@ class SlotDecoder:
             capacity = min(capacity, self.max_len)
             for b in sorted({bucket(n) for n in range(1, max_batch + 1)}):
                 zeros = tf.zeros([b, c.n_head, capacity, c.head_dim], self.model.backbone.blocks[0].attn.compute_dtype)
-                fn(tf.zeros([b], tf.int32), tf.zeros([b], tf.int32), [(zeros, zeros)] * c.n_layer,
-                   tf.zeros([b], tf.float32), tf.zeros([b], tf.int32), tf.ones([b], tf.float32), tf.zeros([b], tf.int32))
+                ints = tf.zeros([b], tf.int32)
+                fn(ints, ints, [(zeros, zeros)] * c.n_layer, tf.zeros([b], tf.float32), ints, tf.ones([b]), ints)
                 self.compiled.add((b, capacity))
 
     @staticmethod
