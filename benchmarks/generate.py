@@ -1,18 +1,32 @@
-"""Generation speed: tokens/s, time to first token, time per token early vs late in the context.
+"""Generation speed per decode path, with Hugging Face transformers as the reference in the same run.
 
-    python -m benchmarks.generate [--preset small] [--model runs/chat] [--new-tokens 128] [--repeats 3]
+    python -m benchmarks.generate [--preset small] [--model runs/chat] [--path signature fast server]
+                                  [--reference transformers] [--new-tokens 128] [--repeats 3]
 
 Prints one JSON object. A random model of the preset's shape is used unless
-`--model` is given. Everything runs through `tfchat.inference.generation.generate`
-compiled with `tf.function` (no XLA), the same loop the SavedModel runs.
+`--model` is given. Paths:
 
-* `batch_N.tokens_per_s`: new tokens / wall time of a whole `generate` call
-  (prompt of `--prompt-len` ids, `--new-tokens` new ids, no stop ids);
-* `batch_N.decode_tokens_per_s`: the same without the prefill + first token;
-* `time_to_first_token_ms`: a call with max_new_tokens=1 (prefill + sample);
-* `ms_per_token_early` / `_late`: the marginal cost of 64 more tokens after a
-  short prompt vs. after a prompt that fills the context up to the last 65
-  positions; a ratio near 1 means the per-token cost stays flat.
+* `signature`: `tfchat.inference.generation.generate` compiled with
+  `tf.function`, no XLA: the loop the exported `serving_default`/`generate`
+  signatures run in stock TF Serving;
+* `fast`: `tfchat.inference.slots.SlotDecoder` (XLA, `--chunk` tokens per
+  call): what `serving.server` and `serving.chat` decode with by default;
+* `server`: one client streaming `/v1/completions` over HTTP from a
+  `serving.server` subprocess (fast path) on an export of a random model
+  (see `benchmarks.serve`); batch 1 only.
+
+Per path and batch size: `tokens_per_s` (new tokens / wall time of a whole
+generation: prompt of `--prompt-len` ids, `--new-tokens` new ids, no stop
+ids), `decode_tokens_per_s` (the same without the prefill and first token),
+`time_to_first_token_ms` (max_new_tokens=1), and `ms_per_token_early` /
+`_late`: the marginal cost of 64 more tokens after a short prompt vs. after a
+prompt that fills the context to its last 65 positions (`late_over_early`
+near 1: flat per-token cost).
+
+`--reference transformers` runs PyTorch `GPT2LMHeadModel.generate` (KV cache,
+greedy, random weights of the same dims) in this process, with torch's
+default threads and with one thread (under contention one is often faster),
+and keeps the faster: `vs_reference` is each path's batch-1 tokens/s over it.
 """
 
 from __future__ import annotations
@@ -24,45 +38,90 @@ import statistics
 import sys
 import time
 
-import tensorflow as tf
+import numpy as np
 
 from benchmarks.common import emit, machine
 
-from tfchat.config import GPTConfig
-from tfchat.inference.generation import compiled_generate
-from tfchat.model import build_gpt
+PATHS = ("signature", "fast", "server")
 
 
-def _timer(fn, prompts, max_new: int, repeats: int) -> float:
-    """Median seconds of `repeats` calls (after one warm-up)."""
-    b = int(prompts.nrows())
-    args = (
-        prompts, tf.fill([b], max_new), tf.fill([b], 0.0), tf.fill([b], 0), tf.fill([b], 1.0), tf.fill([b], 0),
-        tf.constant([], tf.int32),
-    )
-    fn(*args)[0].numpy()
+def _median_seconds(call, repeats: int) -> float:
+    call()  # warm-up: traces, compiles
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(*args)[0].numpy()
+        call()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def _prompts(batch: int, length: int, vocab: int) -> tf.RaggedTensor:
-    ids = tf.random.stateless_uniform([batch, length], seed=[1, 2], minval=1, maxval=vocab, dtype=tf.int32)
-    return tf.RaggedTensor.from_tensor(ids)
+def _prompts(batch: int, length: int, vocab: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(1, vocab, size=(batch, length)).astype(np.int32)
 
 
-def run(model, new_tokens: int = 128, prompt_len: int = 16, batches=(1, 8), repeats: int = 3) -> dict:
-    cfg_vocab, block = model.config.vocab_size, model.config.block_size
+def signature_generate(model):
+    """(prompts [B, L], max_new) -> generated ids, through the XLA-free `generate`."""
+    import tensorflow as tf
+
+    from tfchat.inference.generation import compiled_generate
+
     fn = compiled_generate(model)
+
+    def call(prompts, max_new):
+        b = len(prompts)
+        return fn(tf.RaggedTensor.from_tensor(tf.constant(prompts)), tf.fill([b], max_new), tf.fill([b], 0.0),
+                  tf.fill([b], 0), tf.fill([b], 1.0), tf.fill([b], 0), tf.constant([], tf.int32))[0].numpy()
+
+    return call
+
+
+def fast_generate(model, chunk: int):
+    """(prompts [B, L], max_new) -> generated ids, through the XLA slot decoder."""
+    from tfchat.inference.slots import SlotDecoder
+
+    decoder = SlotDecoder(model, chunk=chunk)
+
+    def call(prompts, max_new):
+        b = len(prompts)
+        rows = decoder.prefill(prompts.tolist(), [max_new] * b, [0.0] * b, [0] * b, [1.0] * b, [0] * b)
+        out = [rows.token.numpy()[:, None]]
+        for _ in range(-(-(max_new - 1) // chunk)):
+            tokens, _, rows = decoder.decode(rows)
+            out.append(tokens)
+        return np.concatenate(out, axis=1)[:, :max_new]
+
+    return call
+
+
+def transformers_generate(config, threads: int | None):
+    """(prompts [B, L], max_new) -> generated ids, through PyTorch GPT-2 of the same dims (random weights)."""
+    import torch
+    import transformers
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+        n_head=config.n_head)).eval()
+
+    def call(prompts, max_new):
+        ids = torch.from_numpy(prompts.astype(np.int64))
+        with torch.no_grad():
+            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                               min_new_tokens=max_new, do_sample=False, use_cache=True, pad_token_id=0)
+
+    return call
+
+
+def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batches, repeats: int,
+            positions: bool = True) -> dict:
     new_tokens = min(new_tokens, block - prompt_len)
     result = {}
     for b in batches:
-        prompts = _prompts(b, prompt_len, cfg_vocab)
-        total = _timer(fn, prompts, new_tokens, repeats)
-        first = _timer(fn, prompts, 1, repeats)
+        prompts = _prompts(b, prompt_len, vocab)
+        total = _median_seconds(lambda: call(prompts, new_tokens), repeats)
+        first = _median_seconds(lambda: call(prompts, 1), repeats)
         result[f"batch_{b}"] = {
             "tokens_per_s": round(b * new_tokens / total, 1),
             "decode_tokens_per_s": round(b * (new_tokens - 1) / max(total - first, 1e-9), 1),
@@ -70,14 +129,13 @@ def run(model, new_tokens: int = 128, prompt_len: int = 16, batches=(1, 8), repe
         }
         if b == batches[0]:
             result["time_to_first_token_ms"] = round(1000 * first, 2)
-    # Marginal cost of 64 tokens, early (short prompt) vs late (context almost full).
     span = 64
-    if block > 2 * (span + 1):
+    if positions and block > 2 * (span + 1):
         per_token = {}
         for name, length in (("early", prompt_len), ("late", block - span - 1)):
-            prompts = _prompts(1, length, cfg_vocab)
-            t_long = _timer(fn, prompts, span + 1, repeats)
-            t_short = _timer(fn, prompts, 1, repeats)
+            prompts = _prompts(1, length, vocab)
+            t_long = _median_seconds(lambda: call(prompts, span + 1), repeats)
+            t_short = _median_seconds(lambda: call(prompts, 1), repeats)
             per_token[name] = 1000 * (t_long - t_short) / span
         result["ms_per_token_early"] = round(per_token["early"], 3)
         result["ms_per_token_late"] = round(per_token["late"], 3)
@@ -86,17 +144,54 @@ def run(model, new_tokens: int = 128, prompt_len: int = 16, batches=(1, 8), repe
     return result
 
 
+def server_path(args) -> dict:
+    """One streaming client against a server subprocess (fast path) on a random export."""
+    from benchmarks import serve
+
+    export_dir = serve.random_export(args.preset, args.work_dir)
+    server = serve.start_server(export_dir, args.port, 1, args.chunk, plain=False)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        serve.wait_ready(url)
+        prompt = "The history of the city and its river"
+        serve.stream_one(url, prompt, args.new_tokens)  # warm-up
+        runs = [serve.stream_one(url, prompt, args.new_tokens) for _ in range(args.repeats)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    tokens = [args.new_tokens if r["finish"] == "length" else len(r["events"]) for r in runs]
+    seconds = statistics.median(r["end"] - r["start"] for r in runs)
+    return {
+        "model": f"random {args.preset} export",
+        "batch_1": {"tokens_per_s": round(statistics.median(tokens) / seconds, 1), "seconds": round(seconds, 3)},
+        "time_to_first_token_ms": round(1000 * statistics.median(r["events"][0] - r["start"] for r in runs), 2),
+        "stopped_early": sum(r["finish"] != "length" for r in runs),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    from tfchat import cli
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", help="model shape when --model is not given")
     parser.add_argument("--model", default=None, help="a tfchat model directory instead of a random model")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--path", nargs="+", choices=PATHS, default=["signature", "fast"],
+                        help="decode paths to measure")
+    parser.add_argument("--reference", choices=["transformers", "none"], default="none",
+                        help="also run Hugging Face transformers' GPT-2 of the same dims (needs torch)")
+    parser.add_argument("--chunk", type=cli.positive_int, default=16, help="fast path: tokens per XLA call")
+    parser.add_argument("--new-tokens", type=cli.positive_int, default=128)
+    parser.add_argument("--prompt-len", type=cli.positive_int, default=16)
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=cli.positive_int, default=3)
+    parser.add_argument("--port", type=cli.port, default=8518, help="server path: its port")
+    parser.add_argument("--work-dir", default="runs/bench", help="server path: where the random export is kept")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from tfchat.config import GPTConfig
+    from tfchat.model import build_gpt
+
     if args.model:
         from tfchat.checkpoint.model_dir import load_model
 
@@ -106,16 +201,28 @@ def main(argv: list[str] | None = None) -> int:
         config = GPTConfig.from_preset(args.preset)
         model, source = build_gpt(config), f"random {args.preset}"
     batches = tuple(int(b) for b in args.batches.split(","))
+    shape = dict(vocab=config.vocab_size, block=config.block_size, new_tokens=args.new_tokens,
+                 prompt_len=args.prompt_len, repeats=args.repeats)
     result = {
-        "benchmark": "generate",
-        "model": source,
-        "config": config.to_dict(),
-        "params": model.count_params(),
-        "new_tokens": args.new_tokens,
-        "prompt_len": args.prompt_len,
-        "xla": False,
-        **run(model, args.new_tokens, args.prompt_len, batches, args.repeats),
+        "benchmark": "generate", "model": source, "config": config.to_dict(), "params": model.count_params(),
+        "new_tokens": args.new_tokens, "prompt_len": args.prompt_len, "chunk": args.chunk, "paths": {},
     }
+    for path in args.path:
+        if path == "server":
+            result["paths"]["server"] = server_path(args)
+            continue
+        call = signature_generate(model) if path == "signature" else fast_generate(model, args.chunk)
+        result["paths"][path] = measure(call, batches=batches, **shape)
+    if args.reference == "transformers":
+        options = {}
+        for threads in (None, 1):  # torch's default, then one thread
+            r = measure(transformers_generate(config, threads), batches=(1,), positions=False, **shape)
+            options["default_threads" if threads is None else "1_thread"] = r
+        best = max(options.values(), key=lambda r: r["batch_1"]["tokens_per_s"])
+        result["reference"] = {"name": "transformers GPT2LMHeadModel.generate (torch, KV cache)", **options,
+                               "tokens_per_s": best["batch_1"]["tokens_per_s"]}
+        for r in result["paths"].values():
+            r["vs_reference"] = round(r["batch_1"]["tokens_per_s"] / best["batch_1"]["tokens_per_s"], 2)
     emit(result)
     if args.out:
         with open(args.out, "w") as f:

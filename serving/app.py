@@ -62,7 +62,8 @@ def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BY
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "model": backend.name, "version": backend.version, "largest_batch": backend.largest_batch}
+        return {"status": "ok", "model": backend.name, "version": backend.version, "largest_batch": backend.largest_batch,
+                "compiling": backend.compiling}
 
     page = chat_page(backend)
 

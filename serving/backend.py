@@ -7,14 +7,24 @@ signature call, and generation requests that arrive together are batched
 keeps its own sampling settings and seed, so a batched answer equals the
 answer the request would get alone.
 
-Generation runs the `prefill` + `decode` signatures, one call per token,
-streaming or not: a row whose client is gone (`request.cancelled`) stops at
-the next token, a streaming row pushes its text deltas as they are decoded
-(each token's bytes, from the `token_bytes` signature read once, go through
+Generation has two paths, with the same tokens for the same request and seed:
+
+* fast (the default): the model is rebuilt from the export's weights and
+  decoded by `tfchat.inference.slots.SlotDecoder` (XLA, `chunk` tokens per
+  call) with continuous batching: a request joins the running batch at the
+  next chunk instead of waiting for it to finish, and leaves it (freeing its
+  slot) when it stops, runs out of tokens, or its client goes away;
+* plain (`fast=False`, or an export without its weights list): the
+  XLA-free `prefill` + `decode` signatures, one call per token, a batch
+  starting and ending together.
+
+Either way, a row whose client is gone (`request.cancelled`) stops at the
+next step, a streaming row pushes its text deltas as they are decoded (each
+token's bytes, from the `token_bytes` signature read once, go through
 `tfchat.inference.streaming.Detokenizer`, so a character spelt in several
 byte-fallback tokens appears whole, never as U+FFFD; exports made before
-that signature existed decode the whole reply each step instead),
-and each step's logits give OpenAI-style log-probabilities
+that signature existed decode the whole reply each step instead), and each
+step's logits give OpenAI-style log-probabilities
 (`GenRequest.logprobs`) through `tfchat.eval.logprobs.token_log_probs`.
 The in-graph `generate`/`chat` loops serve `:predict` (and stock TF Serving).
 
@@ -133,9 +143,12 @@ class Backend:
         name: model name (default: the base folder's name).
         max_batch: most generation requests run together.
         batch_wait_ms: how long the worker waits for more requests to batch.
+        fast: decode with the XLA fast path and continuous batching (False: the plain signatures).
+        chunk: tokens per fast decode call (streamed together; requests join between chunks).
     """
 
-    def __init__(self, path: str, name: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0):
+    def __init__(self, path: str, name: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0,
+                 fast: bool = True, chunk: int = 8):
         path = os.path.abspath(path)
         create = f"create it with `python -m serving.export --model runs/chat --out {path}`"
         if not os.path.isdir(path):
@@ -176,6 +189,10 @@ class Backend:
         self.largest_batch = 0  # for tests and /healthz
         self.best_of = None  # best-of-n hook: a serving.best_of.BestOfN reranks chat replies
         self._piece_bytes: dict[int, bytes] = {}  # token id -> its text alone (top log-probabilities)
+        self.decoder = self._fast_decoder(chunk) if fast else None
+        self.compiling = False  # the fast path is being compiled for longer caches (`warmup`)
+        self._running: list[_Row] = []  # fast path: the rows decoding now, in the order of `self._rows`
+        self._rows = None  # their slots (tfchat.inference.slots.Rows)
         self._jobs: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -304,6 +321,47 @@ class Backend:
         out = self.signatures["token_bytes"](token_ids=tf.range(vocab, dtype=tf.int32)[None, :])
         return tuple(out["token_bytes"].numpy()[0].tolist())
 
+    def _fast_decoder(self, chunk: int):
+        """A SlotDecoder over the model rebuilt from the export's weights (None if the export lacks them)."""
+        from tfchat.config import GPTConfig
+        from tfchat.inference.slots import SlotDecoder
+        from tfchat.model import build_gpt
+
+        if self.metadata.get("head", "lm") != "lm":  # a reward model export has no generation
+            return None
+        weights = getattr(self._saved, "model_variables", None)
+        if weights is None:
+            log.warning("%s has no weights list (exported before tfchat 0.3): plain signatures only", self.path)
+            return None
+        model = build_gpt(GPTConfig.from_dict(self.metadata["config"]), dtype="float32")
+        shapes = [tuple(w.shape) for w in model.weights]
+        if shapes != [tuple(w.shape) for w in weights]:
+            raise ValueError(f"{self.path}: the exported weights do not fit the model its config describes")
+        for variable, value in zip(model.weights, weights):
+            variable.assign(value)
+        return SlotDecoder(model, max_len=self.max_len, chunk=chunk, pad_id=self.special.pad)
+
+    def warmup(self) -> None:
+        """Compiles the fast path before the first requests would wait for it: every batch size up to
+        `max_batch` at the shortest cache length now, the longer lengths on a background thread."""
+        if self.decoder is None:
+            return
+        from tfchat.inference.slots import LENGTH_STEP
+
+        self.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(2)))
+        self.decoder.compile(self.max_batch, [LENGTH_STEP])
+        if self.max_len > LENGTH_STEP:
+            self.compiling = True
+
+            def compile_longer():
+                try:
+                    lengths = range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP)
+                    self.decoder.compile(self.max_batch, lengths)
+                finally:
+                    self.compiling = False
+
+            threading.Thread(target=compile_longer, daemon=True, name="tfchat-compile").start()
+
     def _signature(self, name: str):
         if name not in self.signatures:
             raise NotFound(f'Serving signature name: "{name}" not found in signature def')
@@ -318,22 +376,36 @@ class Backend:
         return job.future
 
     def _take_batch(self) -> list | None:
+        """The next jobs to run: one signature call, or generation requests to batch. With rows decoding
+        (fast path) it never waits: [] means "decode the next chunk"; requests join while slots are free."""
         with self._cv:
-            while not self._jobs and not self._closed:
+            while not self._jobs and not self._closed and not self._running:
                 self._cv.wait()
-            if self._closed and not self._jobs:
+            if self._closed and not self._jobs and not self._running:
                 return None
+            if self._running:
+                free = self.max_batch - len(self._running)
+                predict = next((j for j in self._jobs if j.key() is None), None)
+                if predict is not None and (not free or self._jobs[0] is predict):
+                    self._jobs.remove(predict)
+                    return [predict]
+                joining = [j for j in self._jobs if j.key() is not None][:free]
+                for j in joining:
+                    self._jobs.remove(j)
+                return joining
             first = self._jobs.popleft()
             batch = [first]
             key = first.key()
             if key is None:
                 return batch
+            # Slots take chat and text requests alike; the plain signatures batch one kind.
+            same = (lambda j: j.key() is not None) if self.decoder else (lambda j: j.key() == key)
             deadline = time.monotonic() + self.batch_wait
             while len(batch) < self.max_batch:
-                same = [j for j in self._jobs if j.key() == key][: self.max_batch - len(batch)]
-                for j in same:
+                more = [j for j in self._jobs if same(j)][: self.max_batch - len(batch)]
+                for j in more:
                     self._jobs.remove(j)
-                batch += same
+                batch += more
                 left = deadline - time.monotonic()
                 if len(batch) >= self.max_batch or left <= 0:
                     break
@@ -357,6 +429,14 @@ class Backend:
                             _fail(job, e1)
                 else:
                     _fail(batch[0], e)
+            if self._running:
+                try:
+                    self._decode_chunk()
+                except Exception as e:  # noqa: BLE001  (every decoding row shares the failed call)
+                    log.exception("decoding failed")
+                    running, self._running, self._rows = self._running, [], None
+                    for row in running:
+                        _fail(row.request, e)
 
     def _run(self, batch: list) -> None:
         for job in batch:
@@ -369,6 +449,8 @@ class Backend:
         if isinstance(job, _PredictJob):
             out = self.signatures[job.signature](**job.inputs)
             job.future.set_result({k: v.numpy() for k, v in out.items()})
+        elif self.decoder is not None:
+            self._join(batch)
         else:
             self._run_generate(batch)
 
@@ -440,12 +522,70 @@ class Backend:
             token, logits, cache, position, index = out["next_token"], out.get("logits"), out["cache"], position + 1, index + 1
         self._emit(rows)  # the final text of rows not decoded step by step
         for b, row in enumerate(rows):
-            if row.request.cancelled:
-                _fail(row.request, Cancelled("cancelled while decoding"))
-                continue
-            tokens = row.tokens
-            row.finish(Completion(row.text, tokens, self._finish_reason(tokens), int(min(lengths[b], room)),
-                                  row.logprobs if row.request.logprobs is not None else None))
+            self._complete(row, min(lengths[b], room))
+
+    # ------------------------------------------------------------------ fast path: continuous batching
+
+    def _join(self, batch: list[GenRequest]) -> None:
+        """Prefills `batch` into new slots beside the running rows; they decode from the next chunk."""
+        groups: dict = collections.defaultdict(list)  # chat prompts are fitted to their own max_new_tokens
+        for r in batch:
+            groups[(r.is_chat, r.sampling.max_new_tokens)].append(r)
+        batch, prompts = [], []
+        for group in groups.values():
+            ids, lengths = self._prompt_ids(group)
+            batch += group
+            prompts += [ids[b, : lengths[b]].tolist() for b in range(len(group))]
+        s = [r.sampling for r in batch]
+        new = self.decoder.prefill(prompts, [x.max_new_tokens for x in s], [x.temperature for x in s],
+                                   [x.top_k for x in s], [x.top_p for x in s], [x.seed for x in s])
+        rows = [_Row(r, self.token_bytes) for r in batch]
+        self._add_tokens(rows, new.token.numpy()[:, None], new.logits.numpy()[:, None])
+        for row, prompt in zip(rows, prompts):
+            row.prompt_tokens = min(len(prompt), self.max_len - row.request.sampling.max_new_tokens)
+        n = len(self._running)
+        self._rows = new if not n else self.decoder.select(self._rows, range(n + len(rows)), more=new)
+        self._running += rows
+        self.largest_batch = max(self.largest_batch, len(self._running))
+        self._retire()
+
+    def _decode_chunk(self) -> None:
+        """One `chunk`-token decode call for every running row; rows that finished leave."""
+        with_logits = any(row.request.logprobs is not None for row in self._running)
+        tokens, logits, self._rows = self.decoder.decode(self._rows, with_logits=with_logits)
+        self._add_tokens(self._running, tokens, logits)
+        self._retire()
+
+    def _add_tokens(self, rows: list["_Row"], tokens: np.ndarray, logits: np.ndarray | None) -> None:
+        """Gives each row its new tokens [B, steps] (with their logits [B, steps, V] for log-probabilities),
+        then streams the text."""
+        k = max((row.request.logprobs for row in rows if row.request.logprobs is not None), default=None)
+        for step in range(tokens.shape[1]):
+            live = [b for b, row in enumerate(rows) if not row.done]
+            scores = dict(zip(live, self._log_probs(tf.constant(logits[live, step]), tf.constant(tokens[live, step]), k)
+                              if k is not None and live else []))
+            for b in live:
+                rows[b].add(int(tokens[b, step]), self.stop_ids, scores.get(b))
+        self._emit([row for row in rows if row.per_step])
+
+    def _retire(self) -> None:
+        """Completes the rows that are done and frees their slots."""
+        done = [row for row in self._running if row.done]
+        if not done:
+            return
+        keep = [b for b, row in enumerate(self._running) if not row.done]
+        self._rows = self.decoder.select(self._rows, keep) if keep else None
+        self._running = [self._running[b] for b in keep]
+        self._emit(done)  # the final text of rows not decoded step by step
+        for row in done:
+            self._complete(row, row.prompt_tokens)
+
+    def _complete(self, row: "_Row", prompt_tokens: int) -> None:
+        if row.request.cancelled:
+            _fail(row.request, Cancelled("cancelled while decoding"))
+            return
+        logprobs = row.logprobs if row.request.logprobs is not None else None
+        row.finish(Completion(row.text, row.tokens, self._finish_reason(row.tokens), int(prompt_tokens), logprobs))
 
     def _log_probs(self, logits, tokens, k: int) -> list[tuple[float, list[tuple[int, float]]]]:
         """(log p(token), [(id, log p)] of the k most likely) per row, from one step's logits [B, V]."""
@@ -494,6 +634,7 @@ class _Row:
     def __init__(self, request: GenRequest, token_bytes: tuple[bytes, ...] | None = None):
         self.request = request
         self.per_step = request.events is not None or request.logprobs is not None
+        self.prompt_tokens = 0
         self.tokens: list[int] = []
         self.content: list[int] = []  # tokens minus stop ids
         self.text = ""

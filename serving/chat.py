@@ -81,13 +81,14 @@ def _openai_names(sampling: dict) -> dict:
 class LocalChat:
     """Streams replies from an export loaded in this process."""
 
-    def __init__(self, path: str, content_filter: str | None = None, best_of=None, dialogue=None):
+    def __init__(self, path: str, content_filter: str | None = None, best_of=None, dialogue=None,
+                 fast: bool = True):
         from serving.backend import Backend
 
         self.dialogue = dialogue  # a tfchat.dialogue.manager.DialogueManager, or None
         self.sources: list = []
         self._fixed_finish = None
-        self.backend = Backend(path)
+        self.backend = Backend(path, fast=fast)
         self.backend.best_of = best_of  # best-of-n hook (serving.best_of)
         if content_filter:
             from serving.content_filter import FilteredBackend
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     parser.add_argument("--index", default=None, metavar="DIR",
                         help="with --model: answer knowledge questions from this index (training.index)")
     parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--plain-signatures", action="store_true",
+                        help="with --model: decode with the exported XLA-free signatures instead of the fast path")
     g = parser.add_argument_group("sampling (default: the model's recommended settings)")
     g.add_argument("--max-tokens", type=cli.positive_int, default=None, help="longest reply in tokens")
     g.add_argument("--temperature", type=cli.non_negative_float, default=None, help="0 = greedy")
@@ -214,8 +217,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             from tfchat.dialogue.manager import DialogueManager
 
             dialogue = DialogueManager.load(args.intent, args.index)
-        chat = RemoteChat(args.server) if args.server else LocalChat(args.model, args.content_filter, best_of(args),
-                                                                                dialogue)
+        if args.server:
+            chat = RemoteChat(args.server)
+        else:
+            chat = LocalChat(args.model, args.content_filter, best_of(args), dialogue, fast=not args.plain_signatures)
         run(chat, stdin, stdout, system=args.system, **sampling)
         return 0
 

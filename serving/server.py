@@ -45,6 +45,11 @@ def parser():
     p.add_argument("--max-batch", type=cli.positive_int, default=8, help="most generation requests decoded together")
     p.add_argument("--batch-wait-ms", type=cli.non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others to join")
+    p.add_argument("--plain-signatures", action="store_true",
+                   help="decode with the exported XLA-free prefill/decode signatures (one call per token, batches "
+                        "start and end together) instead of the XLA fast path with continuous batching")
+    p.add_argument("--chunk", type=cli.positive_int, default=8,
+                   help="fast path: tokens decoded per call (streamed together; requests join between chunks)")
     p.add_argument("--max-request-bytes", type=cli.positive_int, default=1 << 20,
                    help="largest request body; larger ones get HTTP 413 before they are read")
     g = p.add_argument_group("content filter")
@@ -120,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
 
             dialogue = DialogueManager.load(args.intent, args.index, args.rules, k=args.passages)
             dialogue.content_filter = content_filter
-        backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+        backend = Backend(args.model, args.name, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                          fast=not args.plain_signatures, chunk=args.chunk)
         backend.best_of = reranker
+        backend.warmup()
         if content_filter is not None:
             from serving.content_filter import FilteredBackend
 

@@ -218,3 +218,25 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def before_each_decode(backend, before, monkeypatch) -> int:
+    """Runs `before()` ahead of every decode call of `backend` (a fast-path chunk or a plain `decode`
+    signature call); returns how many tokens one call decodes."""
+    if backend.decoder is not None:
+        decode = backend.decoder.decode
+
+        def fast(*args, **kwargs):
+            before()
+            return decode(*args, **kwargs)
+
+        monkeypatch.setattr(backend.decoder, "decode", fast)
+        return backend.decoder.chunk
+    signature = backend.signatures["decode"]
+
+    def plain(**inputs):
+        before()
+        return signature(**inputs)
+
+    monkeypatch.setitem(backend.signatures, "decode", plain)
+    return 1

@@ -41,12 +41,47 @@ def test_generate_benchmark_cli_prints_json(capsys):
     from benchmarks import generate as generate_bench
 
     assert generate_bench.main(["--preset", "tiny", "--new-tokens", "8", "--prompt-len", "4", "--batches", "1,2",
-                                "--repeats", "1"]) == 0
+                                "--repeats", "1", "--path", "signature", "fast", "--chunk", "3",
+                                "--reference", "transformers"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     record = lines[0]
-    assert record["batch_1"]["tokens_per_s"] > 0 and record["batch_2"]["tokens_per_s"] > 0
-    assert record["time_to_first_token_ms"] > 0 and "machine" in record
+    for path in ("signature", "fast"):
+        r = record["paths"][path]
+        assert r["batch_1"]["tokens_per_s"] > 0 and r["batch_2"]["tokens_per_s"] > 0
+        assert r["time_to_first_token_ms"] > 0 and r["late_over_early"] > 0 and r["vs_reference"] > 0
+    assert record["reference"]["tokens_per_s"] > 0 and "machine" in record
+
+
+def test_generate_paths_give_the_same_tokens():
+    """The benchmark times the same greedy ids on both paths (and the fast path's chunking cuts nothing)."""
+    from benchmarks import generate as generate_bench
+    from tfchat.config import GPTConfig
+    from tfchat.model import build_gpt
+
+    model = build_gpt(GPTConfig.from_preset("tiny"))
+    prompts = generate_bench._prompts(2, 5, 100)
+    plain = generate_bench.signature_generate(model)(prompts, 7)
+    fast = generate_bench.fast_generate(model, chunk=4)(prompts, 7)
+    assert plain.shape == fast.shape == (2, 7) and (plain == fast).all()
+
+
+def test_serve_benchmark_level_against_a_server(tmp_path):
+    from benchmarks import serve as serve_bench
+    from serving.app import ServerThread, create_app
+    from serving.backend import Backend
+    from tests.fixtures import tiny_export
+
+    _, path = tiny_export(tmp_path)
+    backend = Backend(path, max_batch=4, chunk=2)
+    try:
+        with ServerThread(create_app(backend)) as url:
+            result = serve_bench.run(url, [1, 3], new_tokens=6)
+    finally:
+        backend.close()
+    one, three = result["levels"]
+    assert one["clients"] == 1 and three["clients"] == 3 and three["speedup_vs_1"] > 0
+    assert three["tokens"] <= 18 and three["ttft_ms"]["p95"] > 0 and one["aggregate_tokens_per_s"] > 0
 
 
 def test_tokenizers_benchmark_cli_prints_json(capsys, tmp_path):

@@ -24,7 +24,7 @@ import pytest
 
 from serving.app import ServerThread, create_app
 from serving.backend import Backend, Completion
-from tests.fixtures import tiny_export
+from tests.fixtures import before_each_decode, tiny_export
 from tfchat.data.dialogues import load_conversations, write_messages_jsonl
 from tfchat.data.io import ReadStats
 
@@ -53,6 +53,7 @@ def served(tmp_path_factory):
     """(url, backend, export path) of a live server around a tiny exported model."""
     _, export_path = tiny_export(tmp_path_factory.mktemp("web_chat"))
     backend = Backend(export_path)
+    backend.warmup()  # as serving.server does: no XLA compilation in the middle of a test's timing
     server = ServerThread(create_app(backend), host="127.0.0.1", port=0)  # port 0: a free one
     url = server.start()
     yield url, backend, export_path
@@ -287,13 +288,7 @@ def test_multi_turn_chat_with_settings_and_new_chat(chat, tmp_path):
 def test_reply_is_rendered_while_it_streams(chat, served, monkeypatch):
     """With decoding slowed down, the reply grows piece by piece; one reply at a time."""
     _, backend, _ = served
-    decode = backend.signatures["decode"]
-
-    def slow_decode(**inputs):
-        time.sleep(0.12)
-        return decode(**inputs)
-
-    monkeypatch.setitem(backend.signatures, "decode", slow_decode)
+    before_each_decode(backend, lambda: time.sleep(0.12), monkeypatch)
     page = chat.page
     page.evaluate("""() => {
         window.seen = [];
@@ -357,15 +352,14 @@ def test_settings_that_are_not_numbers_are_refused_in_the_page(chat):
 def test_failure_mid_stream_is_shown(chat, served, monkeypatch):
     """A model error after the stream began (sent in-band as an SSE error event) replaces the partial reply."""
     _, backend, _ = served
-    decode, calls = backend.signatures["decode"], []
+    calls = []
 
-    def failing_decode(**inputs):
+    def fail_late():
         calls.append(1)
-        if len(calls) > 2:
+        if len(calls) >= 2:  # the second decode call: mid-stream on either path (a fast call decodes 8 tokens)
             raise RuntimeError("simulated decode failure")
-        return decode(**inputs)
 
-    monkeypatch.setitem(backend.signatures, "decode", failing_decode)
+    before_each_decode(backend, fail_late, monkeypatch)
     page = chat.page
     chat.settings(temperature=0, max_tokens=10)
     response = chat.say("Hello there")
@@ -408,15 +402,14 @@ def test_stop_frees_the_server_slot(chat, served, monkeypatch):
     """Stop aborts the stream; the server cancels the row, so the next request starts at once instead of
     waiting for the stopped generation to run out (here 40-odd more decode steps, over 10 s)."""
     _, backend, _ = served
-    decode, calls = backend.signatures["decode"], []
+    calls = []
     delay = 0.25
 
-    def slow_decode(**inputs):
+    def slow():
         calls.append(time.monotonic())
         time.sleep(delay)
-        return decode(**inputs)
 
-    monkeypatch.setitem(backend.signatures, "decode", slow_decode)
+    before_each_decode(backend, slow, monkeypatch)
     page = chat.page
     chat.settings(temperature=1, top_k=0, top_p=1, seed=3, max_tokens=48)  # this seed runs all 48 steps
     chat.start("Tell me a long story")

@@ -11,9 +11,11 @@ itself through a cached `tf.function` (`compiled_generate`), since an eager
 while loop would dispatch every op from Python.
 
 Sampling (`sample`) is per row: temperature (0 = greedy), top-k (0 = off),
-top-p (1 = off). Randomness is Gumbel-max noise from stateless random ops
-keyed by (seed, position of the sampled token), so a prompt with a given seed
-gives the same text whatever else is in the batch. The model only needs
+top-p (1 = off). Randomness is Gumbel-max noise from a counter-based integer
+hash keyed by (seed, position of the sampled token), so a prompt with a given
+seed gives the same text whatever else is in the batch, and the XLA fast path
+(`tfchat.inference.slots`, built from `prefill`, `decode_step` and `sample`)
+draws the same noise as this XLA-free loop. The model only needs
 `model.config.block_size`, `model.init_cache` and `model.call_with_cache`
 (a `tfchat.model.CausalLM`); it knows nothing of tokenization, which
 `generate_text` adds on top.
@@ -86,11 +88,14 @@ def per_row(x, batch, dtype) -> tf.Tensor:
     return tf.broadcast_to(tf.cast(x, dtype), [batch])
 
 
-def _filter_top_k_top_p(logits, top_k, top_p):
+def _filter_top_k_top_p(logits, top_k, top_p, static_shapes: bool = False):
     """Sets logits outside the top-k / nucleus of each row to -inf. logits [B, V]; top_k, top_p [B]."""
     vocab = tf.shape(logits)[1]
-    # Only the best max(top_k) candidates can survive when every row has a top_k: no full sort then.
-    width = tf.where(tf.reduce_all(top_k > 0), tf.minimum(tf.reduce_max(top_k), vocab), vocab)
+    # Only the best max(top_k) candidates can survive when every row has a top_k: no full sort then
+    # (XLA needs a static width: the whole vocabulary).
+    width = vocab
+    if not static_shapes:
+        width = tf.where(tf.reduce_all(top_k > 0), tf.minimum(tf.reduce_max(top_k), vocab), vocab)
     sorted_logits = tf.math.top_k(logits, k=width, sorted=True).values  # [B, width]
     ranks = tf.range(width)[None, :]
     k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)[:, None]
@@ -104,7 +109,30 @@ def _filter_top_k_top_p(logits, top_k, top_p):
     return tf.where(logits >= threshold, logits, NEG_INF)
 
 
-def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0) -> tf.Tensor:
+def _hash32(x):
+    """A 32-bit integer mix ("lowbias32" from C. Wellons' hash-prospector), elementwise on uint32."""
+    for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift)) * tf.constant(mul, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def gumbel_noise(seed, step, batch, vocab) -> tf.Tensor:
+    """float32 [B, V] standard Gumbel noise, a pure function of each row's (seed, step) and the token id.
+
+    A counter-based hash in core integer ops instead of `tf.random.stateless_*`, whose
+    XLA kernels draw other numbers than the TF ones: the XLA fast path and the XLA-free
+    signatures must sample the same tokens.
+    """
+    seed = tf.cast(per_row(seed, batch, tf.int32), tf.uint32)
+    step = tf.cast(per_row(step, batch, tf.int32), tf.uint32)
+    row = _hash32(tf.bitwise.bitwise_xor(_hash32(seed), step * tf.constant(0x9E3779B9, tf.uint32)))  # [B]
+    bits = _hash32(row[:, None] + tf.cast(tf.range(vocab), tf.uint32)[None, :])  # [B, V]
+    # 24 random bits -> a uniform in (0, 1), never 0 or 1.
+    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
+    return -tf.math.log(-tf.math.log(uniform))
+
+
+def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0, static_shapes: bool = False) -> tf.Tensor:
     """Picks one token per row.
 
     Args:
@@ -116,6 +144,8 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0) -> tf.Te
         seed: scalar or [B] int; with `step`, the key of the stateless noise.
         step: scalar or [B] int, e.g. the position of the sampled token, so
             each step draws fresh noise.
+        static_shapes: for XLA: the top-k/top-p filter sorts the whole
+            vocabulary instead of the largest top_k (a data-dependent size).
 
     Returns:
         int32 [B].
@@ -125,21 +155,16 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, seed=0, step=0) -> tf.Te
     temperature = per_row(temperature, batch, tf.float32)
     top_k = per_row(top_k, batch, tf.int32)
     top_p = per_row(top_p, batch, tf.float32)
-    keys = tf.stack([per_row(seed, batch, tf.int32), per_row(step, batch, tf.int32)], axis=1)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def sampled():
         scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
         needs_filter = tf.reduce_any(tf.logical_or(top_k > 0, top_p < 1.0))
-        scaled = tf.cond(needs_filter, lambda: _filter_top_k_top_p(scaled, top_k, top_p), lambda: scaled)
-        # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits).
-        # One stateless draw per row, so a row's sample depends only on its own (seed, step).
-        uniform = tf.map_fn(
-            lambda key: tf.random.stateless_uniform([vocab], key, minval=1e-20, maxval=1.0),
-            keys,
-            fn_output_signature=tf.TensorSpec([None], tf.float32),
+        scaled = tf.cond(
+            needs_filter, lambda: _filter_top_k_top_p(scaled, top_k, top_p, static_shapes), lambda: scaled
         )
-        gumbel = -tf.math.log(-tf.math.log(uniform))
+        # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits).
+        gumbel = gumbel_noise(seed, step, batch, vocab)
         drawn = tf.argmax(scaled + gumbel, axis=-1, output_type=tf.int32)
         return tf.where(temperature > 0, drawn, greedy)
 
@@ -221,16 +246,20 @@ def prefill(
 
 
 def decode_step(
-    model: keras.Model, token, position, caches, cache_index, key_mask, temperature=0.0, top_k=0, top_p=1.0, seed=0
+    model: keras.Model, token, position, caches, cache_index, key_mask, temperature=0.0, top_k=0, top_p=1.0, seed=0,
+    static_shapes: bool = False,
 ):
     """Feeds `token` [B] (position ids `position` [B]) at cache row `cache_index`; samples the next token.
+
+    `cache_index` is a scalar for the caches of `prefill`, int32 [B] for slot
+    caches (`tfchat.inference.slots`, where it equals `position`).
 
     Returns:
         (next token int32 [B], its logits float32 [B, V], new caches).
     """
     logits, caches = model.call_with_cache(token[:, None], position[:, None], caches, cache_index, key_mask)
     logits = logits[:, 0]
-    return sample(logits, temperature, top_k, top_p, seed, position + 1), logits, caches
+    return sample(logits, temperature, top_k, top_p, seed, position + 1, static_shapes), logits, caches
 
 
 def generate(

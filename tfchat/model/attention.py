@@ -6,7 +6,11 @@ Two paths through the same weights:
   optional `padding_mask` [B, T] hides padded keys;
 * cached (generation): `layer(x, cache=c, cache_index=i, attention_mask=m,
   positions=p)` writes the new keys/values of `x` at positions
-  `i .. i+T-1` of `c` and attends over the filled prefix `c[:i+T]` only.
+  `i .. i+T-1` of `c` and attends over the filled prefix `c[:i+T]` only;
+* slots (the XLA fast path, continuous batching): `cache=(k, v)`, each
+  `[B, H, S, D]`, `cache_index` [B]: one new token per row, written at the
+  row's own position; attention runs over all S positions, masked (static
+  shapes for XLA; no transpose of the cache per step).
 
 The cache of one layer is a single time-major tensor `[max_len, B, 2, H, D]`
 (keys and values together), so the write is one `tf.tensor_scatter_nd_update`
@@ -81,6 +85,12 @@ class CausalSelfAttention(keras.layers.Layer):
             steps = tf.range(length)
             q, k = self._prepare(q, k, steps, steps)
             mask = causal_mask(length, padding_mask)
+        elif isinstance(cache, tuple):  # slots: one new token per row, each row at its own cache_index [B]
+            q, k_new, v_new = (t[:, :, None] for t in tf.unstack(qkv[:, 0], axis=1))  # 3 x [B, H, 1, D]
+            q, k_new = self._prepare(q, k_new, positions, positions)
+            k, v = (tf.tensor_scatter_nd_update(c, slot_rows(cache_index, self.num_heads), tf.cast(t[:, :, 0], c.dtype))
+                    for c, t in zip(cache, (k_new, v_new)))  # 2 x [B, H, S, D]
+            cache, mask = (k, v), attention_mask
         else:
             q = tf.transpose(qkv[:, :, 0], [0, 2, 1, 3])  # [B, H, T, D]
             if self.config.qk_norm or self.config.position == "rope":
@@ -116,6 +126,19 @@ def causal_mask(length, padding_mask=None):
     if padding_mask is not None:
         allowed = tf.logical_and(allowed, tf.cast(padding_mask, tf.bool)[:, None, None, :])
     return allowed
+
+
+def slot_rows(cache_index, num_heads):
+    """int32 [B, H, 3] scatter indices (row, head, cache_index[row]) of one new key per row and head."""
+    batch = tf.shape(cache_index)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, num_heads])
+    heads = tf.broadcast_to(tf.range(num_heads)[None, :], [batch, num_heads])
+    return tf.stack([rows, heads, tf.broadcast_to(cache_index[:, None], [batch, num_heads])], axis=-1)
+
+
+def slot_attention_mask(cache_index, max_len):
+    """Bool [B, 1, 1, S]: a slot's query at `cache_index[b]` sees keys 0 .. cache_index[b]."""
+    return (tf.range(max_len)[None, :] <= cache_index[:, None])[:, None, None, :]
 
 
 def cached_attention_mask(key_mask, cache_index, length):

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfchat.config import GPTConfig
-from tfchat.model.attention import cached_attention_mask
+from tfchat.model.attention import cached_attention_mask, slot_attention_mask
 from tfchat.model.block import TransformerBlock
 from tfchat.model.embedding import Embeddings
 from tfchat.model.norm import make_norm
@@ -66,6 +66,10 @@ class GPTBackbone(keras.Model):
     def call_with_cache(self, token_ids, positions, caches, cache_index, key_mask):
         """Runs `token_ids` [B, T] through the blocks, reading and extending the caches.
 
+        With slot caches (`tfchat.inference.slots`: one (keys, values) pair of
+        `[B, n_head, S, head_dim]` per block), T is 1, `cache_index` is int32 [B]
+        (each row's own write position) and `key_mask` is ignored.
+
         Args:
             token_ids: int32 [B, T], the new tokens, written at cache positions
                 `cache_index .. cache_index+T-1`.
@@ -79,7 +83,10 @@ class GPTBackbone(keras.Model):
             (hidden states [B, T, C], new caches).
         """
         x = self.embeddings(token_ids, positions=positions)
-        mask = cached_attention_mask(key_mask, cache_index, tf.shape(token_ids)[1])  # [B, 1, T, n]
+        if isinstance(caches[0], tuple):  # slots: key_mask unused, a row sees its cache up to its own index
+            mask = slot_attention_mask(cache_index, tf.shape(caches[0][0])[2])  # [B, 1, 1, S]
+        else:
+            mask = cached_attention_mask(key_mask, cache_index, tf.shape(token_ids)[1])  # [B, 1, T, n]
         new_caches = []
         for block, cache in zip(self.blocks, caches):
             x, cache = block(x, cache=cache, cache_index=cache_index, attention_mask=mask, positions=positions)

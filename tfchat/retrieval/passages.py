@@ -108,6 +108,9 @@ def split_document(title: str, text: str, max_words: int = MAX_WORDS, min_words:
     return [Passage(title, p, source) for p in _pack(pieces, max_words) if _words(p) >= min_words]
 
 
+READING_SETS = ("topical-chat-reading-sets-valid-freq.json.xz", "topical-chat-reading-sets-valid-rare.json.xz")
+
+
 def topical_chat_leads(reading_sets: Sequence[str] = (), wiki: str | None = None) -> dict[str, str]:
     """{entity: shortened Wikipedia lead section} of the entities in Topical-Chat reading sets (default: the
     bundled `valid_freq` and `valid_rare` reading sets, 165 entities, and `topical-chat-wiki.json`)."""

@@ -1,0 +1,228 @@
+"""The fast decode path: XLA-compiled multi-token decoding over per-row KV caches ("slots").
+
+`generate` (the XLA-free loop the SavedModel signatures run) shares one cache
+index across a left-padded batch, so a batch starts and ends together. Here
+every row owns a slot: its keys and values sit at positions `0 .. n-1` of a
+`[B, H, max_len, D]` cache and it decodes at its own position, so rows can
+join and leave a running batch between calls (continuous batching, as in
+vLLM/Orca; simplified: whole rows, no paged memory). The pieces are the
+library's own, not a second copy:
+
+* `prefill` is `generation.prefill` (no XLA: one forward pass, few ops per
+  token), each prompt cut from the left to its own room, its cache moved
+  into slot layout;
+* `decode` runs `chunk` steps of `generation.decode_step` in one
+  `tf.function(jit_compile=True)` call: XLA fuses each layer's ops, so a
+  step costs about its arithmetic, not ~100 op dispatches. Attention runs
+  over the whole cache, masked (static shapes); the caches hold the
+  positions the batch needs rounded up to a multiple of `LENGTH_STEP`, so
+  a step reads little more than the filled prefix and its time grows only
+  in those steps;
+* sampling is `generation.sample` keyed by (seed, position), so a row's
+  tokens equal those `generate` gives it alone, whatever else is batched.
+
+Batches are padded to a power of two with copies of row 0 (`bucket`), so
+XLA compiles one decode program per batch bucket and cache length in use
+(at most (log2(max_batch) + 1) * max_len / LENGTH_STEP).
+
+Example:
+
+>>> from tfchat.config import GPTConfig
+>>> from tfchat.model import build_gpt
+>>> decoder = SlotDecoder(build_gpt(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16)), chunk=4)
+>>> rows = decoder.prefill([[1, 2, 3], [4]], max_new_tokens=[5, 5], temperature=[0.0, 0.0], top_k=[0, 0],
+...                        top_p=[1.0, 1.0], seed=[0, 0])
+>>> tokens, logits, rows = decoder.decode(rows)
+>>> tokens.shape  # 4 more tokens per row after the first (rows.token)
+(2, 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfchat.inference.generation import _context, decode_step, prefill
+
+SAMPLING = ("temperature", "top_k", "top_p", "seed")
+LENGTH_STEP = 128  # slot caches grow and shrink in steps of this many positions
+_DTYPES = {"temperature": np.float32, "top_k": np.int32, "top_p": np.float32, "seed": np.int32}
+
+
+def bucket(n: int) -> int:
+    """The smallest power of two >= n: batch sizes XLA compiles for."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@dataclasses.dataclass
+class Rows:
+    """A batch of slots: the last sampled (not yet fed) token of each row, its position, the caches
+    (one (keys, values) pair of [B, H, max_len, D] per block), per-row sampling settings (numpy [B]),
+    and after `prefill` the logits of the first token [B, V]."""
+
+    token: tf.Tensor
+    position: tf.Tensor
+    caches: list
+    sampling: dict
+    logits: tf.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.token.shape[0])
+
+
+class SlotDecoder:
+    """Prefill and chunked XLA decoding for a `CausalLM`, rows joining and leaving between calls.
+
+    Args:
+        model: a `tfchat.model.CausalLM`.
+        max_len: context (default: block_size); a slot holds this many positions.
+        chunk: tokens decoded per `decode` call (more: fewer calls from Python; fewer: finer streaming
+            and a sooner chance for new rows to join).
+        jit: compile `decode` with XLA (False runs the same graph without XLA, for tests and comparison).
+    """
+
+    def __init__(self, model: keras.Model, max_len: int | None = None, chunk: int = 8, jit: bool = True,
+                 pad_id: int = 0):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.model, self.max_len, self.chunk, self.jit = model, _context(model, max_len), chunk, jit
+        self.pad_id = pad_id
+        vec = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
+        self._prefill = tf.function(self._prefill_fn, input_signature=[
+            tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+            vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), tf.TensorSpec([], tf.int32),
+        ])
+        self._decode = {}  # with_logits -> tf.function; XLA keeps one program per input shape
+        self.compiled: set[tuple[int, int]] = set()  # (batch, cache length) compiled ahead by `compile`
+
+    # ------------------------------------------------------------------ graph functions
+
+    def _prefill_fn(self, prompt_ids, temperature, top_k, top_p, seed, capacity):
+        # max_new_tokens=1: prompts arrive cut to their own room; a batch-wide cut would change them.
+        s = prefill(self.model, prompt_ids, 1, temperature, top_k, top_p, seed, self.pad_id, self.max_len)
+        lengths = s["position"]  # [B] kept prompt lengths = the first new token's position
+        pad = s["cache_index"] - lengths  # [B] left padding in prefill's cache
+        steps = tf.shape(s["caches"][0])[0]
+        # Slot position p of row b <- prefill cache row p + pad[b]; positions >= length hold junk that the
+        # slot mask hides until decoding overwrites them.
+        src = tf.minimum(tf.range(capacity)[None, :] + pad[:, None], steps - 1)  # [B, S]
+        caches = []
+        for cache in s["caches"]:  # [T, B, 2, H, D]
+            kv = tf.gather(tf.transpose(cache, [1, 2, 3, 0, 4]), src, axis=3, batch_dims=1)  # [B, 2, H, S, D]
+            caches.append((kv[:, 0], kv[:, 1]))
+        return s["token"], s["logits"], lengths, caches
+
+    def _decode_fn(self, token, position, caches, temperature, top_k, top_p, seed, with_logits: bool):
+        last = tf.shape(caches[0][0])[2] - 1
+        out = tf.TensorArray(tf.int32, size=self.chunk)
+        out_logits = tf.TensorArray(tf.float32, size=self.chunk if with_logits else 1)
+
+        def body(i, token, position, caches, out, out_logits):
+            # Rows past their last position (finished, or batch padding) are clamped: their output is dropped.
+            at = tf.minimum(position, last)
+            nxt, logits, caches = decode_step(self.model, token, at, caches, at, None, temperature, top_k, top_p,
+                                              seed, static_shapes=True)
+            nxt = tf.ensure_shape(nxt, token.shape)  # sample's tf.cond loses the static batch size
+            if with_logits:
+                out_logits = out_logits.write(i, logits)
+            return i + 1, nxt, position + 1, caches, out.write(i, nxt), out_logits
+
+        _, token, position, caches, out, out_logits = tf.while_loop(
+            lambda i, *_: i < self.chunk, body, (tf.constant(0), token, position, caches, out, out_logits),
+            maximum_iterations=self.chunk,
+        )
+        tokens = tf.transpose(out.stack())  # [B, chunk]
+        logits = tf.transpose(out_logits.stack(), [1, 0, 2]) if with_logits else tf.zeros([0])
+        return tokens, logits, position, caches
+
+    # ------------------------------------------------------------------ public
+
+    def capacity(self, positions) -> int:
+        """Cache length for rows at `positions` about to decode a chunk: a multiple of LENGTH_STEP, at most max_len."""
+        need = min(self.max_len, int(np.max(positions)) + self.chunk + 1)
+        return min(self.max_len, -(-need // LENGTH_STEP) * LENGTH_STEP)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens, temperature, top_k, top_p, seed) -> Rows:
+        """Fills slots for `prompts` (lists of ids; each cut from the left to `max_len - its max_new_tokens`)
+        and samples each row's first new token (`Rows.token`, its logits `Rows.logits`)."""
+        kept = [list(p)[max(0, len(p) - (self.max_len - int(m))):] for p, m in zip(prompts, max_new_tokens)]
+        sampling = {k: np.asarray(v, _DTYPES[k]).reshape(-1) for k, v in
+                    zip(SAMPLING, (temperature, top_k, top_p, seed))}
+        token, logits, lengths, caches = self._prefill(
+            tf.ragged.constant(kept, tf.int32, ragged_rank=1), *(tf.constant(sampling[k]) for k in SAMPLING),
+            tf.constant(self.capacity([len(p) for p in kept]), tf.int32),
+        )
+        return Rows(token, lengths, caches, sampling, logits)
+
+    def decode(self, rows: Rows, with_logits: bool = False) -> tuple[np.ndarray, np.ndarray | None, Rows]:
+        """Decodes `chunk` tokens for every row (feeding `rows.token` first).
+
+        Returns:
+            (tokens int32 [B, chunk], their logits float32 [B, chunk, V] or None, the advanced rows).
+        """
+        fn = self._decode_function(with_logits)
+        n = len(rows)
+        rows = self.resize(rows, self.capacity(rows.position.numpy()))
+        padded = rows if bucket(n) == n else self.select(rows, list(range(n)) + [0] * (bucket(n) - n))
+        tokens, logits, position, caches = fn(padded.token, padded.position, padded.caches,
+                                              *(tf.constant(padded.sampling[k]) for k in SAMPLING))
+        tokens = tokens.numpy()[:n]
+        logits = logits.numpy()[:n] if with_logits else None
+        if n != len(padded):
+            caches = [(k[:n], v[:n]) for k, v in caches]
+        return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling)
+
+    def _decode_function(self, with_logits: bool):
+        fn = self._decode.get(with_logits)
+        if fn is None:
+            fn = self._decode[with_logits] = tf.function(
+                lambda *a: self._decode_fn(*a, with_logits=with_logits), jit_compile=self.jit, reduce_retracing=True
+            )
+        return fn
+
+    def compile(self, max_batch: int, capacities: Sequence[int] | None = None) -> None:
+        """Compiles `decode` for every batch bucket up to `max_batch` and each cache length in `capacities`
+        (default: all), so requests do not wait for XLA when the batch first reaches a size."""
+        fn = self._decode_function(False)
+        c = self.model.config
+        for capacity in capacities or range(LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP):
+            capacity = min(capacity, self.max_len)
+            for b in sorted({bucket(n) for n in range(1, max_batch + 1)}):
+                zeros = tf.zeros([b, c.n_head, capacity, c.head_dim], self.model.backbone.blocks[0].attn.compute_dtype)
+                ints = tf.zeros([b], tf.int32)
+                fn(ints, ints, [(zeros, zeros)] * c.n_layer, tf.zeros([b], tf.float32), ints, tf.ones([b]), ints)
+                self.compiled.add((b, capacity))
+
+    @staticmethod
+    def resize(rows: Rows, capacity: int) -> Rows:
+        """`rows` with caches of `capacity` positions (cut or zero-padded at the end)."""
+        have = int(rows.caches[0][0].shape[2])
+        if have == capacity:
+            return rows
+        if have > capacity:
+            caches = [(k[:, :, :capacity], v[:, :, :capacity]) for k, v in rows.caches]
+        else:
+            pad = [[0, 0], [0, 0], [0, capacity - have], [0, 0]]
+            caches = [(tf.pad(k, pad), tf.pad(v, pad)) for k, v in rows.caches]
+        return dataclasses.replace(rows, caches=caches)
+
+    def select(self, rows: Rows, index: Sequence[int], more: Rows | None = None) -> Rows:
+        """The rows `index` of `rows` (followed by those of `more`, numbered after them): rows leave or join."""
+        if more is not None:
+            capacity = max(int(r.caches[0][0].shape[2]) for r in (rows, more))
+            rows, more = self.resize(rows, capacity), self.resize(more, capacity)
+            rows = Rows(
+                tf.concat([rows.token, more.token], 0), tf.concat([rows.position, more.position], 0),
+                [tuple(tf.concat([a, b], 0) for a, b in zip(x, y)) for x, y in zip(rows.caches, more.caches)],
+                {k: np.concatenate([rows.sampling[k], more.sampling[k]]) for k in SAMPLING},
+            )
+        index = np.asarray(index, np.int32)
+        return Rows(
+            tf.gather(rows.token, index), tf.gather(rows.position, index),
+            [(tf.gather(k, index), tf.gather(v, index)) for k, v in rows.caches],
+            {k: v[index] for k, v in rows.sampling.items()},
+        )
