@@ -46,7 +46,11 @@ def test_generate_matches_keras(servers, client):
 def test_chat_and_score(servers, client):
     backend = servers[1]
     reply = client.chat(HI, max_new_tokens=6, temperature=0.9, seed=4)
-    assert reply == backend.complete(GenRequest(messages=HI, sampling=SamplingParams.greedy(6).replace(temperature=0.9, seed=4))).text
+    expected = backend.complete(GenRequest(messages=HI, sampling=SamplingParams.greedy(6).replace(temperature=0.9,
+                                                                                               seed=4))).text
+    # A character cut off by max_new_tokens: the `chat` signature decodes it as U+FFFD, the backend's
+    # streaming rule leaves it out (tfchat.inference.streaming).
+    assert reply in (expected, expected + "\ufffd")
     losses = client.score(["Hello world", "fox"])
     assert len(losses) == 2 and all(np.isfinite(x) and x > 0 for x in losses)
 

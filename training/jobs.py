@@ -99,6 +99,10 @@ def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
         return load_tokenizer(run_tokenizer_dir)
     if opts.tokenizer:
         path = opts.tokenizer
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--tokenizer {path}: not found; give a tokenizer directory, a model or run "
+                                    "directory (its tokenizer is used), or leave --tokenizer out to train one "
+                                    "(python -m training.pretrain)")
         if is_model_dir(path) or is_model_dir(os.path.join(path, "model")):
             path = os.path.join(resolve_model_dir(path), TOKENIZER_DIR)
         return load_tokenizer(path)
