@@ -230,7 +230,9 @@ def test_real_backend_refuses_flagged_input_before_the_model(real_server):
     assert r.json()["choices"][0]["finish_reason"] == FINISH_REASON and len(submitted) == before
     r = httpx.post(url + "/v1/chat/completions", timeout=60,
                    json={"messages": [{"role": "user", "content": "thanks for the help zed"}], "max_tokens": 4})
-    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length") and len(submitted) == before + 1
+    # Clean input reaches the model (whose random babble the output screen may still stop).
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", FINISH_REASON)
+    assert len(submitted) == before + 1
     # TF Serving REST: a clear per-row field; the token-level signatures are not served.
     r = httpx.post(url + "/v1/models/tfchat:predict", timeout=60, json={"instances": [
         {"prompt": "you are a worthless idiot zed", "max_new_tokens": 3}, {"prompt": "Hello", "max_new_tokens": 3}]})
