@@ -210,7 +210,9 @@ def real_server(tmp_path_factory, moderation_classifier):
     inner = Backend(str(root / "tfchat"))
     submitted = []
     original = inner._submit
-    inner._submit = lambda job: (submitted.append(job), original(job))[1]  # what reaches the model's queue
+    # The generations and signature calls that reach the model's queue (not the filter's detokenize calls).
+    inner._submit = lambda job: (getattr(job, "signature", None) != "detokenize" and submitted.append(job),
+                                 original(job))[1]
     # The tiny classifier knows only its fixture: a random model's babble scores near its 50% base rate.
     content_filter = ContentFilter.load(moderation_classifier, threshold=0.9)
     app = create_app(FilteredBackend(inner, content_filter))
@@ -237,7 +239,8 @@ def test_real_backend_refuses_flagged_input_before_the_model(real_server):
     r = httpx.post(url + "/v1/models/tfchat:predict", timeout=60, json={"instances": [
         {"prompt": "you are a worthless idiot zed", "max_new_tokens": 3}, {"prompt": "Hello", "max_new_tokens": 3}]})
     rows = r.json()["predictions"]
-    assert [row["content_filter"] for row in rows] == ["input", ""] and rows[0]["text"] == REFUSAL
+    assert rows[0]["content_filter"] == "input" and rows[0]["text"] == REFUSAL
+    assert rows[1]["content_filter"] in ("", "output")  # generated; the random model's babble may be screened
     assert len(submitted) == before + 2  # one model call, for the clean row
     meta = httpx.get(url + "/v1/models/tfchat/metadata", timeout=30).json()["metadata"]["signature_def"]["signature_def"]
     assert "prefill" not in meta and "content_filter" in meta["chat"]["outputs"]
