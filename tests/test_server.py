@@ -9,6 +9,7 @@ from tfchat.inference.sampling import SamplingParams
 from serving.backend import Backend, GenRequest
 from serving.app import create_app
 from tfchat.inference.generation import generate_text
+from tfchat.inference.streaming import decode_text
 from tests.fixtures import tiny_export
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -141,11 +142,14 @@ def test_chat_completions_plain_and_streamed_agree(setup):
 
 
 def test_completions_batch_and_stream(setup):
-    loaded, _, client = setup
-    # The server leaves out a character cut off by max_tokens (tfchat.inference.streaming); the library's
-    # decode shows it as U+FFFD.
+    loaded, backend, client = setup
     library = generate_text(loaded, prompts=["Hello", "The quick"], max_new_tokens=6)
-    expected = [t.removesuffix("\ufffd") for t in library]
+    ids = [backend.complete(GenRequest(prompt=p, sampling=SamplingParams.greedy().replace(max_new_tokens=6))).token_ids
+           for p in ("Hello", "The quick")]
+    assert [loaded.tokenizer.decode(i) for i in ids] == library  # the library's tokens
+    # The server leaves out a character cut off by max_tokens (tfchat.inference.streaming), where the
+    # library's decode shows U+FFFD.
+    expected = [decode_text(i, loaded.tokenizer.token_bytes()) for i in ids]
     r = client.post("/v1/completions", json={"prompt": ["Hello", "The quick"], "max_tokens": 6, "temperature": 0})
     out = r.json()
     assert out["object"] == "text_completion" and [c["text"] for c in out["choices"]] == expected
