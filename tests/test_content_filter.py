@@ -296,8 +296,11 @@ def test_terminal_chat_shows_a_filtered_reply(real_server):
     chat = chat_cli.RemoteChat(url)
     chat_cli.run(chat, io.StringIO("you are a worthless idiot zed\nthanks for the help zed\n"), out, max_new_tokens=4)
     text = out.getvalue()
-    assert text.count("[filtered: the content filter flagged this exchange") == 1
-    assert chat.finish_reason in ("stop", "length")  # the second, clean message got a reply
+    first, second = text.split("bot> ")[1:3]
+    assert first.startswith(REFUSAL) and "[filtered: the content filter flagged this exchange" in first
+    # The clean message reached the model; the random model's babble may itself be screened.
+    assert chat.finish_reason in ("stop", "length", FINISH_REASON)
+    assert ("[filtered:" in second) == (chat.finish_reason == FINISH_REASON)
 
 
 def test_server_and_chat_flags_fail_clearly(tmp_path, capsys):
