@@ -78,11 +78,14 @@ SAMPLING_SPECS = [
 ]
 
 
-class ServingModule(tf.Module):
-    """The exported object: the Keras model, the tokenizer (its resources tracked), and the signatures."""
+class ModelModule(tf.Module):
+    """What every exported object holds: the Keras model (its variables tracked), the tokenizer (its
+    resources tracked), the longest sequence a signature accepts (`max_len`), stop and pad ids."""
 
-    def __init__(self, loaded: LoadedModel, max_len: int | None = None):
-        super().__init__(name="tfchat")
+    MIN_LEN = 2  # the shortest max_len the module's signatures can work with
+
+    def __init__(self, loaded: LoadedModel, max_len: int | None = None, name: str = "tfchat"):
+        super().__init__(name=name)
         self.model = loaded.model
         # Keras 3 variables are not tf.Variables: track the underlying ones explicitly.
         self.model_variables = [v.value if hasattr(v, "value") else v for v in self.model.weights]
@@ -90,10 +93,14 @@ class ServingModule(tf.Module):
         self.config = loaded.config
         block = loaded.config.block_size
         self.max_len = block if max_len is None else int(max_len)
-        if not 2 <= self.max_len <= block:
-            raise ValueError(f"max_len must be in [2, block_size={block}], got {max_len}")
+        if not self.MIN_LEN <= self.max_len <= block:
+            raise ValueError(f"max_len must be in [{self.MIN_LEN}, block_size={block}], got {max_len}")
         self.stop_ids = list(loaded.tokenizer.special.stop_ids)
         self.pad_id = loaded.tokenizer.pad_id
+
+
+class ServingModule(ModelModule):
+    """The exported chat model: generation, chat, scoring and tokenizer signatures."""
 
     # ---------------------------------------------------------------- helpers (traced into signatures)
 

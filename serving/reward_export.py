@@ -22,28 +22,20 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from serving.exporter import ModelModule
 from tfchat.checkpoint.model_dir import LoadedModel
 from tfchat.text import chat_template
 
 SIGNATURES = ("serving_default", "reward")
 
 
-class RewardServingModule(tf.Module):
-    """The exported object of a reward model: the Keras model, the tokenizer, the `reward` signature."""
+class RewardServingModule(ModelModule):
+    """The exported reward model: the `reward` signature (a conversation ending in a reply -> its score)."""
+
+    MIN_LEN = chat_template.MIN_MAX_LEN + 2  # the history needs MIN_MAX_LEN ids, the reply one and its <|end|>
 
     def __init__(self, loaded: LoadedModel, max_len: int | None = None):
-        super().__init__(name="tfchat_reward")
-        self.model = loaded.model
-        self.model_variables = [v.value if hasattr(v, "value") else v for v in self.model.weights]
-        self.tokenizer = loaded.tokenizer
-        self.config = loaded.config
-        block = loaded.config.block_size
-        self.max_len = block if max_len is None else int(max_len)
-        # The history needs MIN_MAX_LEN ids, the reply at least one and its <|end|>.
-        if not chat_template.MIN_MAX_LEN + 2 <= self.max_len <= block:
-            raise ValueError(f"max_len must be in [{chat_template.MIN_MAX_LEN + 2}, block_size={block}], got {max_len}")
-        self.stop_ids = list(loaded.tokenizer.special.stop_ids)
-        self.pad_id = loaded.tokenizer.pad_id
+        super().__init__(loaded, max_len, name="tfchat_reward")
 
     def _row_ids(self, args):
         roles, contents = args

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 
 from tfchat import cli
-from training.cli import add_training_flags, exit_process, run_job, train_config
+from training.cli import add_training_flags, exit_process, job_options, run_job
 
 DEFAULTS = dict(steps=200, batch_size=16, lr=5e-5, warmup_steps=20, eval_every=100, save_every=100, eval_batches=1000,
                 out="runs/aligned")
@@ -60,14 +60,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
     def job() -> dict:
-        from tfchat.checkpoint.model_dir import load_config
-        from training.jobs import JobOptions, align, find_model_dir
+        from training.jobs import align
 
-        seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
-        return align(JobOptions(
-            out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
-            dropout=args.dropout, beta=args.beta, loss=args.loss,
+        return align(job_options(
+            args, beta=args.beta, loss=args.loss,
         ))
 
     return run_job(job, args, lambda out: [

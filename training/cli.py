@@ -125,6 +125,23 @@ def train_config(args: argparse.Namespace, seq_len: int):
     )
 
 
+def job_options(args: argparse.Namespace, seq_len: int | None = None, **extra):
+    """The `JobOptions` of the flags every training command has, plus a command's own (`extra`).
+
+    A command that starts from a model (`--from`) trains at that model's block size
+    unless `--seq-len` says otherwise; pretraining passes the length it chose.
+    """
+    from training.jobs import JobOptions, find_model_dir
+
+    if seq_len is None:
+        from tfchat.checkpoint.model_dir import load_config
+
+        seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
+        extra.update(init_from=args.init_from, dropout=args.dropout)
+    return JobOptions(out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
+                      resume=args.resume, override=args.override, progress=args.progress, **extra)
+
+
 def run_job(job: Callable[[], dict], args: argparse.Namespace, next_commands: Callable[[str], list[str]],
             summary: Callable[[dict], str] | None = None) -> int:
     """Sets up logging and TensorFlow, runs `job`, prints its summary (plus `summary(metrics)`, a job's own
@@ -171,10 +188,12 @@ def exit_process(code: int) -> None:
     """Ends a training command's process with `code`.
 
     With several workers in TF_CONFIG the process leaves at once (exit
-    handlers run, TensorFlow's seconds-long teardown is skipped): workers
-    reach this together (the trainer ends with a barrier), and a worker still
-    tearing down when another is gone gets a failed coordination heartbeat and
-    reports its peer as crashed.
+    handlers run, TensorFlow's seconds-long teardown is skipped). Peers that
+    leave at different times make TF's coordination service log errors (the
+    chief reports a worker that left first as crashed, a worker alive after
+    the chief logs failed heartbeats), so after a successful run every
+    worker finishes its output, meets the others at a last barrier, and
+    stops writing to stderr before it leaves.
     """
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
@@ -185,5 +204,13 @@ def exit_process(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         atexit._run_exitfuncs()
+        if code == 0:
+            from training.strategy import leave_together
+
+            try:
+                if leave_together():
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # all said: peers' departures go unreported
+            except Exception:  # noqa: BLE001  (a peer that failed: leave anyway, with our own exit code)
+                pass
         os._exit(code)
     sys.exit(code)

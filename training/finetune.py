@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tfchat import cli
 from training.cli import (add_content_filter_flags, add_convert_script_flag, add_training_flags,
-                          check_content_filter_flags, exit_process, run_job, train_config)
+                          check_content_filter_flags, exit_process, job_options, run_job)
 
 DEFAULTS = dict(steps=300, batch_size=16, lr=5e-4, warmup_steps=30, eval_every=100, save_every=100, out="runs/chat")
 
@@ -53,14 +53,10 @@ def main(argv=None) -> int:
         p.error(str(e))
 
     def job() -> dict:
-        from tfchat.checkpoint.model_dir import load_config
-        from training.jobs import JobOptions, find_model_dir, finetune
+        from training.jobs import finetune
 
-        seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
-        return finetune(JobOptions(
-            out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
-            dropout=args.dropout, pack=args.pack, columns=columns, content_filter=args.content_filter,
+        return finetune(job_options(
+            args, pack=args.pack, columns=columns, content_filter=args.content_filter,
             filter_threshold=args.filter_threshold, convert_script=args.convert_script,
         ))
 

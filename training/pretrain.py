@@ -13,7 +13,7 @@ import argparse
 
 from tfchat import cli
 from training.cli import (add_content_filter_flags, add_convert_script_flag, add_training_flags,
-                          check_content_filter_flags, exit_process, run_job, train_config)
+                          check_content_filter_flags, exit_process, job_options, run_job)
 
 # The ablation's winner (README, "A better model per CPU-minute"): Muon at 1e-2 with a warmup-stable-decay schedule.
 DEFAULTS = dict(steps=1500, batch_size=16, lr=1e-2, warmup_steps=100, optimizer="muon", schedule="wsd",
@@ -72,17 +72,15 @@ def main(argv=None) -> int:
     def job() -> dict:
         from tfchat.config import GPTConfig
         from tfchat.data.tables import Columns
-        from training.jobs import JobOptions, pretrain
+        from training.jobs import pretrain
 
         architecture = {k: getattr(args, k) for k in ARCH_FLAGS if getattr(args, k) is not None}
         if args.dropout is not None:
             architecture["dropout"] = args.dropout
         seq_len = args.seq_len or GPTConfig.from_preset(args.preset, **architecture).block_size
-        return pretrain(JobOptions(
-            out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, override=args.override, progress=args.progress, preset=args.preset,
-            tokenizer=args.tokenizer, vocab_size=args.vocab_size, architecture=architecture,
-            columns=Columns(text=args.text_column), content_filter=args.content_filter,
+        return pretrain(job_options(
+            args, seq_len, preset=args.preset, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+            architecture=architecture, columns=Columns(text=args.text_column), content_filter=args.content_filter,
             filter_threshold=args.filter_threshold, convert_script=args.convert_script,
         ))
 

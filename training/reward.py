@@ -19,7 +19,7 @@ from __future__ import annotations
 
 
 from tfchat import cli
-from training.cli import add_training_flags, exit_process, run_job, train_config
+from training.cli import add_training_flags, exit_process, job_options, run_job
 
 DEFAULTS = dict(steps=300, batch_size=16, lr=1e-4, warmup_steps=30, eval_every=100, save_every=100, eval_batches=1000,
                 out="runs/reward")
@@ -50,15 +50,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
 
     def job() -> dict:
-        from tfchat.checkpoint.model_dir import load_config
-        from training.jobs import JobOptions, find_model_dir, reward
+        from training.jobs import reward
 
-        seq_len = args.seq_len or load_config(find_model_dir(args.init_from)).block_size
-        return reward(JobOptions(
-            out=args.out, data=args.data, train=train_config(args, seq_len), strategy=args.strategy,
-            resume=args.resume, override=args.override, progress=args.progress, init_from=args.init_from,
-            dropout=args.dropout,
-        ))
+        return reward(job_options(args))
 
     return run_job(job, args, lambda out: [
         f"python -m training.evaluate --model {out} --preferences {args.data} --json",

@@ -43,6 +43,9 @@ def _tpu_strategy():
     return tf.distribute.TPUStrategy(resolver)
 
 
+_multi_worker_strategies: list = []  # built in this process, for `leave_together`
+
+
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """Returns the strategy called `name` (one of STRATEGIES)."""
     if name not in STRATEGIES:
@@ -64,7 +67,8 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "tpu":
         return _tpu_strategy()
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _multi_worker_strategies.append(tf.distribute.MultiWorkerMirroredStrategy())
+        return _multi_worker_strategies[-1]
     if name == "mirrored":
         # All GPUs; without any, all (logical) CPU devices.
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
@@ -126,3 +130,12 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     """Returns when every worker has reached it: workers leave together, so the chief's
     coordination service does not report the ones that finished first as crashed."""
     gather(strategy, 0.0)
+
+
+def leave_together() -> bool:
+    """A last barrier with the other workers of this process's MultiWorkerMirroredStrategy, if one was
+    built; returns whether there was one. After it, a process has nothing left to say to its peers."""
+    for strategy in _multi_worker_strategies[-1:]:
+        barrier(strategy)
+        return True
+    return False
