@@ -26,22 +26,19 @@ Without `--tokenizer`, a SentencePiece tokenizer is trained on the sample
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import tempfile
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import tensorflow as tf
-
 from benchmarks.common import emit
-from tfchat.data import batches, sources
-from tfchat.text.tokenizer import load_tokenizer, train_tokenizer
+from tfchat import cli
 
 
-def time_batches(ds: tf.data.Dataset, warmup: int, seconds: float) -> dict:
-    """Token positions/s and loss tokens/s over `seconds`, after `warmup` batches."""
+def time_batches(ds, warmup: int, seconds: float) -> dict:
+    """Token positions/s and loss tokens/s over `seconds` of a tf.data.Dataset, after `warmup` batches."""
+    import tensorflow as tf
+
     it = iter(ds)
     for _ in range(warmup):
         next(it)
@@ -57,8 +54,8 @@ def time_batches(ds: tf.data.Dataset, warmup: int, seconds: float) -> dict:
             "batches": n_batches, "seconds": round(elapsed, 2)}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    parser = cli.parser("python -m benchmarks.data", __doc__)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tokenizer", help="tokenizer directory; default: train one on the sample")
@@ -68,6 +65,22 @@ def main(argv=None) -> None:
     parser.add_argument("--train-preset", default="small",
                         help="measure what training this preset consumes, for the headroom ratio; 'none' skips it")
     args = parser.parse_args(argv)
+
+    def body() -> int:
+        cli.setup(args.verbose)
+        measure(args)
+        return 0
+
+    return cli.run(body)
+
+
+def measure(args) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tfchat.data import batches, sources
+    from tfchat.text.tokenizer import load_tokenizer, train_tokenizer
+
     consumed = None
     if args.train_preset != "none":
         from benchmarks import train as train_bench
@@ -142,4 +155,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,29 +8,23 @@ matmul FLOP/s of the same dtype, measured in the same run) and the machine.
 
 from __future__ import annotations
 
-import os
+import argparse
+import statistics
+import sys
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-
-from benchmarks.common import emit  # noqa: E402
-from tfchat.config import PRESETS, GPTConfig  # noqa: E402
-from tfchat.model import flops_per_token  # noqa: E402
-from tfchat.text.tokenizer import train_tokenizer  # noqa: E402
-from training.hardware import measure_peak_flops  # noqa: E402
-from training.trainer import PRECISIONS, TrainConfig, Trainer  # noqa: E402
-from training.strategy import STRATEGIES, make_strategy  # noqa: E402
+from benchmarks.common import emit
+from tfchat import cli
+from tfchat.config import PRESETS, GPTConfig
+from training.cli import PRECISIONS, STRATEGIES
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def random_batches(vocab_size: int, seq_len: int):
+    import tensorflow as tf
+
     def fn(ctx, micro):
         ids = tf.data.Dataset.random(seed=0).map(lambda x: tf.cast(x % vocab_size, tf.int32))
         windows = ids.batch(seq_len + 1, drop_remainder=True)
@@ -43,6 +37,12 @@ def random_batches(vocab_size: int, seq_len: int):
 def run(preset: str, seq_len: int, batch_size: int, precision: str, steps: int, warmup: int,
         xla: bool = False, strategy: str = "default", micro_batch_size: int | None = None,
         overrides: dict | None = None, optimizer: str = "adamw") -> dict:
+    from tfchat.model import flops_per_token
+    from tfchat.text.tokenizer import train_tokenizer
+    from training.hardware import measure_peak_flops
+    from training.strategy import make_strategy
+    from training.trainer import TrainConfig, Trainer
+
     tok = train_tokenizer(["benchmark text"] * 10, vocab_size=400)  # only its special ids are used
     config = GPTConfig.from_preset(preset, **(overrides or {}))
     cfg = TrainConfig(steps=steps + warmup, batch_size=batch_size, micro_batch_size=micro_batch_size,
@@ -86,9 +86,8 @@ def _overrides(text: str) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    p = cli.parser("python -m benchmarks.train", __doc__)
     p.add_argument("--preset", choices=list(PRESETS), default="small")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
@@ -102,10 +101,16 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     args = p.parse_args(argv)
-    for precision in args.precision:
-        emit(run(args.preset, args.seq_len, args.batch_size, precision, args.steps, args.warmup, args.xla,
-                 args.strategy, args.micro_batch_size, args.arch, args.optimizer))
+
+    def body() -> int:
+        cli.setup(args.verbose)
+        for precision in args.precision:
+            emit(run(args.preset, args.seq_len, args.batch_size, precision, args.steps, args.warmup, args.xla,
+                     args.strategy, args.micro_batch_size, args.arch, args.optimizer))
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

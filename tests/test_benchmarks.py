@@ -16,8 +16,8 @@ def test_train_benchmark_tiny():
 
 
 def test_train_benchmark_cli_prints_json(capsys):
-    train_bench.main(["--preset", "tiny", "--seq-len", "16", "--batch-size", "2", "--precision", "bf16",
-                      "--steps", "1", "--warmup", "1"])
+    assert train_bench.main(["--preset", "tiny", "--seq-len", "16", "--batch-size", "2", "--precision", "bf16",
+                             "--steps", "1", "--warmup", "1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     assert {"tokens_per_sec", "mfu", "machine", "precision"} <= set(lines[0])
@@ -25,8 +25,8 @@ def test_train_benchmark_cli_prints_json(capsys):
 
 
 def test_data_benchmark_cli_prints_json(capsys, tmp_path):
-    data_bench.main(["--seq-len", "32", "--batch-size", "4", "--vocab-size", "600", "--seconds", "0.5",
-                     "--cache-dir", str(tmp_path), "--train-preset", "tiny"])
+    assert data_bench.main(["--seq-len", "32", "--batch-size", "4", "--vocab-size", "600", "--seconds", "0.5",
+                            "--cache-dir", str(tmp_path), "--train-preset", "tiny"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     by_name = {r.get("measurement", r.get("name")): r for r in records}
     assert len(records) >= 2, records

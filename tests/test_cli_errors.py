@@ -1,8 +1,12 @@
 """Every "not found" names the command that creates the missing thing, in one line, with exit code 1 or 2."""
 
+import os
+
 import pytest
 
 from tests.fixtures import tiny_config, tiny_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +52,22 @@ def test_not_found_names_the_command_that_creates_it(case, tmp_path, model_dir, 
     assert command in errors[0], errors
 
 
-COMMANDS = ["training.pretrain", "training.finetune", "training.evaluate", "training.convert_dialogues",
-            "serving.export", "serving.server", "serving.chat", "serving.client", "tfchat.convert"]
+def _commands() -> list[str]:
+    """Every command-line module: those of training/, serving/ and benchmarks/ with `if __name__ == "__main__"`."""
+    import glob
+
+    found = ["tfchat.convert"]
+    for package in ("training", "serving", "benchmarks"):
+        for path in sorted(glob.glob(os.path.join(ROOT, package, "*.py"))):
+            with open(path, encoding="utf-8") as f:
+                if 'if __name__ == "__main__"' in f.read():
+                    found.append(f"{package}.{os.path.basename(path)[:-3]}")
+    return found
 
 
 def test_help_never_imports_tensorflow():
-    """`--help` of every command prints without importing TensorFlow (so it is instant), and exits 0."""
+    """`--help` of every command prints without importing TensorFlow (so it is instant): exit 0, usage on
+    stdout, nothing on stderr."""
     import subprocess
     import sys
 
@@ -62,9 +76,12 @@ def test_help_never_imports_tensorflow():
              "try:\n    runpy.run_module(sys.argv[0], run_name='__main__')\n"
              "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
              "assert 'tensorflow' not in sys.modules, 'imported tensorflow'\n")
-    for command in COMMANDS:
-        r = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0 and "usage:" in r.stdout, (command, r.stderr[-2000:])
+    commands = _commands()
+    assert {"training.pretrain", "training.align", "serving.server", "benchmarks.train"} <= set(commands), commands
+    for command in commands:
+        r = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=120,
+                           cwd=ROOT)
+        assert r.returncode == 0 and "usage:" in r.stdout and not r.stderr, (command, r.stderr[-2000:])
 
 
 def test_server_help_documents_every_flag_with_its_default(capsys):
@@ -77,3 +94,28 @@ def test_server_help_documents_every_flag_with_its_default(capsys):
                           ("--max-request-bytes", "1048576"), ("--name", "the export folder's name")):
         assert flag in out and f"(default: {default})" in out, flag
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_tensorflow_start_up_messages_are_hidden_unless_verbose(tmp_path):
+    """Without --verbose a command prints its one error line and none of TF's C++ start-up lines; with
+    --verbose (or TFCHAT_LOG_LEVEL=debug) those come back."""
+    import re
+    import subprocess
+    import sys
+
+    noise = re.compile(r"^[IWE]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|absl::InitializeLog|oneDNN|cpu_feature_guard", re.M)
+    env = {k: v for k, v in os.environ.items() if k not in ("TFCHAT_RAW_STDERR", "TF_CPP_MIN_LOG_LEVEL",
+                                                             "TFCHAT_LOG_LEVEL")}
+    argv = [sys.executable, "-m", "serving.export", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]
+
+    def run(extra_argv=(), **extra_env):
+        r = subprocess.run([*argv, *extra_argv], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           env={**env, **extra_env})
+        assert r.returncode == 2, r.stderr[-2000:]  # the --model the user named is missing
+        return r.stderr
+
+    quiet = run()
+    assert [line for line in quiet.splitlines() if line.strip()] == [
+        next(line for line in quiet.splitlines() if line.startswith("error:"))], quiet
+    for loud in (run(["--verbose"]), run(TFCHAT_LOG_LEVEL="debug")):
+        assert noise.search(loud) and "error: model directory not found" in loud, loud[-3000:]

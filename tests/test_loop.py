@@ -238,3 +238,27 @@ def test_bf16_and_fp16_train(tmp_path):
     for precision in ("bf16", "fp16"):
         metrics = _trainer(tmp_path, precision, steps=3, precision=precision).train(progress=False)
         assert np.isfinite(metrics["loss"])
+
+
+def test_sigterm_at_an_evaluation_step_saves_before_evaluating(tmp_path):
+    """A SIGTERM that arrives during the step an evaluation (and a save) is due at: the checkpoint and
+    model directory are written at once, and no evaluation runs before the process stops."""
+    import signal
+
+    trainer = _trainer(tmp_path, steps=6, eval_every=3, save_every=3)
+    real_step, evaluated = trainer._train_step, []
+
+    def step(iterator):
+        result = real_step(iterator)
+        if int(trainer.optimizer.iterations) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while step 3 runs: the handler only sets a flag
+        return result
+
+    trainer._train_step = step
+    trainer._evaluate_and_log = lambda *a, **k: evaluated.append(a) or {}
+    with pytest.raises(KeyboardInterrupt, match="at step 3"):
+        trainer.train(progress=False)
+    assert evaluated == []
+    assert tf.train.latest_checkpoint(trainer.ckpt_dir).endswith("-3")
+    with open(os.path.join(trainer.out_dir, "model", "tfchat.json")) as f:
+        assert json.load(f)["step"] == 3

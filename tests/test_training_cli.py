@@ -55,6 +55,39 @@ def test_rerun_resumes_and_extends(pretrained, tmp_path):
     assert load_model(run).metadata["step"] == 62
 
 
+def test_rerun_of_a_finished_run_reports_its_figures(pretrained, capsys):
+    """A re-run of a finished run trains nothing, says so with the figures it recorded, exits 0 and names
+    the next commands."""
+    import re
+
+    before = sorted(os.listdir(os.path.join(pretrained, "checkpoints")))
+    assert pretrain.main([*SMALL, "--out", pretrained, "--steps", "60", "--eval-every", "30"]) == 0
+    err = capsys.readouterr().err
+    recorded = load_model(pretrained).metadata
+    found = re.search(r"already complete at step 60: train loss ([\d.]+), held-out loss ([\d.]+)", err)
+    assert found, err
+    assert abs(float(found.group(1)) - recorded["loss"]) < 1e-3 and abs(float(found.group(2)) - recorded["val_loss"]) < 1e-3
+    assert "nan" not in err and "0 tokens/s" not in err
+    assert f"Next:\n  tensorboard --logdir {os.path.join(pretrained, 'logs')}" in err
+    assert f"python -m training.finetune --from {pretrained}" in err
+    assert sorted(os.listdir(os.path.join(pretrained, "checkpoints"))) == before
+
+
+@pytest.mark.parametrize("flag,value,recorded,given", [("--seq-len", "16", "32", "16"),
+                                                       ("--lr", "1e-3", "0.003", "0.001")])
+def test_resume_refuses_another_seq_len_or_lr(pretrained, tmp_path, capsys, flag, value, recorded, given):
+    import shutil
+
+    run = str(tmp_path / "copy")
+    shutil.copytree(pretrained, run)
+    argv = [*SMALL, "--out", run, "--steps", "61"]
+    argv[argv.index(flag) + 1] = value
+    assert pretrain.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"was started with {flag} {recorded}" in err and f"gives {flag} {given}" in err, err
+    assert load_model(run).metadata["step"] == 60
+
+
 def test_resume_with_other_flags_is_refused_unless_override(pretrained, tmp_path, capsys):
     import json
     import shutil
@@ -254,7 +287,7 @@ def test_readme_multiworker_example_two_processes_agree(tmp_path):
     procs = {}
     for tf_config, argv in commands:
         tf_config["cluster"]["worker"] = [ports[a] for a in tf_config["cluster"]["worker"]]
-        assert argv[:3] == ["python", "-m", "training.pretrain"] and "--precision" in argv
+        assert argv[:3] == ["python", "-m", "training.pretrain"] and argv[argv.index("--precision") + 1] == "auto"
         argv = [sys.executable, *argv[1:]]
         argv[argv.index("--out") + 1] = out
         procs[tf_config["task"]["index"]] = subprocess.Popen(
@@ -275,3 +308,22 @@ def test_readme_multiworker_example_two_processes_agree(tmp_path):
     for _, err in results.values():
         # C++ log lines (absl's format with a thread id), absl's banner, oneDNN/CUDA probing, tracebacks
         assert not re.search(r"^[IWE]\d{4} [\d:.]+\s+\d+ |absl::InitializeLog|oneDNN|cuda|Traceback", err, re.M), err[-3000:]
+
+
+def test_log_lines_print_above_the_progress_bar(tmp_path):
+    """With the bar on (the default) and the real stderr filter: one bar, every log line at the start of
+    its own line (never inside the bar's line), the held-out loss both logged and in the bar's postfix."""
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k != "TFCHAT_RAW_STDERR"}
+    argv = [a for a in SMALL if a != "--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "training.pretrain", *argv, "--steps", "6", "--eval-every", "3",
+                        "--save-every", "3", "--log-every", "2", "--out", str(tmp_path / "run")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    err = r.stderr
+    log_line = r"[IWE]\d{4} \d\d:\d\d:\d\d \S+\.py:\d+\] "
+    assert len(re.findall(log_line + r"step \d+: held-out loss", err)) == 2, err
+    assert not re.search(r"[^\r\n]" + log_line, err), err  # a log line never continues a bar's line
+    assert len(re.findall(r"\| 0/6 \[", err)) == 1, err  # one bar
+    assert re.search(r"\| 6/6 \[[^\]]*, loss=[\d.]+, val=[\d.]+", err), err  # held-out loss in the postfix

@@ -213,10 +213,12 @@ def filter_stderr() -> None:
         _stderr_filter = _StderrFilter()
 
 
-def import_tensorflow() -> None:
-    """Imports TensorFlow, TF Text (registers its ops) and Keras. Nothing here starts the TF runtime,
-    so a MultiWorkerMirroredStrategy can still be built afterwards."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def import_tensorflow(quiet: bool = True) -> None:
+    """Imports TensorFlow, TF Text (registers its ops) and Keras; `quiet`: without TF's C++ info and
+    warning lines. Nothing here starts the TF runtime, so a MultiWorkerMirroredStrategy can still be
+    built afterwards."""
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
     import tensorflow_text  # noqa: F401
@@ -230,7 +232,7 @@ def setup(verbose: bool = False) -> None:
     setup_logging(verbose)
     if not is_verbose(verbose) and os.environ.get(RAW_STDERR_ENV) != "1":
         filter_stderr()
-    import_tensorflow()
+    import_tensorflow(quiet=not is_verbose(verbose))
     if not is_verbose(verbose):
         import absl.logging
 
