@@ -1,6 +1,7 @@
 """Every "not found" names the command that creates the missing thing, in one line, with exit code 1 or 2."""
 
 import os
+import re
 
 import pytest
 
@@ -23,7 +24,7 @@ def model_dir(tmp_path_factory):
 def _cases(tmp, model):
     from serving import chat, client, export, server
     from tfchat import convert
-    from training import evaluate, finetune, pretrain
+    from training import align, classify, evaluate, finetune, index, pretrain, reward
 
     missing = str(tmp / "missing")
     train = ["--steps", "1", "--no-progress", "--out", str(tmp / "run")]
@@ -38,17 +39,23 @@ def _cases(tmp, model):
         (chat.main, ["--server", "http://127.0.0.1:9"], "python -m serving.server --model exports/tfchat"),
         (client.main, ["--url", "http://127.0.0.1:9", "hi"], "python -m serving.server --model exports/tfchat"),
         (convert.main, ["--from-hf", missing, "--out", str(tmp / "gpt2")], "hf download"),
+        (align.main, ["--from", missing, *train], "python -m training.finetune --out " + missing),
+        (align.main, ["--from", model, "--data", missing + ".jsonl", *train], "python -m training.convert_dialogues"),
+        (reward.main, ["--from", missing, *train], "python -m training.finetune --out " + missing),
+        (classify.main, ["--task", "single-label", "--data", missing + ".jsonl", *train],
+         "python -m training.convert_labelled"),
+        (index.main, ["--search", "who", "--out", missing], "python -m training.index --out " + missing),
     ]
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(15))
 def test_not_found_names_the_command_that_creates_it(case, tmp_path, model_dir, capsys):
     main, argv, command = _cases(tmp_path, model_dir)[case]
     code = main(argv)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code in (1, 2) and len(errors) == 1 and "Traceback" not in err, err
-    assert ("not found" in errors[0] or "no such file" in errors[0] or "cannot reach" in errors[0]), errors
+    assert re.search(r"not found|no such file|cannot reach|no knowledge index", errors[0]), errors
     assert command in errors[0], errors
 
 

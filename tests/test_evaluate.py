@@ -139,6 +139,7 @@ def saved(tok, tmp_path_factory):
 def _run_json(capsys, argv):
     assert evaluate_cli.main([*argv, "--json"]) == 0
     out = capsys.readouterr().out
+    assert out.count("\n") == 1 and len(out) < 4000, out  # one compact line: texts go to --samples-out
     return json.loads(out)  # exactly one JSON object on stdout
 
 

@@ -291,7 +291,8 @@ def parse_source(source: str) -> list[tuple[str, str]]:
     if sep and fmt in READERS:
         return [(fmt, path)]
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"{source}: no such file, and not a bundled sample ({', '.join(SAMPLES)})")
+        raise FileNotFoundError(f"{source}: no such file, and not a bundled sample ({', '.join(SAMPLES)}); "
+                                "write preference JSONL with `python -m training.convert_dialogues --format hh-rlhf`")
     return [(sniff_format(source), source)]
 
 
