@@ -24,13 +24,14 @@ row trained on them and reports their validation split instead).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+
+from tfchat import cli
 
 # The reference: today's architecture and optimiser on the new data, at the default batch and context.
 BASE = ["--preset", "tiny", "--batch-size", "16", "--seq-len", "256", "--lr", "2e-3", "--warmup-steps", "100"]
@@ -94,8 +95,7 @@ def bits_per_byte(model: str, data: str, split: str, max_batches: int) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m benchmarks.ablation", __doc__)
     p.add_argument("--rows", default="all-rows", help=f"comma-separated rows of {', '.join(ROWS)} (default: every row)")
     p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock budget of every row")
     p.add_argument("--precision", default="bf16", help="as training.pretrain's --precision (bf16 on this CPU)")
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
+    cli.setup(args.verbose)  # the machine description imports TensorFlow: without its start-up lines
     os.makedirs(args.out, exist_ok=True)
     budget = 60.0 * args.budget_minutes
     tokenizer = os.path.join(args.out, "tokenizer")
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
                 _run([*cmd[:-2], "--steps", "1", "--out", tokenizer])  # a throwaway run trains the shared tokenizer
             cmd += ["--tokenizer", tokenizer]
         proc, wall = _run(cmd)
-        tokens_per_sec = float(re.search(r"([\d,]+) tokens/s", proc.stderr).group(1).replace(",", ""))
+        # The command's closing line ("Done in ...: ..., N tokens/s."), not a step line's.
+        tokens_per_sec = float(re.findall(r"([\d,]+) tokens/s", proc.stderr)[-1].replace(",", ""))
         if overhead is None:
             overhead = max(wall - steps / rate, 0.0)
         with open(os.path.join(run_dir, "model", "tfchat.json")) as f:
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
             "benchmark": "ablation", "row": name, "change": description, "flags": changes, "steps": steps,
             "wall_minutes": round(wall / 60, 2), "budget_minutes": args.budget_minutes,
             "tokens_per_sec": tokens_per_sec,
+            "benchmark_tokens_per_sec": round(rate * int(_flag(flags, "--batch-size", "16"))
+                                              * int(_flag(flags, "--seq-len", "256"))),
             "train_loss": meta.get("loss"), "val_loss": meta.get("val_loss"),
             "bpb_enwiki_2018": bits_per_byte(run_dir, "enwiki-2018", "validation", args.eval_batches),
             "bpb_2016_sample": bits_per_byte(run_dir, "wikipedia-sample", "validation" if name == "today" else "all",

@@ -62,9 +62,7 @@ def main(argv=None) -> int:
     def job() -> dict:
         from training.jobs import align
 
-        return align(job_options(
-            args, beta=args.beta, loss=args.loss,
-        ))
+        return align(job_options(args, beta=args.beta, loss=args.loss))
 
     return run_job(job, args, lambda out: [
         f"python -m training.evaluate --model {out} --reference {args.init_from} --preferences {args.data} --json",
