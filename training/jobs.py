@@ -91,6 +91,15 @@ def check_seq_len(seq_len: int, config: GPTConfig, what: str) -> None:
         raise ValueError(f"--seq-len {seq_len} exceeds the {what} context of {config.block_size}")
 
 
+def _start_config(config: GPTConfig, opts: JobOptions) -> GPTConfig:
+    """The config of the model a stage starts from (`--from`), with `--dropout` applied, checked against
+    `--seq-len`."""
+    if opts.dropout is not None:
+        config = config.replace(dropout=opts.dropout)
+    check_seq_len(opts.train.seq_len, config, "model's")
+    return config
+
+
 def pretrain_tokenizer(opts: JobOptions, run_tokenizer_dir: str) -> Tokenizer:
     """A resumed run keeps its tokenizer; else --tokenizer is reused, or a new one is trained on the data."""
     if os.path.isfile(os.path.join(run_tokenizer_dir, TOKENIZER_FILE)):
@@ -284,11 +293,7 @@ def finetune(opts: JobOptions) -> dict:
         if content_filter is not None and is_chief(strategy):
             report_finetune_filter(opts, content_filter)
         start = load_model(source_dir, head="lm")
-        config = start.config
-        if opts.dropout is not None:
-            config = config.replace(dropout=opts.dropout)
-        tokenizer, cfg = start.tokenizer, opts.train
-        check_seq_len(cfg.seq_len, config, "model's")
+        config, tokenizer, cfg = _start_config(start.config, opts), start.tokenizer, opts.train
         weights = start.model.get_weights()
         del start
         built: dict = {}  # conversations are read and tokenized once per split and pipeline, not at every evaluation
@@ -321,13 +326,6 @@ def finetune(opts: JobOptions) -> dict:
 # ----------------------------------------------------------------------------- preference stages
 
 REFERENCE_FILE = "reference_logps.npz"
-
-
-def _preference_data(opts: JobOptions, tokenizer, seq_len: int) -> dict:
-    """{"train", "validation"}: the rendered pairs of each split of `opts.data`."""
-    from tfchat.data.pair_batches import preference_splits
-
-    return preference_splits(opts.data, tokenizer, seq_len)
 
 
 def _pair_data(rendered: dict, cfg: TrainConfig, pad_id: int, ref_logps: dict | None = None):
@@ -385,6 +383,7 @@ def align(opts: JobOptions) -> dict:
     preference accuracy of the starting model and of the aligned one on the
     held-out pairs (`tfchat.eval.preferences`).
     """
+    from tfchat.data.pair_batches import preference_splits
     from tfchat.eval.preferences import accuracy_figures, pair_log_probs
     from training.objectives import DirectPreference
     from training.trainer import PRECISIONS
@@ -396,11 +395,8 @@ def align(opts: JobOptions) -> dict:
         cfg = opts.train
         # The reference in the training precision: at step 0 policy and reference agree (rewards 0).
         start = load_model(source_dir, dtype=PRECISIONS[cfg.precision], head="lm")
-        config, tokenizer = start.config, start.tokenizer
-        if opts.dropout is not None:
-            config = config.replace(dropout=opts.dropout)
-        check_seq_len(cfg.seq_len, config, "model's")
-        rendered = _preference_data(opts, tokenizer, cfg.seq_len)
+        config, tokenizer = _start_config(start.config, opts), start.tokenizer
+        rendered = preference_splits(opts.data, tokenizer, cfg.seq_len)
         weights = weights_by_path(start.model)
         key = f"{_weights_key(weights)}:{cfg.precision}"
         ref = reference_log_probs(opts.out, start.model, rendered, key) if is_chief(strategy) else None
@@ -440,6 +436,7 @@ def reward(opts: JobOptions) -> dict:
     metrics plus `held_out`: reward accuracy and the length baseline on the
     held-out pairs.
     """
+    from tfchat.data.pair_batches import preference_splits
     from tfchat.eval.preferences import reward_metrics
     from training.objectives import PairwiseReward
 
@@ -447,13 +444,10 @@ def reward(opts: JobOptions) -> dict:
     with run_lock(opts.out, strategy):
         source_dir = find_model_dir(opts.init_from)
         start = load_model(source_dir)
-        config, tokenizer, cfg = start.config, start.tokenizer, opts.train
-        if opts.dropout is not None:
-            config = config.replace(dropout=opts.dropout)
-        check_seq_len(cfg.seq_len, config, "model's")
+        config, tokenizer, cfg = _start_config(start.config, opts), start.tokenizer, opts.train
         weights, whole = weights_by_path(start.model), start.head == "reward"
         del start
-        rendered = _preference_data(opts, tokenizer, cfg.seq_len)
+        rendered = preference_splits(opts.data, tokenizer, cfg.seq_len)
 
         def init(model):  # a chat model gives the backbone; the head starts fresh
             assign_weights(model if whole else model.backbone, weights, source_dir, strict=False)

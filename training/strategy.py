@@ -135,7 +135,7 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
 def leave_together() -> bool:
     """A last barrier with the other workers of this process's MultiWorkerMirroredStrategy, if one was
     built; returns whether there was one. After it, a process has nothing left to say to its peers."""
-    for strategy in _multi_worker_strategies[-1:]:
-        barrier(strategy)
-        return True
-    return False
+    if not _multi_worker_strategies:
+        return False
+    barrier(_multi_worker_strategies[-1])
+    return True
