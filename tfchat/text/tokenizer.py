@@ -253,9 +253,15 @@ class GPT2Tokenizer(Tokenizer):
         self._bpe = keras_hub.tokenizers.BytePairTokenizer(
             vocabulary=vocabulary, merges=merges, dtype="int32", _allow_python_workflow=False
         )
+        # keras-hub's BPE graph takes ~2 s to trace: trace it once, and every signature that tokenizes calls it.
+        self._tokenize = tf.function(self._bpe.tokenize, input_signature=[tf.TensorSpec([None], tf.string)],
+                                     autograph=False)
 
     def tf_encode(self, strings):
-        return self._bpe.tokenize(strings)
+        strings = tf.convert_to_tensor(strings, tf.string)
+        if strings.shape.rank == 0:
+            return self._tokenize(strings[None])[0]  # int32 [n]
+        return self._tokenize(strings)
 
     def tf_decode(self, ids):
         # keras-hub's detokenize has no notion of our extra ids: drop them.
