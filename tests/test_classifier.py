@@ -88,6 +88,34 @@ def test_single_label_task(tmp_path):
         ContentFilter(classifier)
 
 
+def test_lazy_adam_moves_only_the_rows_of_training_features(tmp_path):
+    """--lazy-adam: the n-gram rows the training texts hash to are trained, every other row keeps its initial value,
+    and the model still learns the task."""
+    from tfchat.data.batches import labelled_batches
+    from training.objectives import Classification
+    from training.strategy import make_strategy
+    from training.trainer import TrainConfig, Trainer
+
+    texts = ["play the song jazz", "play some rock", "set an alarm for six", "wake me at seven"] * 4
+    targets = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]] * 4, np.float32)
+    config = ClassifierConfig(labels=("play", "alarm"), multi_label=False, buckets=4096, dim=4)
+    cfg = TrainConfig(steps=30, batch_size=4, seq_len=1, lr=0.05, warmup_steps=0, weight_decay=0.0, precision="fp32",
+                      eval_every=1000, save_every=1000, log_every=10)
+    trainer = Trainer(config, None, cfg, make_strategy("default"), str(tmp_path / "run"),
+                      lambda ctx, batch: labelled_batches(texts, targets, batch, input_context=ctx),
+                      objective=Classification(multi_label=False, lazy=True))
+    table = trainer.model.embedding.embeddings
+    before = table.numpy().copy()
+    trainer.train(progress=False)
+    changed = set(np.flatnonzero(np.any(table.numpy() != before, axis=1)).tolist())
+    used = set(np.unique(HashedNGrams(4096)(tf.constant(texts)).flat_values.numpy()).tolist())
+    assert changed == used and 20 < len(used) < 4096
+    logits = trainer.model(tf.constant(["play the song", "set an alarm"])).numpy()
+    assert logits.argmax(-1).tolist() == [0, 1]
+    with pytest.raises(SystemExit):
+        classify.main(["--task", "single-label", "--data", "x.jsonl", "--lazy-adam", "--optimizer", "muon"])
+
+
 def test_evaluate_cli_reports_per_label_metrics(trained, tmp_path, capsys):
     data = TextClassifier.load(trained).metadata["data"][0]
     assert evaluate_cli.main(["--classifier", trained, "--data", data, "--json"]) == 0

@@ -191,6 +191,32 @@ def test_muon_trains_and_uses_adamw_for_embeddings_head_and_vectors(tmp_path):
     assert by_path["embeddings/token_embedding"] and by_path["lm_head/kernel"] and by_path["block_0/ln_1/gamma"]
 
 
+def test_lazy_adamw_updates_only_the_rows_a_sparse_gradient_names():
+    """The classifier's sparse path: rows it names move as dense Adam moves them (repeated ids summed); the rest,
+    and their moments, stay; a dense gradient takes Keras' own update."""
+    from training.optimizer import make_optimizer
+
+    cfg = _cfg(steps=10, warmup_steps=0, lr=0.1, weight_decay=0.0)
+    start = np.arange(12, dtype=np.float32).reshape(6, 2)
+    lazy_table, dense_table, bias = tf.Variable(start), tf.Variable(start), tf.Variable([1.0, 2.0])
+    lazy, dense = make_optimizer(cfg, [lazy_table, bias], lazy=True), make_optimizer(cfg, [dense_table], lazy=False)
+    assert lazy.lazy and not dense.lazy
+    sparse = tf.IndexedSlices(tf.constant([[1.0, -2.0], [0.5, 0.5], [3.0, 1.0]]), tf.constant([1, 4, 1]), tf.constant([6, 2]))
+    for _ in range(2):  # the same rows twice: other rows have no moments under dense Adam either
+        lazy.apply_gradients([(sparse, lazy_table), (tf.constant([0.5, -0.5]), bias)])
+        dense.apply_gradients([(tf.convert_to_tensor(sparse), dense_table)])
+    np.testing.assert_allclose(lazy_table.numpy(), dense_table.numpy(), rtol=1e-6)
+    assert not np.allclose(lazy_table.numpy()[[1, 4]], start[[1, 4]])
+    np.testing.assert_array_equal(lazy_table.numpy()[[0, 2, 3, 5]], start[[0, 2, 3, 5]])
+    assert bias.numpy()[0] < 1.0 < 2.0 < bias.numpy()[1]
+    # A third step on row 0 alone: rows 1 and 4 keep their values (dense Adam would move them on momentum).
+    before = lazy_table.numpy()
+    lazy.apply_gradients([(tf.IndexedSlices(tf.constant([[1.0, 1.0]]), tf.constant([0])), lazy_table),
+                          (tf.constant([0.0, 0.0]), bias)])
+    np.testing.assert_array_equal(lazy_table.numpy()[1:], before[1:])
+    assert (lazy_table.numpy()[0] < start[0]).all()
+
+
 def test_batch_not_divisible_by_replicas():
     with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
         _cfg(batch_size=8).accumulation(3)

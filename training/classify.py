@@ -61,6 +61,9 @@ def parser():
     g.add_argument("--char-ngrams", type=_ngram_range, default=(3, 5), metavar="LO,HI",
                    help="character n-gram lengths of each word; 0,0 = none")
     add_training_flags(p, DEFAULTS, sequences=False)
+    p.add_argument("--lazy-adam", action="store_true",
+                   help="AdamW updates only the embedding rows a batch uses (LazyAdam): --task intent trains in 1.8 "
+                        "instead of 12.6 min, at slightly different accuracy (README)")
     p.set_defaults(weight_decay=0.0)
     return p
 
@@ -77,6 +80,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.task not in ("moderation", "intent") and not args.data:
         p.error(f"--task {args.task} needs --data (labelled JSONL or FORMAT:PATH)")
+    if args.lazy_adam and args.optimizer != "adamw":
+        p.error("--lazy-adam changes AdamW's update; it needs --optimizer adamw")
     args.out = args.out or f"runs/{args.task}"
     start = time.perf_counter()
 
@@ -88,7 +93,8 @@ def main(argv=None) -> int:
                      char_ngrams=args.char_ngrams, dropout=args.dropout or 0.0)
         metrics = classify(ClassifyOptions(
             out=args.out, task=args.task, data=args.data or [], train=train_config(args, seq_len=1), model=model,
-            balance=args.balance, strategy=args.strategy, resume=args.resume, override=args.override,
+            balance=args.balance, lazy_adam=args.lazy_adam, strategy=args.strategy, resume=args.resume,
+            override=args.override,
             progress=args.progress,
         ))
         print_summary(metrics, args.out, time.perf_counter() - start)

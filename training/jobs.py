@@ -477,6 +477,7 @@ class ClassifyOptions:
     train: TrainConfig
     model: dict = dataclasses.field(default_factory=dict)  # ClassifierConfig fields besides the labels
     balance: float = 0.0  # source balancing of training batches (`labelled_batches`)
+    lazy_adam: bool = False  # AdamW updates only the n-gram rows a batch uses (`training.optimizer`)
     strategy: str = "auto"
     resume: bool = True
     override: bool = False
@@ -527,7 +528,7 @@ def classify(opts: ClassifyOptions) -> dict:
                     "label_counts": {label: int(n)
                                      for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
         trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
-                          metadata=metadata, objective=Classification(task.multi_label))
+                          metadata=metadata, objective=Classification(task.multi_label, opts.lazy_adam))
         metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
         # Thresholds and held-out metrics of the final weights.
         held_out = split["validation"]

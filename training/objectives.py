@@ -62,6 +62,8 @@ class Objective:
     unit = "tokens"
     #: whether exp(loss) is a perplexity worth logging.
     perplexity = True
+    #: whether AdamW updates only the rows a sparse (embedding lookup) gradient names (`training.optimizer`).
+    lazy = False
 
     def build_model(self, config: GPTConfig, dtype: str) -> keras.Model:
         raise NotImplementedError
@@ -221,8 +223,9 @@ class Classification(Objective):
     unit = "examples"
     perplexity = False
 
-    def __init__(self, multi_label: bool = True):
+    def __init__(self, multi_label: bool = True, lazy: bool = False):
         self.multi_label = multi_label
+        self.lazy = lazy  # a batch touches a few thousand rows of the hashed n-gram table
 
     def build_model(self, config: ClassifierConfig, dtype: str) -> keras.Model:
         return build_classifier(config, dtype=dtype)

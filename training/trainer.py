@@ -190,7 +190,7 @@ class Trainer:
             self.model = self.objective.build_model(config, PRECISIONS[train_cfg.precision])
             if init_weights is not None:
                 init_weights(self.model)
-            self.optimizer = make_optimizer(train_cfg, self.model.trainable_variables)
+            self.optimizer = make_optimizer(train_cfg, self.model.trainable_variables, lazy=self.objective.lazy)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.loss_scale = tf.Variable(2.0**15 if train_cfg.precision == "fp16" else 1.0, trainable=False)
             self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -240,7 +240,7 @@ class Trainer:
             reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [sums[k] for k in names] + grads)
             sums, grads = dict(zip(names, reduced[: len(names)])), reduced[len(names):]
             weight = tf.maximum(sums.pop("weight"), 1.0)
-            grads = [g / (weight * self.loss_scale) for g in grads]
+            grads = [_divide(g, weight * self.loss_scale, objective.lazy) for g in grads]
             norm = tf.linalg.global_norm(grads)
             finite = tf.math.is_finite(norm)
             grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip, use_norm=norm)
@@ -563,3 +563,14 @@ def _postfix(metrics: dict) -> dict:
 
 def _diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+
+def _divide(grad, denominator, sparse: bool):
+    """grad / denominator; with `sparse`, an embedding's IndexedSlices stays sparse, repeated rows summed (so the
+    global norm is the dense gradient's), for the lazy update. Otherwise dense, as the optimizer always saw it."""
+    if sparse and isinstance(grad, tf.IndexedSlices):
+        ids, position = tf.unique(grad.indices)
+        values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(ids)[0])
+        return tf.IndexedSlices(values / tf.cast(denominator, values.dtype), ids, grad.dense_shape)
+    return tf.convert_to_tensor(grad) / denominator
