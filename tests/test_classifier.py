@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -114,6 +116,34 @@ def test_lazy_adam_moves_only_the_rows_of_training_features(tmp_path):
     assert logits.argmax(-1).tolist() == [0, 1]
     with pytest.raises(SystemExit):
         classify.main(["--task", "single-label", "--data", "x.jsonl", "--lazy-adam", "--optimizer", "muon"])
+
+
+def test_lazy_adam_under_mirrored_strategy_with_two_replicas(tmp_path):
+    """The sparse update after the cross-replica sum of IndexedSlices: two CPU replicas learn the separable set."""
+    data = tmp_path / "separable.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in separable_examples()))
+    out = str(tmp_path / "run")
+    code = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "from training import classify\n"
+        "sys.exit(classify.main(sys.argv[1:]))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code, "--data", str(data), "--out", out, "--steps", "150",
+                           "--batch-size", "16", "--lr", "0.05", "--warmup-steps", "10", "--buckets", "4096", "--dim", "8",
+                           "--no-progress", "--precision", "fp32", "--strategy", "mirrored", "--lazy-adam"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    classifier = TextClassifier.load(out)
+    with open(os.path.join(out, "run.json")) as f:
+        run = json.load(f)
+    assert run["strategy"] == "MirroredStrategy" and run["replicas"] == 2
+    assert classifier.metadata["held_out"]["accuracy"] == 1.0
+    assert classifier.predict(["you are a worthless idiot bob", "have a lovely day bob"]) == [
+        ["flagged", "harassment"], []]
 
 
 def test_evaluate_cli_reports_per_label_metrics(trained, tmp_path, capsys):
