@@ -17,8 +17,10 @@ Sparse gradients (`lazy=True`): a gradient that arrives as
 n-gram table of `tfchat.model.classifier`) updates only the rows it names,
 moments included, as TensorFlow Addons' LazyAdam does. A dense Adam step
 reads and writes every row of the 33M-weight table each step (about 115 ms
-on two cores) although a batch touches a few thousand. Off for the GPT: with
-tied embeddings its table's gradient is dense anyway.
+on two cores) although a batch touches a few thousand. Opt-in
+(`training.classify --lazy-adam`): a row no longer drifts on its momentum
+between the batches that use it, which changes what the model learns (README,
+"Knowledge and intents"). A tied GPT embedding's gradient is dense anyway.
 
 Schedules: `cosine` (linear warmup to `lr`, cosine decay to
 `lr * min_lr_ratio`) or `wsd` (warmup-stable-decay: linear warmup, constant
