@@ -52,7 +52,7 @@ def test_config_validation_and_round_trip():
         ClassifierConfig.from_dict({"labels": ["a"], "layers": 3})
 
 
-def test_tiny_separable_set_is_learned(trained):
+def test_tiny_separable_set_is_learned(trained, capsys):
     classifier = TextClassifier.load(trained)
     assert classifier.labels == ["flagged", "harassment", "violence"] and classifier.multi_label
     meta = classifier.metadata
@@ -63,10 +63,13 @@ def test_tiny_separable_set_is_learned(trained):
     # Unseen names, same patterns: right on every label.
     assert classifier.predict(["you are a worthless idiot bob", "have a lovely day bob", "I will hurt you bob"]) == [
         ["flagged", "harassment"], [], ["flagged", "harassment", "violence"]]
-    # Re-running the finished run changes nothing.
-    assert classify.main(["--data", meta["data"][0], "--out", trained, "--steps", "150", "--batch-size", "16",
-                          "--lr", "0.05", "--warmup-steps", "10", "--buckets", "4096", "--dim", "8", "--no-progress",
-                          "--precision", "fp32"]) == 0
+    # Re-running the finished run changes nothing; switching to lazy updates is refused.
+    argv = ["--data", meta["data"][0], "--out", trained, "--steps", "150", "--batch-size", "16", "--lr", "0.05",
+            "--warmup-steps", "10", "--buckets", "4096", "--dim", "8", "--no-progress", "--precision", "fp32"]
+    assert classify.main(argv) == 0
+    capsys.readouterr()
+    assert classify.main(argv + ["--lazy-adam"]) != 0
+    assert "started with --lazy-adam False; this command gives --lazy-adam True" in capsys.readouterr().err
     assert os.path.isfile(os.path.join(trained, "logs", os.listdir(os.path.join(trained, "logs"))[0]))
 
 

@@ -525,6 +525,7 @@ def classify(opts: ClassifyOptions) -> dict:
 
     with run_lock(opts.out, strategy):
         metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
+                    "lazy_adam": opts.lazy_adam,
                     "label_counts": {label: int(n)
                                      for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
         trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
