@@ -134,7 +134,7 @@ def test_lazy_adam_under_mirrored_strategy_with_two_replicas(tmp_path):
         "sys.exit(classify.main(sys.argv[1:]))\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code, "--data", str(data), "--out", out, "--steps", "150",
+    proc = subprocess.run([sys.executable, "-c", code, "--data", str(data), "--out", out, "--steps", "60",
                            "--batch-size", "16", "--lr", "0.05", "--warmup-steps", "10", "--buckets", "4096", "--dim", "8",
                            "--no-progress", "--precision", "fp32", "--strategy", "mirrored", "--lazy-adam"],
                           cwd=root, capture_output=True, text=True, timeout=300,
