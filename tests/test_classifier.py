@@ -149,6 +149,33 @@ def test_lazy_adam_under_mirrored_strategy_with_two_replicas(tmp_path):
         ["flagged", "harassment"], []]
 
 
+def test_intent_figures_count_a_routing_intent_as_out_of_scope(tmp_path):
+    """`evaluate_intents` (the README's in-scope accuracy and out-of-scope recall): a routing intent predicted for a
+    test text counts as out of scope, since the test set's intents are its scope."""
+    from tfchat.eval.classification import evaluate_intents
+
+    things = ["paris", "noon", "jazz", "oslo", "six", "rome", "rock", "lima", "ten", "kyoto"]
+    rows = [{"text": f"{prefix} {thing}", "labels": [label], "split": "validation" if i % 5 == 0 else "train"}
+            for label, prefix in (("play", "play the song"), ("alarm", "set an alarm for"),
+                                  ("chit_chat", "how are you doing today"), ("oos", "zebra quantum banana"))
+            for i, thing in enumerate(things)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "intents")
+    assert classify.main(["--task", "single-label", "--data", str(data), "--out", out, "--steps", "80",
+                          "--batch-size", "8", "--lr", "0.05", "--buckets", "2048", "--dim", "8", "--no-progress",
+                          "--precision", "fp32", "--eval-every", "80"]) == 0
+    test = [("play the song bonn", "play"), ("play the song riga", "play"), ("set an alarm for nine", "alarm"),
+            ("play the song oslo", "alarm"),  # in scope, predicted wrong
+            ("how are you doing today bob", "oos"),  # a routing intent: out of scope for CLINC150's figures
+            ("zebra quantum banana bob", "oos")]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "labels": [label]}) + "\n" for t, label in test))
+    m = evaluate_intents(out, str(path))
+    assert (m["in_scope"], m["out_of_scope"]) == (4, 2)
+    assert (m["in_scope_accuracy"], m["oos_recall"], m["accuracy"]) == (0.75, 1.0, 5 / 6)
+
+
 def test_evaluate_cli_reports_per_label_metrics(trained, tmp_path, capsys):
     data = TextClassifier.load(trained).metadata["data"][0]
     assert evaluate_cli.main(["--classifier", trained, "--data", data, "--json"]) == 0
