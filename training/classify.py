@@ -94,8 +94,7 @@ def main(argv=None) -> int:
         metrics = classify(ClassifyOptions(
             out=args.out, task=args.task, data=args.data or [], train=train_config(args, seq_len=1), model=model,
             balance=args.balance, lazy_adam=args.lazy_adam, strategy=args.strategy, resume=args.resume,
-            override=args.override,
-            progress=args.progress,
+            override=args.override, progress=args.progress,
         ))
         print_summary(metrics, args.out, time.perf_counter() - start)
         test = "intent-test" if args.task == "intent" else "moderation-requests"

@@ -49,6 +49,12 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
 
 
+def sum_repeated_rows(grad: tf.IndexedSlices) -> tf.IndexedSlices:
+    """The same gradient with each row id once (an id looked up twice in a batch arrives twice, values to be summed)."""
+    ids, position = tf.unique(grad.indices)
+    return tf.IndexedSlices(tf.math.unsorted_segment_sum(grad.values, position, tf.shape(ids)[0]), ids, grad.dense_shape)
+
+
 class _AdamW(keras.optimizers.AdamW):
     def __init__(self, *args, lazy: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,10 +69,9 @@ class _AdamW(keras.optimizers.AdamW):
         if not (self.lazy and isinstance(gradient, tf.IndexedSlices)):
             return super().update_step(gradient, variable, learning_rate)
         # Adam on the rows the gradient names (repeated ids summed first); other rows and their moments stay.
-        ids, position = tf.unique(gradient.indices)
-        grad = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(ids)[0])  # [U, dim]
-        dtype = variable.dtype
-        grad = tf.cast(grad, dtype)
+        gradient = sum_repeated_rows(gradient)
+        ids, dtype = gradient.indices, variable.dtype
+        grad = tf.cast(gradient.values, dtype)  # [U, dim]
         step = tf.cast(self.iterations + 1, dtype)
         alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, dtype), step)) / (
             1 - tf.pow(tf.cast(self.beta_1, dtype), step))

@@ -51,7 +51,7 @@ from tfchat.config import GPTConfig
 from tfchat.text.tokenizer import Tokenizer
 from training.hardware import measure_peak_flops
 from training.objectives import LanguageModeling, Objective
-from training.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
+from training.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer, sum_repeated_rows
 from training.run_dir import RunDirectory, figures
 from training.strategy import barrier, gather, is_chief, worker_dir
 
@@ -565,12 +565,10 @@ def _diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
-
 def _divide(grad, denominator, sparse: bool):
     """grad / denominator; with `sparse`, an embedding's IndexedSlices stays sparse, repeated rows summed (so the
     global norm is the dense gradient's), for the lazy update. Otherwise dense, as the optimizer always saw it."""
     if sparse and isinstance(grad, tf.IndexedSlices):
-        ids, position = tf.unique(grad.indices)
-        values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(ids)[0])
-        return tf.IndexedSlices(values / tf.cast(denominator, values.dtype), ids, grad.dense_shape)
+        grad = sum_repeated_rows(grad)
+        return tf.IndexedSlices(grad.values / tf.cast(denominator, grad.values.dtype), grad.indices, grad.dense_shape)
     return tf.convert_to_tensor(grad) / denominator
