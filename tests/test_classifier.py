@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from serving import export as export_cli
 from serving.exporter import op_types
-from tests.fixtures import separable_examples
+from tests.fixtures import separable_examples, tiny_chat_dir
 from tfchat.checkpoint.classifier_dir import load_classifier
 from tfchat.inference.classifier import ContentFilter, TextClassifier
-from tfchat.model.classifier import ClassifierConfig, build_classifier
+from tfchat.model.classifier import ClassifierConfig, build_classifier, scores
 from tfchat.text.ngrams import HashedNGrams, words
 from training import classify
 from training import evaluate as evaluate_cli
@@ -50,6 +50,30 @@ def test_config_validation_and_round_trip():
             ClassifierConfig(**bad)
     with pytest.raises(ValueError, match="unknown ClassifierConfig fields"):
         ClassifierConfig.from_dict({"labels": ["a"], "layers": 3})
+
+
+def test_ensemble_pools_log_probabilities():
+    """Single-label: the scores are the normalised geometric mean of the members' softmaxes; multi-label: the
+    sigmoid of the mean logit."""
+    import keras
+
+    for multi_label in (False, True):
+        keras.utils.set_random_seed(3)
+        config = ClassifierConfig(labels=("a", "b", "c"), multi_label=multi_label, buckets=64, dim=4)
+        members = [build_classifier(config), build_classifier(config.replace(dim=6))]
+        ensemble = build_classifier(config.replace(kind="ensemble", members=2), members=members)
+        texts = tf.constant(["play jazz", "wake me up", ""])
+        s = scores(ensemble(texts), multi_label).numpy()
+        p = [scores(m(texts), multi_label).numpy() for m in members]
+        if multi_label:
+            expected = 1 / (1 + np.exp(-(members[0](texts).numpy() + members[1](texts).numpy()) / 2))
+        else:
+            expected = np.sqrt(p[0] * p[1]) / np.sqrt(p[0] * p[1]).sum(-1, keepdims=True)
+        np.testing.assert_allclose(s, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="members"):
+        ClassifierConfig(labels=("a",), members=2)
+    with pytest.raises(ValueError, match="backbone"):
+        ClassifierConfig(labels=("a",), kind="gpt")
 
 
 def test_tiny_separable_set_is_learned(trained, capsys):
@@ -239,3 +263,108 @@ def test_classifier_commands_fail_clearly(trained, tmp_path, capsys):
 def test_separable_fixture_has_both_splits():
     records = separable_examples()
     assert {r["split"] for r in records} == {"train", "validation"}
+
+
+@pytest.fixture(scope="module")
+def gpt_classifier(trained, tmp_path_factory):
+    """(run directory, chat model directory, data): --kind gpt fine-tuned from a tiny chat model on the separable set
+    (the `trained` n-gram classifier's data file)."""
+    root = tmp_path_factory.mktemp("gpt-classifier")
+    tiny_chat_dir(root / "chat")
+    data = TextClassifier.load(trained).metadata["data"][0]
+    out = str(root / "gpt")
+    assert classify.main(["--data", str(data), "--kind", "gpt", "--from", str(root / "chat"), "--out", out,
+                          "--steps", "100", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "10",
+                          "--max-tokens", "16", "--eval-every", "100", "--no-progress", "--precision", "fp32"]) == 0
+    return out, str(root / "chat"), str(data)
+
+
+def test_gpt_kind_fine_tunes_a_chat_backbone(gpt_classifier, tmp_path):
+    """--kind gpt: the backbone starts from the chat model, the tokenizer is stored with the classifier (in the
+    graph), it learns the separable set and reloads to the same scores."""
+    from tfchat.checkpoint.model_dir import load_model, weights_by_path
+    from training.jobs import classify as classify_job
+
+    out, chat, data = gpt_classifier
+    classifier = TextClassifier.load(out)
+    assert classifier.metadata["from"] == os.path.abspath(chat)
+    loaded = load_classifier(out)
+    assert loaded.config.kind == "gpt" and loaded.config.max_tokens == 16
+    assert loaded.config.backbone == load_model(chat).config.to_dict()
+    assert os.path.isfile(os.path.join(out, "model", "tokenizer", "tokenizer.model"))
+    assert classifier.metadata["held_out"]["labels"]["flagged"]["roc_auc"] == 1.0
+    assert classifier.predict(["you are a worthless idiot bob", "have a lovely day bob", "I will hurt you bob"]) == [
+        ["flagged", "harassment"], [], ["flagged", "harassment", "violence"]]
+    # A text longer than --max-tokens is read up to it; an empty one is <|endoftext|> alone.
+    long = "have a lovely day bob " * 20
+    s = classifier.scores([long, long + "you are a worthless idiot", ""])
+    np.testing.assert_allclose(s[0], s[1], atol=1e-6)
+    # The starting weights are the chat model's backbone (one step at a negligible rate).
+    args = classify.parser().parse_args(["--data", data, "--kind", "gpt", "--from", chat, "--out", str(tmp_path / "r"),
+                                         "--steps", "1", "--lr", "1e-12", "--warmup-steps", "0", "--no-progress",
+                                         "--precision", "fp32"])
+    classify_job(classify.options(args))
+    start, chat_weights = load_classifier(str(tmp_path / "r")), weights_by_path(load_model(chat).model.backbone)
+    for v in start.model.backbone.weights:
+        np.testing.assert_allclose(v.numpy(), chat_weights[v.path], atol=1e-6)
+
+
+def test_ensemble_averages_its_members(trained, gpt_classifier, tmp_path, capsys):
+    """--ensemble: the mean of the members' log-odds, thresholds chosen again, exported like any classifier."""
+    out = str(tmp_path / "ensemble")
+    members = [trained, gpt_classifier[0]]
+    assert classify.main(["--ensemble", members[0], "--ensemble", members[1], "--out", out]) == 0
+    assert "held-out accuracy" in capsys.readouterr().err
+    ensemble = TextClassifier.load(out)
+    assert ensemble.metadata["members"] == [os.path.abspath(m) for m in members]
+    assert set(ensemble.thresholds) == {"flagged", "harassment", "violence"}
+    texts = ["you are a worthless idiot bob", "have a lovely day bob", "", "你好"]
+    logits = np.mean([load_classifier(m).model(tf.constant(texts)).numpy() for m in members], axis=0)
+    expected = 1 / (1 + np.exp(-logits))  # multi-label: the sigmoid of the members' mean log-odds
+    np.testing.assert_allclose(ensemble.scores(texts), expected, atol=1e-5)
+    assert ensemble.predict(texts[:2]) == [["flagged", "harassment"], []]
+    # The members are copied in: the ensemble does not depend on their run directories.
+    assert sorted(os.listdir(os.path.join(out, "model", "members"))) == ["0", "1"]
+    base = str(tmp_path / "export")
+    assert export_cli.main(["--classifier", out, "--out", base]) == 0
+    version_dir = capsys.readouterr().out.strip().splitlines()[-1]
+    assert not {t for t in op_types(version_dir) if t.startswith("Xla")}
+    np.testing.assert_allclose(TextClassifier.load(base).scores(texts), expected, atol=1e-5)
+
+
+def test_ensemble_and_gpt_kind_fail_clearly(trained, gpt_classifier, tmp_path, capsys):
+    out, chat, data = gpt_classifier
+    for argv in (["--ensemble", trained, "--out", str(tmp_path / "e")],  # one member
+                 ["--ensemble", trained, "--ensemble", out, "--data", data, "--out", str(tmp_path / "e")],
+                 ["--kind", "gpt", "--data", data],  # no --from
+                 ["--from", chat, "--data", data]):  # --from without --kind gpt
+        with pytest.raises(SystemExit) as e:
+            classify.main(argv)
+        assert e.value.code == 2
+    capsys.readouterr()
+    cases = [
+        (["--ensemble", trained, "--ensemble", trained], "at least two different classifiers"),
+        (["--ensemble", trained, "--ensemble", str(tmp_path / "none")], "classifier directory not found"),
+        (["--ensemble", trained, "--ensemble", out, "--out", os.path.dirname(os.path.join(out, ""))],
+         "the ensemble's own output"),
+    ]
+    for argv, message in cases:
+        argv = argv if "--out" in argv else argv + ["--out", str(tmp_path / "e")]
+        assert classify.main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in separable_examples()[:-4]))
+    assert classify.main(["--data", str(other), "--out", str(tmp_path / "o"), "--steps", "5", "--buckets", "64",
+                          "--dim", "4", "--no-progress", "--precision", "fp32"]) == 0
+    assert classify.main(["--ensemble", trained, "--ensemble", str(tmp_path / "o"), "--out", str(tmp_path / "e")]) == 1
+    assert "must be trained on the same task and data" in capsys.readouterr().err
+    assert classify.main(["--kind", "gpt", "--from", str(tmp_path / "nothing"), "--data", data,
+                          "--out", str(tmp_path / "g"), "--no-progress"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    # A damaged ensemble names what is missing.
+    assert classify.main(["--ensemble", trained, "--ensemble", out, "--out", str(tmp_path / "e")]) == 0
+    import shutil
+    shutil.rmtree(os.path.join(tmp_path, "e", "model", "members", "1"))
+    with pytest.raises(FileNotFoundError, match="members"):
+        load_classifier(str(tmp_path / "e"))

@@ -128,8 +128,10 @@ def test_cpp_load_saved_model_runs_reward(binary, tmp_path_factory, architecture
 
 
 def test_cpp_runs_a_classifier_export(binary, tmp_path):
-    """A classifier export's `classify` signature (in-graph hashed n-grams) runs in C++ and matches Keras."""
+    """A classifier export's `classify` signature runs in C++ and matches Keras: an ensemble of a hashed n-gram
+    member and a GPT member (SentencePiece in the graph)."""
     from serving.classifier_export import export_classifier
+    from tests.fixtures import tiny_chat_dir
     from tfchat.checkpoint.classifier_dir import load_classifier, save_classifier
     from tfchat.inference.classifier import TextClassifier
     from tfchat.model.classifier import ClassifierConfig, build_classifier
@@ -138,11 +140,17 @@ def test_cpp_runs_a_classifier_export(binary, tmp_path):
 
     keras.utils.set_random_seed(1)
     config = ClassifierConfig(labels=("flagged", "hate"), buckets=512, dim=8)
-    save_classifier(str(tmp_path / "clf"), build_classifier(config), config, {"thresholds": {"flagged": 0.5, "hate": 0.4}})
+    save_classifier(str(tmp_path / "ngrams"), build_classifier(config), config)
+    chat = tiny_chat_dir(tmp_path / "chat")
+    gpt = config.replace(kind="gpt", backbone=chat.config.to_dict(), max_tokens=16)
+    save_classifier(str(tmp_path / "gpt"), build_classifier(gpt, tokenizer=chat.tokenizer), gpt)
+    ensemble = config.replace(kind="ensemble", members=2)
+    save_classifier(str(tmp_path / "clf"), None, ensemble, {"thresholds": {"flagged": 0.5, "hate": 0.4}},
+                    members=[str(tmp_path / "ngrams"), str(tmp_path / "gpt")])
     loaded = load_classifier(str(tmp_path / "clf"))
     path = export_classifier(loaded, str(tmp_path / "export"))
     texts = ["You are an idiot!", "have a nice day", "你好，世界", ""]
-    cmd = [binary, path]
+    cmd = [binary, path, *_op_libs()]
     for t in texts:
         cmd += ["--classify", t]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

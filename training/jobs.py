@@ -476,12 +476,51 @@ class ClassifyOptions:
     data: list[str]
     train: TrainConfig
     model: dict = dataclasses.field(default_factory=dict)  # ClassifierConfig fields besides the labels
+    init_from: str | None = None  # kind "gpt": the model directory whose backbone and tokenizer it starts from
     balance: float = 0.0  # source balancing of training batches (`labelled_batches`)
     lazy_adam: bool = False  # AdamW updates only the n-gram rows a batch uses (`training.optimizer`)
     strategy: str = "auto"
     resume: bool = True
     override: bool = False
     progress: bool = True
+
+
+def _labelled_splits(task, data: list[str]) -> tuple[dict, list[str]]:
+    """{"train": [...], "validation": [...]} examples of `data` for `task`, and the labels."""
+    from tfchat.data import labelled
+
+    examples, labels = task.prepare(labelled.load_examples(data))
+    split = {s: [e for e in examples if e.resolved_split() == s] for s in ("train", "validation")}
+    for s, part in split.items():
+        if not part:
+            raise ValueError(f"{', '.join(data)}: no examples in the {s!r} split ({len(examples)} in all; the held-out "
+                             "split is 5% of texts by hash, so a tiny set may have none: give some \"split\": "
+                             "\"validation\")")
+    return split, labels
+
+
+def _held_out_figures(model, task, held_out: list, labels: list[str]) -> tuple[dict, dict]:
+    """Thresholds and held-out metrics of a classifier: (classification metrics, what to store with the
+    model: thresholds, the out-of-scope fallback)."""
+    from tfchat.data import labelled
+    from tfchat.eval.classification import (best_fallback_threshold, best_thresholds, classification_metrics,
+                                            out_of_scope_metrics, predict_with_fallback)
+    from tfchat.inference.classifier import batched_scores, keras_score_fn
+
+    scores = batched_scores(keras_score_fn(model, task.multi_label), [e.text for e in held_out], len(labels))
+    targets = labelled.targets(held_out, labels)
+    thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
+    result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
+                                    sources=[e.source for e in held_out], primary=labelled.FLAGGED)
+    stored = {"thresholds": thresholds}
+    if task.fallback and task.fallback in labels:
+        truth = [e.labels[0] for e in held_out]
+        t = best_fallback_threshold(scores, labels, truth, task.fallback)
+        stored["fallback"] = {"label": task.fallback, "threshold": t}
+        predicted = predict_with_fallback(scores, labels, task.fallback, t)
+        result["with_fallback"] = {"threshold": t, **out_of_scope_metrics([labels[j] for j in predicted], truth,
+                                                                           task.fallback)}
+    return result, stored
 
 
 def classify(opts: ClassifyOptions) -> dict:
@@ -492,23 +531,32 @@ def classify(opts: ClassifyOptions) -> dict:
     """
     from tfchat.data import labelled
     from tfchat.data.batches import labelled_batches
-    from tfchat.eval.classification import (best_fallback_threshold, best_thresholds, classification_metrics,
-                                            out_of_scope_metrics, predict_with_fallback)
-    from tfchat.inference.classifier import batched_scores, keras_score_fn
     from tfchat.model.classifier import ClassifierConfig
     from training.objectives import Classification
 
     task = labelled.TASKS[opts.task]
     data = opts.data or [task.default_data]
     strategy = make_strategy(opts.strategy)
-    examples, labels = task.prepare(labelled.load_examples(data))
-    split = {s: [e for e in examples if e.resolved_split() == s] for s in ("train", "validation")}
-    for s, part in split.items():
-        if not part:
-            raise ValueError(f"{', '.join(data)}: no examples in the {s!r} split ({len(examples)} in all; the held-out "
-                             "split is 5% of texts by hash, so a tiny set may have none: give some \"split\": "
-                             "\"validation\")")
-    config = ClassifierConfig(labels=tuple(labels), multi_label=task.multi_label, **opts.model)
+    split, labels = _labelled_splits(task, data)
+    fields, tokenizer, init, source = dict(opts.model), None, None, None
+    if fields.get("kind") == "gpt":
+        if not opts.init_from:
+            raise ValueError("a kind 'gpt' classifier starts from a model directory (--init-from runs/chat): "
+                             "its backbone and tokenizer")
+        source = find_model_dir(opts.init_from)
+        start = load_model(source)
+        tokenizer, weights = start.tokenizer, weights_by_path(start.model)
+        # --dropout regularises the backbone too (GPT-1 fine-tuned with dropout in both).
+        fields["backbone"] = start.config.replace(dropout=fields.get("dropout", 0.0)).to_dict()
+        fields["max_tokens"] = fields.get("max_tokens") or min(64, start.config.block_size)
+        if not 2 <= fields["max_tokens"] <= start.config.block_size:
+            raise ValueError(f"--max-tokens {fields['max_tokens']}: {source} reads 2 to {start.config.block_size} "
+                             "tokens")
+        del start
+
+        def init(model):  # the backbone from the model directory; the head starts fresh
+            assign_weights(model.backbone, weights, source, strict=False)
+    config = ClassifierConfig(labels=tuple(labels), multi_label=task.multi_label, **fields)
     cfg = opts.train
     counts = {s: len(part) for s, part in split.items()}
     log.info("classify %s on %s: %d labels (%s); %d train / %d held-out examples", task.name, ", ".join(data),
@@ -524,31 +572,63 @@ def classify(opts: ClassifyOptions) -> dict:
         return fn
 
     with run_lock(opts.out, strategy):
+        examples = split["train"] + split["validation"]
         metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
-                    "lazy_adam": opts.lazy_adam,
+                    "lazy_adam": opts.lazy_adam, **({"from": os.path.abspath(source)} if source else {}),
                     "label_counts": {label: int(n)
                                      for label, n in zip(labels, labelled.targets(examples, labels).sum(0))}}
         trainer = Trainer(config, None, cfg, strategy, opts.out, batches("train"), eval_dataset=batches("validation"),
-                          metadata=metadata, objective=Classification(task.multi_label, opts.lazy_adam))
+                          metadata=metadata, init_weights=init,
+                          objective=Classification(task.multi_label, opts.lazy_adam, tokenizer=tokenizer))
         metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
-        # Thresholds and held-out metrics of the final weights.
-        held_out = split["validation"]
-        scores = batched_scores(keras_score_fn(trainer.model, task.multi_label), [e.text for e in held_out], len(labels))
-        targets = labelled.targets(held_out, labels)
-        thresholds = best_thresholds(targets, scores, labels) if task.multi_label else {}
-        result = classification_metrics(targets, scores, labels, task.multi_label, thresholds,
-                                        sources=[e.source for e in held_out], primary=labelled.FLAGGED)
-        extra = {}
-        if task.fallback and task.fallback in labels:
-            truth = [e.labels[0] for e in held_out]
-            t = best_fallback_threshold(scores, labels, truth, task.fallback)
-            extra["fallback"] = {"label": task.fallback, "threshold": t}
-            predicted = predict_with_fallback(scores, labels, task.fallback, t)
-            result["with_fallback"] = {"threshold": t, **out_of_scope_metrics([labels[j] for j in predicted], truth,
-                                                                               task.fallback)}
-        trainer.save_model_dir({"thresholds": thresholds, "held_out": _summary(result), **extra,
-                                **figures(metrics)})
-        return {**metrics, "held_out": result}
+        result, stored = _held_out_figures(trainer.model, task, split["validation"], labels)
+        trainer.save_model_dir({**stored, "held_out": _summary(result), **figures(metrics)})
+        return {**metrics, "task": task.name, "held_out": result}
+
+
+def ensemble(out: str, members: list[str]) -> dict:
+    """Writes `out/model`: a classifier averaging the scores of the classifiers `members` (run or classifier
+    directories trained by `classify` on the same task and data), with thresholds chosen on their held-out
+    split. Returns its held-out metrics, like `classify`.
+    """
+    from tfchat.checkpoint.classifier_dir import load_classifier, resolve_classifier_dir, save_classifier
+    from tfchat.data import labelled
+    from tfchat.model.classifier import ClassifierConfig, build_classifier
+
+    resolved = [os.path.abspath(resolve_classifier_dir(path)) for path in members]
+    if len(set(resolved)) < 2 or len(set(resolved)) != len(resolved):
+        raise ValueError(f"an ensemble needs at least two different classifiers, got {', '.join(members)}")
+    target = os.path.abspath(os.path.join(out, "model"))
+    if target in resolved:
+        raise ValueError(f"{members[resolved.index(target)]} is the ensemble's own output (--out {out}); write it "
+                         "elsewhere")
+    loaded = [load_classifier(path) for path in members]
+    first = loaded[0]
+    for path, m in zip(members[1:], loaded[1:]):
+        for what, a, b in (("labels", first.config.labels, m.config.labels),
+                           ("multi_label", first.config.multi_label, m.config.multi_label),
+                           ("task", first.metadata.get("task"), m.metadata.get("task")),
+                           ("data", first.metadata.get("data"), m.metadata.get("data"))):
+            if a != b:  # the same data: the held-out split the thresholds are chosen on was held out from all
+                short = [x if len(str(x)) < 80 else f"{str(x)[:76]}...)" for x in (b, a)]
+                raise ValueError(f"{path}: its {what} ({short[0]}) differ from {members[0]}'s ({short[1]}); an "
+                                 "ensemble's members must be trained on the same task and data")
+    task_name, data = first.metadata.get("task"), first.metadata.get("data")
+    if task_name not in labelled.TASKS or not data:
+        raise ValueError(f"{members[0]}: no task and data recorded; train the members with python -m training.classify")
+    task = labelled.TASKS[task_name]
+    split, labels = _labelled_splits(task, data)
+    if tuple(labels) != first.config.labels:
+        raise ValueError(f"{', '.join(data)} now gives other labels than the members were trained on")
+    config = ClassifierConfig(labels=first.config.labels, multi_label=first.config.multi_label, kind="ensemble",
+                              members=len(loaded))
+    model = build_classifier(config, members=[m.model for m in loaded])
+    result, stored = _held_out_figures(model, task, split["validation"], labels)
+    save_classifier(target, model, config, {
+        "job": "ensemble", "task": task_name, "data": data, "members": [os.path.abspath(p) for p in members],
+        "examples": {s: len(part) for s, part in split.items()}, **stored, "held_out": _summary(result)},
+        members=members)
+    return {"task": task_name, "held_out": result}
 
 
 def _summary(result: dict) -> dict:

@@ -223,12 +223,13 @@ class Classification(Objective):
     unit = "examples"
     perplexity = False
 
-    def __init__(self, multi_label: bool = True, lazy: bool = False):
+    def __init__(self, multi_label: bool = True, lazy: bool = False, tokenizer=None):
         self.multi_label = multi_label
         self.lazy = lazy  # a batch touches a few thousand rows of the hashed n-gram table
+        self.tokenizer = tokenizer  # a kind "gpt" classifier's
 
     def build_model(self, config: ClassifierConfig, dtype: str) -> keras.Model:
-        return build_classifier(config, dtype=dtype)
+        return build_classifier(config, dtype=dtype, tokenizer=self.tokenizer)
 
     def sums(self, model, batch, training):
         logits = tf.cast(model(batch["text"], training=training), tf.float32)  # [B, L]

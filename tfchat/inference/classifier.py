@@ -73,14 +73,12 @@ class TextClassifier:
         version_dir = _export_version_dir(path)
         if version_dir:
             return cls._load_export(version_dir)
-        from tfchat.checkpoint.classifier_dir import load_classifier, resolve_classifier_dir
-        from tfchat.checkpoint.model_dir import WEIGHTS_FILE
+        from tfchat.checkpoint.classifier_dir import load_classifier, weights_files
 
         loaded = load_classifier(path)
-        weights = os.path.join(resolve_classifier_dir(path), WEIGHTS_FILE)
         return cls(keras_score_fn(loaded.model, loaded.config.multi_label), loaded.config.labels,
                    loaded.config.multi_label, loaded.thresholds, loaded.metadata, os.path.abspath(path),
-                   _file_fingerprint(weights))
+                   _file_fingerprint(*weights_files(path)))
 
     @classmethod
     def _load_export(cls, version_dir: str) -> "TextClassifier":
