@@ -325,6 +325,12 @@ def test_ensemble_averages_its_members(trained, gpt_classifier, tmp_path, capsys
     assert ensemble.predict(texts[:2]) == [["flagged", "harassment"], []]
     # The members are copied in: the ensemble does not depend on their run directories.
     assert sorted(os.listdir(os.path.join(out, "model", "members"))) == ["0", "1"]
+    # An ensemble is a classifier, so it can be a member: here the n-gram model gets 3/4 of the weight.
+    nested = str(tmp_path / "nested")
+    assert classify.main(["--ensemble", out, "--ensemble", trained, "--out", nested]) == 0
+    member_logits = [load_classifier(m).model(tf.constant(texts)).numpy() for m in members]
+    np.testing.assert_allclose(load_classifier(nested).model(tf.constant(texts)).numpy(),
+                               0.75 * member_logits[0] + 0.25 * member_logits[1], atol=1e-4)
     base = str(tmp_path / "export")
     assert export_cli.main(["--classifier", out, "--out", base]) == 0
     version_dir = capsys.readouterr().out.strip().splitlines()[-1]

@@ -19,6 +19,8 @@ directory has TensorBoard logs and checkpoints: re-running resumes.
 classification head; `--ensemble` (repeatable, no training) writes a
 classifier that averages the log-probabilities of classifiers trained on the
 same task and data, with thresholds chosen again on their held-out split.
+An ensemble is a classifier, so it can be a member (a nested one weighs its
+members by half).
 """
 
 from __future__ import annotations

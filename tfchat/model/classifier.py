@@ -221,7 +221,7 @@ class EnsembleClassifier(_TextModel):
 
     Single-label: the mean log-softmax, so the scores are the members'
     normalised geometric mean; multi-label: the mean logit (log-odds) per
-    label. Pooling in log space let a confident member outvote an unsure
+    label. Pooling in log space lets a confident member outvote an unsure
     one, which measured better on CLINC150 than the mean of probabilities.
     """
 
