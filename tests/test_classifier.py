@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -353,6 +354,7 @@ def test_ensemble_and_gpt_kind_fail_clearly(trained, gpt_classifier, tmp_path, c
         (["--ensemble", trained, "--ensemble", str(tmp_path / "none")], "classifier directory not found"),
         (["--ensemble", trained, "--ensemble", out, "--out", os.path.dirname(os.path.join(out, ""))],
          "the ensemble's own output"),
+        (["--ensemble", out, "--ensemble", os.path.join(out, "model")], "at least two different"),
     ]
     for argv, message in cases:
         argv = argv if "--out" in argv else argv + ["--out", str(tmp_path / "e")]
@@ -365,12 +367,16 @@ def test_ensemble_and_gpt_kind_fail_clearly(trained, gpt_classifier, tmp_path, c
                           "--dim", "4", "--no-progress", "--precision", "fp32"]) == 0
     assert classify.main(["--ensemble", trained, "--ensemble", str(tmp_path / "o"), "--out", str(tmp_path / "e")]) == 1
     assert "must be trained on the same task and data" in capsys.readouterr().err
+    # A training run is never overwritten by an ensemble.
+    before = load_classifier(str(tmp_path / "o")).config
+    assert classify.main(["--ensemble", trained, "--ensemble", out, "--out", str(tmp_path / "o")]) == 1
+    assert "holds a training run" in capsys.readouterr().err
+    assert load_classifier(str(tmp_path / "o")).config == before
     assert classify.main(["--kind", "gpt", "--from", str(tmp_path / "nothing"), "--data", data,
                           "--out", str(tmp_path / "g"), "--no-progress"]) == 1
     assert "Traceback" not in capsys.readouterr().err
     # A damaged ensemble names what is missing.
     assert classify.main(["--ensemble", trained, "--ensemble", out, "--out", str(tmp_path / "e")]) == 0
-    import shutil
     shutil.rmtree(os.path.join(tmp_path, "e", "model", "members", "1"))
     with pytest.raises(FileNotFoundError, match="members"):
         load_classifier(str(tmp_path / "e"))

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 
 from tfchat import atomic
 from tfchat.checkpoint.model_dir import (
-    TOKENIZER_DIR, LoadedModel, assign_weights, is_model_dir, load_model, not_found, resolve_model_dir, weights_by_path,
+    MARKER_FILE, TOKENIZER_DIR, LoadedModel, assign_weights, is_model_dir, load_model, not_found, resolve_model_dir, weights_by_path,
 )
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
@@ -541,7 +542,7 @@ def classify(opts: ClassifyOptions) -> dict:
     fields, tokenizer, init, source = dict(opts.model), None, None, None
     if fields.get("kind") == "gpt":
         if not opts.init_from:
-            raise ValueError("a kind 'gpt' classifier starts from a model directory (--init-from runs/chat): "
+            raise ValueError("a kind 'gpt' classifier starts from a model directory (--from runs/pretrain): "
                              "its backbone and tokenizer")
         source = find_model_dir(opts.init_from)
         start = load_model(source)
@@ -587,9 +588,9 @@ def classify(opts: ClassifyOptions) -> dict:
 
 
 def ensemble(out: str, members: list[str]) -> dict:
-    """Writes `out/model`: a classifier averaging the scores of the classifiers `members` (run or classifier
-    directories trained by `classify` on the same task and data), with thresholds chosen on their held-out
-    split. Returns its held-out metrics, like `classify`.
+    """Writes `out/model`: a classifier averaging the log-probabilities of the classifiers `members` (run or
+    classifier directories trained by `classify` on the same task and data), with thresholds chosen on their
+    held-out split. Returns its held-out metrics, like `classify`.
     """
     from tfchat.checkpoint.classifier_dir import load_classifier, resolve_classifier_dir, save_classifier
     from tfchat.data import labelled
@@ -602,6 +603,9 @@ def ensemble(out: str, members: list[str]) -> dict:
     if target in resolved:
         raise ValueError(f"{members[resolved.index(target)]} is the ensemble's own output (--out {out}); write it "
                          "elsewhere")
+    if os.path.exists(os.path.join(out, "run.json")) or (os.path.exists(target) and not _is_ensemble(target)):
+        raise ValueError(f"{out} holds a training run; write the ensemble to a new --out (an ensemble replaces "
+                         "only an earlier ensemble)")
     loaded = [load_classifier(path) for path in members]
     first = loaded[0]
     for path, m in zip(members[1:], loaded[1:]):
@@ -629,6 +633,14 @@ def ensemble(out: str, members: list[str]) -> dict:
         "examples": {s: len(part) for s, part in split.items()}, **stored, "held_out": _summary(result)},
         members=members)
     return {"task": task_name, "held_out": result}
+
+
+def _is_ensemble(path: str) -> bool:
+    try:
+        with open(os.path.join(path, MARKER_FILE)) as f:
+            return json.load(f).get("job") == "ensemble"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _summary(result: dict) -> dict:

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from tfchat.data.labelled import FLAGGED, paragraphs
 
@@ -48,7 +49,9 @@ def keras_score_fn(model, multi_label: bool):
 def batched_scores(score_fn, texts: Sequence[str], num_labels: int) -> np.ndarray:
     """`score_fn` over `texts` in batches of BATCH: float32 [N, num_labels]."""
     texts = list(texts)
-    parts = [score_fn(tf.constant(texts[i:i + BATCH], tf.string)).numpy() for i in range(0, len(texts), BATCH)]
+    starts = range(0, len(texts), BATCH)  # a bar only for sets that take a while, not for a server's messages
+    bar = tqdm(starts, desc="scoring", unit="batch", leave=False, disable=None if len(texts) > 4 * BATCH else True)
+    parts = [score_fn(tf.constant(texts[i:i + BATCH], tf.string)).numpy() for i in bar]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros([0, num_labels], np.float32)
 
 
