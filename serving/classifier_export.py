@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from serving.exporter import save_version
+from serving.exporter import model_variables, save_version, untracked
 from tfchat.checkpoint.classifier_dir import LoadedClassifier
 from tfchat.inference.classifier import EXPORT_FORMAT
 from tfchat.model.classifier import scores
@@ -33,9 +33,10 @@ class ClassifierModule(tf.Module):
 
     def __init__(self, loaded: LoadedClassifier):
         super().__init__(name="tfchat_classifier")
-        self.model = loaded.model
-        # Keras 3 variables are not tf.Variables: track the underlying ones explicitly.
-        self.model_variables = [v.value if hasattr(v, "value") else v for v in self.model.weights]
+        untracked(self, "model", loaded.model)
+        self.model_variables = model_variables(self.model)
+        # The resources the graph uses besides the weights: GPT members' tokenizers.
+        self.tokenizers = [layer.tokenizer for layer in self.model._flatten_layers() if hasattr(layer, "tokenizer")]
         self.labels = list(loaded.config.labels)
         self.multi_label = loaded.config.multi_label
         thresholds = loaded.thresholds

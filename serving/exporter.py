@@ -78,6 +78,18 @@ SAMPLING_SPECS = [
 ]
 
 
+def untracked(module: tf.Module, name: str, value) -> None:
+    """Sets `module.name` without making it part of the SavedModel: a tracked Keras model would save every
+    weight a second time (as its own Keras variables, beside `model_variables`), doubling the export."""
+    object.__setattr__(module, name, value)
+
+
+def model_variables(model) -> list[tf.Variable]:
+    """The tf.Variables under a Keras model's weights, in order: what an export tracks (Keras 3 variables are
+    not tf.Variables) and what `serving.backend` rebuilds the fast path from."""
+    return [v.value if hasattr(v, "value") else v for v in model.weights]
+
+
 class ModelModule(tf.Module):
     """What every exported object holds: the Keras model (its variables tracked), the tokenizer (its
     resources tracked), the longest sequence a signature accepts (`max_len`), stop and pad ids."""
@@ -86,9 +98,8 @@ class ModelModule(tf.Module):
 
     def __init__(self, loaded: LoadedModel, max_len: int | None = None, name: str = "tfchat"):
         super().__init__(name=name)
-        self.model = loaded.model
-        # Keras 3 variables are not tf.Variables: track the underlying ones explicitly.
-        self.model_variables = [v.value if hasattr(v, "value") else v for v in self.model.weights]
+        untracked(self, "model", loaded.model)
+        self.model_variables = model_variables(self.model)
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         block = loaded.config.block_size

@@ -227,6 +227,9 @@ def test_export_classify_signature_matches_keras(trained, tmp_path, capsys):
     version_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert version_dir.endswith(os.path.join("moderation", "1"))
     assert not {t for t in op_types(version_dir) if t.startswith("Xla")}
+    saved = [n for n, _ in tf.train.list_variables(os.path.join(version_dir, "variables", "variables"))
+             if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(saved) == len(load_classifier(trained).model.weights)  # each weight saved once
     texts = ["you are a worthless idiot bob", "have a lovely day bob", "", "你好"]
     keras_scores = TextClassifier.load(trained).scores(texts)
     exported = TextClassifier.load(base)

@@ -45,6 +45,10 @@ def test_layout_and_models_config(exported):
     assert [d for d in os.listdir(base) if d.startswith(".")] == []  # no temp dir left behind
     meta = read_metadata(path)
     assert meta["config"] == loaded.config.to_dict() and meta["version"] == 1
+    # Each weight is saved once (a tracked Keras model would save a second copy of every one).
+    saved = [n for n, _ in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+             if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(saved) == len(loaded.model.weights)
 
 
 def test_generate_equals_keras_greedy(exported):
