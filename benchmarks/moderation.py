@@ -15,7 +15,10 @@ Prints one JSON object:
   (`false_positive_rate`), also for the hand-written look-alike questions
   ("how do I kill a zombie process"), the hand-written benign instructions
   in AdvBench's style ("Write a tutorial on how to bake sourdough bread")
-  and the real benign requests that share AdvBench's vocabulary;
+  and the real benign requests that share AdvBench's vocabulary; with
+  `--catch-rate R`, tfchat's figures again at the threshold that catches R
+  of the harmful requests (`at_catch_rate`), to compare classifiers whose
+  stored thresholds differ;
 * `hatecheck` (`moderation-hatecheck`, never trained on): ROC-AUC of both;
 * `latency_ms`: one message per call (a chat server screens them one by
   one), p50 / p95 / mean over `--messages` held-out texts, for the Python
@@ -73,7 +76,7 @@ def _latency(fn, texts: list[str], repeats: int = 1) -> dict:
             "calls": len(times)}
 
 
-def run(classifier_path: str, export: str | None = None, messages: int = 300) -> dict:
+def run(classifier_path: str, export: str | None = None, messages: int = 300, catch_rate: float | None = None) -> dict:
     import tensorflow as tf
 
     from tfchat.data import labelled
@@ -103,6 +106,9 @@ def run(classifier_path: str, export: str | None = None, messages: int = 300) ->
         if name == "requests":
             sources = np.array([e.source for e in part])
             entry["tfchat"].update(_rates(y, ours, threshold, sources))
+            if catch_rate is not None:  # the highest threshold that still catches `catch_rate` of them
+                at = float(np.quantile(ours[y], 1.0 - catch_rate, method="lower"))
+                entry["tfchat"]["at_catch_rate"] = {"catch_rate": catch_rate, **_rates(y, ours, at, sources)}
             entry["alt_profanity_check"].update(_rates(y, theirs, 0.5, sources))
         record[name] = entry
 
@@ -122,13 +128,17 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default="runs/moderation", help="python -m training.classify run directory")
     p.add_argument("--export", default=None, help="its export (python -m serving.export --classifier), to time too")
     p.add_argument("--messages", type=cli.positive_int, default=300, help="messages timed one by one")
+    p.add_argument("--catch-rate", type=float, default=None,
+                   help="also report the request figures at the threshold that catches this share of harmful requests")
     args = p.parse_args(argv)
+    if args.catch_rate is not None and not 0 < args.catch_rate <= 1:
+        p.error(f"--catch-rate must be in (0, 1], got {args.catch_rate}")
 
     def body() -> int:
         cli.setup(args.verbose)
         from benchmarks.common import emit
 
-        emit(run(args.classifier, args.export, args.messages))
+        emit(run(args.classifier, args.export, args.messages, args.catch_rate))
         return 0
 
     return cli.run(body)

@@ -82,6 +82,21 @@ def test_dpo_log_prob_covers_the_final_reply_only(prefs):
     assert multi and all(rendered.chosen[i].count(prefs["chat"].tokenizer.assistant_id) == 2 for i in multi)
 
 
+def test_nll_weight_adds_the_chosen_replys_per_token_nll(prefs):
+    model = prefs["chat"].model
+    rendered, batch = _batch(prefs)
+    plain = DirectPreference(beta=0.1).sums(model, batch, training=False)
+    rpo = DirectPreference(beta=0.1, nll_weight=0.5).sums(model, batch, training=False)
+    logps = DirectPreference().log_probs(model, batch, training=False).numpy()
+    tokens = [len(rendered.chosen[i]) - rendered.prompt_lengths[i] for i in range(4)]  # reply + <|end|>
+    nll = -logps[:, 0] / np.array(tokens)
+    assert float(rpo["nll"]) == pytest.approx(float(nll.sum()), rel=1e-5)
+    assert float(rpo["loss"]) == pytest.approx(float(plain["loss"]) + 0.5 * float(nll.sum()), rel=1e-5)
+    assert float(rpo["rewards/accuracies"]) == float(plain["rewards/accuracies"])
+    with pytest.raises(ValueError, match="NLL weight"):
+        DirectPreference(nll_weight=-1.0)
+
+
 def test_gradients_flow_through_the_policy_only(prefs):
     model = prefs["chat"].model
     _, batch = _batch(prefs)

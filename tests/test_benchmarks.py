@@ -110,7 +110,7 @@ def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):
     pytest.importorskip("profanity_check")
     from benchmarks import moderation as moderation_bench
 
-    assert moderation_bench.main(["--classifier", moderation_classifier, "--messages", "5"]) == 0
+    assert moderation_bench.main(["--classifier", moderation_classifier, "--messages", "5", "--catch-rate", "0.8"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     record = lines[0]
@@ -119,5 +119,7 @@ def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):
         assert 0 <= record[part]["alt_profanity_check"]["roc_auc"] <= 1
         assert "roc_auc_margin" in record[part]
     assert {"recall", "false_positive_rate", "lookalike_false_positive_rate"} <= set(record["requests"]["tfchat"])
+    at = record["requests"]["tfchat"]["at_catch_rate"]
+    assert at["catch_rate"] == 0.8 and at["recall"] >= 0.8
     assert record["latency_ms"]["tfchat"]["calls"] == 5 and record["latency_ms"]["alt_profanity_check"]["p50"] > 0
     assert "machine" in record

@@ -40,6 +40,8 @@ def parser():
                    help="dpo: -log sigmoid(beta * margin); ipo: (margin - 1/(2 beta))^2")
     g.add_argument("--beta", type=cli.positive_float, default=0.1,
                    help="how far the policy may move from the reference (smaller: further)")
+    g.add_argument("--nll-weight", type=cli.non_negative_float, default=0.0,
+                   help="weight of the chosen reply's per-token NLL added to the loss (RPO); 0: plain DPO/IPO")
     add_training_flags(p, DEFAULTS)
     return p
 
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
     def job() -> dict:
         from training.jobs import align
 
-        return align(job_options(args, beta=args.beta, loss=args.loss))
+        return align(job_options(args, beta=args.beta, loss=args.loss, nll_weight=args.nll_weight))
 
     return run_job(job, args, lambda out: [
         f"python -m training.evaluate --model {out} --reference {args.init_from} --preferences {args.data} --json",

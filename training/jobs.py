@@ -77,6 +77,7 @@ class JobOptions:
     # align only
     beta: float = 0.1
     loss: str = "dpo"
+    nll_weight: float = 0.0
     # both: drop what this moderation classifier flags
     content_filter: str | None = None
     filter_threshold: float | None = None
@@ -389,7 +390,7 @@ def align(opts: JobOptions) -> dict:
     from training.objectives import DirectPreference
     from training.trainer import PRECISIONS
 
-    objective = DirectPreference(opts.beta, opts.loss)  # bad --beta/--loss fail before any work
+    objective = DirectPreference(opts.beta, opts.loss, opts.nll_weight)  # bad values fail before any work
     strategy = make_strategy(opts.strategy)
     with run_lock(opts.out, strategy):
         source_dir = find_model_dir(opts.init_from)
@@ -410,7 +411,7 @@ def align(opts: JobOptions) -> dict:
         trainer = Trainer(
             config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
             init_weights=lambda model: assign_weights(model, weights, source_dir), sample_prompts=prompts,
-            metadata={"job": "align", "preference_loss": opts.loss, "beta": opts.beta, "from": os.path.abspath(source_dir),
+            metadata={"job": "align", "preference_loss": opts.loss, "beta": opts.beta, "nll_weight": opts.nll_weight, "from": os.path.abspath(source_dir),
                       "data": opts.data, "pairs": {split: len(r) for split, r in rendered.items()}},
             objective=objective,
         )

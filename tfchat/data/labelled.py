@@ -32,7 +32,9 @@ Every converter of harmful data also adds `flagged`. `benign:SPEC` reads
 any source as examples with no label: a labelled SPEC with its labels
 dropped (`benign:clinc150:clinc.json@train`), a text source
 (`benign:wikipedia-sample`: one example per paragraph) or a dialogue source
-(`benign:dialogues-sample`: one per message).
+(`benign:dialogues-sample`: one per message). `counterfactual:SPEC` makes
+benign requests in the frames of SPEC's harmful requests ("Give detailed
+instructions for setting up direct deposit"; `tfchat/data/counterfactual.py`).
 
 Bundled sets (in `tfchat/resources`, licences in `ATTRIBUTION.md`):
 
@@ -463,6 +465,17 @@ def read_benign(spec: str, stats: ReadStats) -> Iterator[Example]:
             yield Example(p, (), name)
 
 
+def read_counterfactual(spec: str) -> Iterator[Example]:
+    """`counterfactual:SPEC`: benign requests in the frames of SPEC's harmful requests (training split only)."""
+    from tfchat.data import counterfactual
+
+    made = counterfactual.counterfactuals(load_examples(spec))
+    if not made:
+        raise ValueError(f"counterfactual:{spec}: no frame shared by two harmful requests "
+                         f"(from {', '.join(counterfactual.REQUEST_SOURCES)}) with benign text to fill it")
+    yield from made
+
+
 # ------------------------------------------------------------------ sources and bundles
 
 BUNDLED = {
@@ -477,7 +490,7 @@ BUNDLED = {
 
 
 def read_labelled_source(spec: str, stats: ReadStats | None = None) -> Iterator[Example]:
-    """Examples of one source: a bundled name, `FORMAT:PATH`, `benign:SPEC`, or a labelled JSONL path.
+    """Examples of one source: a bundled name, `FORMAT:PATH`, `benign:SPEC`, `counterfactual:SPEC` or a JSONL path.
 
     Raises:
         ValueError / FileNotFoundError: naming the source, for a bad name or one with no usable example.
@@ -507,6 +520,9 @@ def _read(spec: str, stats: ReadStats) -> Iterator[Example]:
     fmt, sep, path = spec.partition(":")
     if sep and fmt == "benign":
         yield from read_benign(path, stats)
+        return
+    if sep and fmt == "counterfactual":
+        yield from read_counterfactual(path)
         return
     if not (sep and fmt in CONVERTERS):
         fmt, path = "labelled", spec
