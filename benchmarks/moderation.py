@@ -6,7 +6,8 @@ Prints one JSON object:
 
 * `held_out`: the held-out split of the classifier's training data
   (`moderation-sample`): `flagged` ROC-AUC and PR-AUC of both, and the
-  margin; `held_out_without_davidson`: the same without Davidson's tweets,
+  margin with its 95% paired-bootstrap interval (`roc_auc_margin_ci95`, as
+  for every part: 1,000 resamples of the texts, both scored on each); `held_out_without_davidson`: the same without Davidson's tweets,
   which alt-profanity-check was trained on (its README says so);
 * `requests` (`moderation-requests`, never trained on): AdvBench's harmful
   behaviours against benign requests; ROC-AUC, and at each one's own
@@ -50,6 +51,19 @@ def _auc(y: np.ndarray, s: np.ndarray) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s))}
+
+
+def _margin_interval(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, resamples: int = 1000,
+                     seed: int = 0) -> list[float]:
+    """95% paired-bootstrap interval of ROC-AUC(ours) - ROC-AUC(theirs): both scored on the same resampled texts."""
+    from sklearn.metrics import roc_auc_score
+
+    rng, margins = np.random.default_rng(seed), []
+    while len(margins) < resamples:
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):  # a resample needs both classes
+            margins.append(roc_auc_score(y[i], ours[i]) - roc_auc_score(y[i], theirs[i]))
+    return [float(v) for v in np.percentile(margins, [2.5, 97.5])]
 
 
 def _rates(y: np.ndarray, s: np.ndarray, threshold: float, sources: np.ndarray) -> dict:
@@ -103,6 +117,7 @@ def run(classifier_path: str, export: str | None = None, messages: int = 300, ca
         entry = {"examples": len(part), "flagged": int(y.sum()), "tfchat": _auc(y, ours),
                  "alt_profanity_check": _auc(y, theirs)}
         entry["roc_auc_margin"] = entry["tfchat"]["roc_auc"] - entry["alt_profanity_check"]["roc_auc"]
+        entry["roc_auc_margin_ci95"] = _margin_interval(y, ours, theirs)
         if name == "requests":
             sources = np.array([e.source for e in part])
             entry["tfchat"].update(_rates(y, ours, threshold, sources))

@@ -117,7 +117,8 @@ def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):
     assert record["held_out"]["tfchat"]["roc_auc"] == 1.0 and record["held_out"]["examples"] == 30
     for part in ("held_out", "requests", "hatecheck"):
         assert 0 <= record[part]["alt_profanity_check"]["roc_auc"] <= 1
-        assert "roc_auc_margin" in record[part]
+        lo, hi = record[part]["roc_auc_margin_ci95"]
+        assert lo <= record[part]["roc_auc_margin"] <= hi
     assert {"recall", "false_positive_rate", "lookalike_false_positive_rate"} <= set(record["requests"]["tfchat"])
     at = record["requests"]["tfchat"]["at_catch_rate"]
     assert at["catch_rate"] == 0.8 and at["recall"] >= 0.8
