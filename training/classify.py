@@ -8,9 +8,10 @@
     python -m training.classify --task single-label --data clinc150:data_full.json@train,val --out runs/intents
 
 `--data` (repeatable): a bundled set (moderation-sample), labelled JSONL
-(`{"text": ..., "labels": [...]}`), `FORMAT:PATH` for a public dataset, or
-`benign:SOURCE` for unlabelled text (see `tfchat/data/labelled.py` and
-`python -m training.convert_labelled`). 5% of texts (by hash) are held out;
+(`{"text": ..., "labels": [...]}`), `FORMAT:PATH` for a public dataset,
+`benign:SOURCE` for unlabelled text, or `counterfactual:SOURCE` for benign
+requests in the frames of SOURCE's harmful ones (see
+`tfchat/data/labelled.py` and `python -m training.convert_labelled`). 5% of texts (by hash) are held out;
 when training ends, each label's threshold is the one with the best F1 on
 them, stored with the model, and the held-out metrics are printed. The run
 directory has TensorBoard logs and checkpoints: re-running resumes.

@@ -528,7 +528,7 @@ def _read(spec: str, stats: ReadStats) -> Iterator[Example]:
         fmt, path = "labelled", spec
     if not os.path.exists(path.partition("@")[0] if fmt == "clinc150" else path):
         hint = "" if sep else (f"; a source is a bundled set ({', '.join(BUNDLED)}), FORMAT:PATH with FORMAT one of "
-                               f"{', '.join(FORMATS)}, benign:SOURCE, or a labelled JSONL file "
+                               f"{', '.join(FORMATS)}, benign:SOURCE, counterfactual:SOURCE, or a labelled JSONL file "
                                "(write one from a public dataset with `python -m training.convert_labelled`)")
         raise FileNotFoundError(f"{path}: no such file or directory{hint}")
     yield from CONVERTERS[fmt](path, stats)
