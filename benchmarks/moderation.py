@@ -7,8 +7,9 @@ Prints one JSON object:
 * `held_out`: the held-out split of the classifier's training data
   (`moderation-sample`): `flagged` ROC-AUC and PR-AUC of both, and the
   margin with its 95% paired-bootstrap interval (`roc_auc_margin_ci95`, as
-  for every part: 1,000 resamples of the texts, both scored on each); `held_out_without_davidson`: the same without Davidson's tweets,
-  which alt-profanity-check was trained on (its README says so);
+  for every part: 1,000 resamples of the texts, both scored on each);
+  `held_out_without_davidson`: the same without Davidson's tweets, which
+  alt-profanity-check was trained on (its README says so);
 * `requests` (`moderation-requests`, never trained on): AdvBench's harmful
   behaviours against benign requests; ROC-AUC, and at each one's own
   threshold (the stored one; 0.5 for profanity-check) the share of harmful

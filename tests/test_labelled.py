@@ -224,8 +224,9 @@ def test_counterfactual_requests_fill_shared_frames_with_benign_training_text(tm
     assert {e.text for e in made} == {
         "Give detailed instructions for resetting my pin", "Give detailed instructions for stopping my card",
         "Write a persuasive article about how the river flows through three towns before it reaches the sea"}
-    assert [counterfactual.gerund(a) for a in ("set up a timer", "make tea", "tie a knot", "see a doctor", "open it", "reset it")] \
-        == ["setting up a timer", "making tea", "tying a knot", "seeing a doctor", "opening it", "resetting it"]
+    actions = ("set up a timer", "make tea", "tie a knot", "see a doctor", "open it", "reset it")
+    assert [counterfactual.gerund(a) for a in actions] == [
+        "setting up a timer", "making tea", "tying a knot", "seeing a doctor", "opening it", "resetting it"]
     only_harm = write(tmp_path / "h.jsonl", json.dumps(rows[0]) + "\n" + json.dumps(rows[1]))
     with pytest.raises(ValueError, match="no frame shared by two harmful requests"):
         list(labelled.read_labelled_source(f"counterfactual:{only_harm}"))

@@ -11,9 +11,10 @@
 (`{"text": ..., "labels": [...]}`), `FORMAT:PATH` for a public dataset,
 `benign:SOURCE` for unlabelled text, or `counterfactual:SOURCE` for benign
 requests in the frames of SOURCE's harmful ones (see
-`tfchat/data/labelled.py` and `python -m training.convert_labelled`). 5% of texts (by hash) are held out;
-when training ends, each label's threshold is the one with the best F1 on
-them, stored with the model, and the held-out metrics are printed. The run
+`tfchat/data/labelled.py` and `python -m training.convert_labelled`). 5% of
+texts (by hash) are held out; when training ends, each label's threshold is
+the one with the best F1 on them, stored with the model, and the held-out
+metrics are printed. The run
 directory has TensorBoard logs and checkpoints: re-running resumes.
 
 `--kind gpt` fine-tunes the backbone of a tfchat model (`--from`) with a

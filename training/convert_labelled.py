@@ -4,8 +4,9 @@
     python -m training.convert_labelled benign:clinc150:data_full.json@train --out benign.jsonl
     python -m training.convert_labelled --bundle moderation-sample --shared ../shared/data --out tfchat/resources
 
-Sources are `FORMAT:PATH`, `benign:SOURCE`, `counterfactual:SOURCE` or labelled JSONL paths; the
-formats and their label mappings are documented in `tfchat/data/labelled.py`.
+Sources are `FORMAT:PATH`, `benign:SOURCE`, `counterfactual:SOURCE` or
+labelled JSONL paths; the formats and their label mappings are documented in
+`tfchat/data/labelled.py`.
 Writes atomically (temp file, then rename; `.gz` compresses), drops exact
 duplicates and prints the counts as JSON. `--bundle` rebuilds one of the
 files tfchat ships from the public data under `--shared` (the recipes are
@@ -75,7 +76,8 @@ def tag_shared_vocabulary(examples: list, words: set[str]) -> list:
 
 def parser():
     p = cli.parser("python -m training.convert_labelled", __doc__)
-    p.add_argument("sources", nargs="*", help="FORMAT:PATH, benign:SOURCE, counterfactual:SOURCE or labelled JSONL files")
+    p.add_argument("sources", nargs="*",
+                   help="FORMAT:PATH, benign:SOURCE, counterfactual:SOURCE or labelled JSONL files")
     p.add_argument("--out", required=True, help="output labelled JSONL (.jsonl or .jsonl.gz); with --bundle, a directory")
     p.add_argument("--bundle", choices=sorted(BUNDLES), default=None, help="rebuild this bundled file instead")
     p.add_argument("--shared", default="../shared/data", help="with --bundle: the public data directory")

@@ -411,8 +411,8 @@ def align(opts: JobOptions) -> dict:
         trainer = Trainer(
             config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
             init_weights=lambda model: assign_weights(model, weights, source_dir), sample_prompts=prompts,
-            metadata={"job": "align", "preference_loss": opts.loss, "beta": opts.beta, "nll_weight": opts.nll_weight, "from": os.path.abspath(source_dir),
-                      "data": opts.data, "pairs": {split: len(r) for split, r in rendered.items()}},
+            metadata={"job": "align", "preference_loss": opts.loss, "beta": opts.beta, "nll_weight": opts.nll_weight,
+                      "from": os.path.abspath(source_dir), "data": opts.data, "pairs": {split: len(r) for split, r in rendered.items()}},
             objective=objective,
         )
         metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
