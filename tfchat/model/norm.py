@@ -9,7 +9,7 @@ Example:
 
 >>> import numpy as np
 >>> out = RMSNorm()(np.array([[3.0, 4.0]], "float32"))
->>> np.round(out.numpy(), 3).tolist()  # rms of (3, 4) is sqrt(12.5)
+>>> np.round(out.numpy().astype("float64"), 3).tolist()  # rms of (3, 4) is sqrt(12.5)
 [[0.849, 1.131]]
 """
 
