@@ -14,8 +14,8 @@ requests in the frames of SOURCE's harmful ones (see
 `tfchat/data/labelled.py` and `python -m training.convert_labelled`). 5% of
 texts (by hash) are held out; when training ends, each label's threshold is
 the one with the best F1 on them, stored with the model, and the held-out
-metrics are printed. The run
-directory has TensorBoard logs and checkpoints: re-running resumes.
+metrics are printed. The run directory has TensorBoard logs and checkpoints:
+re-running resumes.
 
 `--kind gpt` fine-tunes the backbone of a tfchat model (`--from`) with a
 classification head; `--ensemble` (repeatable, no training) writes a

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ import numpy as np
 
 from tfchat import atomic
 from tfchat.checkpoint.model_dir import (
-    MARKER_FILE, TOKENIZER_DIR, LoadedModel, assign_weights, is_model_dir, load_model, not_found, resolve_model_dir, weights_by_path,
+    TOKENIZER_DIR, LoadedModel, assign_weights, is_model_dir, load_model, not_found, resolve_model_dir, weights_by_path,
 )
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
@@ -412,7 +411,8 @@ def align(opts: JobOptions) -> dict:
             config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
             init_weights=lambda model: assign_weights(model, weights, source_dir), sample_prompts=prompts,
             metadata={"job": "align", "preference_loss": opts.loss, "beta": opts.beta, "nll_weight": opts.nll_weight,
-                      "from": os.path.abspath(source_dir), "data": opts.data, "pairs": {split: len(r) for split, r in rendered.items()}},
+                      "from": os.path.abspath(source_dir), "data": opts.data,
+                      "pairs": {split: len(r) for split, r in rendered.items()}},
             objective=objective,
         )
         metrics = trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
@@ -593,7 +593,7 @@ def ensemble(out: str, members: list[str]) -> dict:
     classifier directories trained by `classify` on the same task and data), with thresholds chosen on their
     held-out split. Returns its held-out metrics, like `classify`.
     """
-    from tfchat.checkpoint.classifier_dir import load_classifier, resolve_classifier_dir, save_classifier
+    from tfchat.checkpoint.classifier_dir import load_classifier, marker_metadata, resolve_classifier_dir, save_classifier
     from tfchat.data import labelled
     from tfchat.model.classifier import ClassifierConfig, build_classifier
 
@@ -604,7 +604,8 @@ def ensemble(out: str, members: list[str]) -> dict:
     if target in resolved:
         raise ValueError(f"{members[resolved.index(target)]} is the ensemble's own output (--out {out}); write it "
                          "elsewhere")
-    if os.path.exists(os.path.join(out, "run.json")) or (os.path.exists(target) and not _is_ensemble(target)):
+    if os.path.exists(os.path.join(out, "run.json")) or (
+            os.path.exists(target) and marker_metadata(target).get("job") != "ensemble"):
         raise ValueError(f"{out} holds a training run; write the ensemble to a new --out (an ensemble replaces "
                          "only an earlier ensemble)")
     loaded = [load_classifier(path) for path in members]
@@ -634,14 +635,6 @@ def ensemble(out: str, members: list[str]) -> dict:
         "examples": {s: len(part) for s, part in split.items()}, **stored, "held_out": _summary(result)},
         members=members)
     return {"task": task_name, "held_out": result}
-
-
-def _is_ensemble(path: str) -> bool:
-    try:
-        with open(os.path.join(path, MARKER_FILE)) as f:
-            return json.load(f).get("job") == "ensemble"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _summary(result: dict) -> dict:

@@ -94,12 +94,18 @@ def save_classifier(path: str, model: keras.Model, config: ClassifierConfig, met
         raise
 
 
-def is_classifier_dir(path: str) -> bool:
+def marker_metadata(path: str) -> dict:
+    """What directory `path`'s marker file says ({} when it has none, or not a JSON object): a cheap look, no checks."""
     try:
         with open(os.path.join(path, MARKER_FILE)) as f:
-            return json.load(f).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def is_classifier_dir(path: str) -> bool:
+    return marker_metadata(path).get("format") == FORMAT
 
 
 def resolve_classifier_dir(path: str) -> str:

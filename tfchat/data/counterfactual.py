@@ -44,7 +44,8 @@ REQUEST_SOURCES = ("harmbench", "jailbreakbench", "simplesafetytests", "advbench
 # Frames harmful in themselves: filled with benign content they would still be harmful requests.
 HARMFUL_FRAME = re.compile(r"\b(defamatory|payload|threat|ransom|blackmail|extort\w*)\b", re.I)
 
-_QUESTION = re.compile(r"^(should i|how can i|how do i|where can i|what is the best way to)\s+\S", re.I)
+_QUESTIONS = r"should i|how can i|how do i|where can i|what is the best way to"
+_QUESTION = re.compile(rf"^({_QUESTIONS})\s+\S", re.I)
 _FRAME = re.compile(r"^((?:\S+\s+){0,7}?(?:how to|about how|explaining why|arguing that|claiming that|for))\s+\S",
                     re.I)
 _HOW_TO = re.compile(r"^(?:how (?:do|can|should|would|could) (?:i|you|we|one)|how to) (.+?)[?.!]*$", re.I)
@@ -100,12 +101,12 @@ def gerund(action: str) -> str:
 
 def fill(frame: str, rng: random.Random, actions: Sequence[str], sentences: Sequence[str]) -> str | None:
     """`frame` completed with benign content of the kind its connective takes (None if there is none)."""
-    if _QUESTION.match(frame + " x"):
-        return f"{frame} {rng.choice(actions)}?" if actions else None
-    if frame.lower().endswith("how to"):
-        return f"{frame} {rng.choice(actions)}" if actions else None
-    if frame.lower().endswith(" for"):
-        return f"{frame} {gerund(rng.choice(actions))}" if actions else None
+    question, after_for = re.fullmatch(_QUESTIONS, frame, re.I), frame.lower().endswith(" for")
+    if question or after_for or frame.lower().endswith("how to"):  # an action follows
+        if not actions:
+            return None
+        action = rng.choice(actions)
+        return f"{frame} {action}?" if question else f"{frame} {gerund(action) if after_for else action}"
     if not sentences:
         return None
     s = rng.choice(sentences)
