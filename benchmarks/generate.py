@@ -26,12 +26,18 @@ near 1: flat per-token cost).
 `--reference transformers` runs PyTorch `GPT2LMHeadModel.generate` (KV cache,
 greedy, random weights of the same dims) in this process, with torch's
 default threads and with one thread (under contention one is often faster),
-and keeps the faster: `vs_reference` is each path's batch-1 tokens/s over it.
+and keeps the faster. Then `--rounds` rounds each run one batch-1 generation
+of every in-process path and of the reference, in turn, so that a machine
+whose speed drifts (a shared VM) slows both sides of a ratio alike:
+`vs_reference` is the median over rounds of each path's speed over the
+reference's in the same round (the server path, a subprocess, is compared
+with the reference's median instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -93,25 +99,46 @@ def fast_generate(model, chunk: int):
     return call
 
 
+@functools.cache
+def _torch_default_threads() -> int:
+    """torch's thread count before this benchmark changed it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def transformers_generate(config, threads: int | None):
     """(prompts [B, L], max_new) -> generated ids, through PyTorch GPT-2 of the same dims (random weights)."""
     import torch
     import transformers
 
-    if threads:
-        torch.set_num_threads(threads)
+    threads = threads or _torch_default_threads()
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
         n_head=config.n_head)).eval()
 
     def call(prompts, max_new):
+        torch.set_num_threads(threads)  # a process-wide setting: each call sets its own
         ids = torch.from_numpy(prompts.astype(np.int64))
         with torch.no_grad():
             return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                                min_new_tokens=max_new, do_sample=False, use_cache=True, pad_token_id=0)
 
     return call
+
+
+def interleaved(calls: dict, prompts: np.ndarray, new_tokens: int, rounds: int) -> dict:
+    """Seconds per generation of each call, one of each per round, in turn ({name: [seconds per round]})."""
+    times = {name: [] for name in calls}
+    for call in calls.values():
+        call(prompts, new_tokens)  # warm-up
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call(prompts, new_tokens)
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batches, repeats: int,
@@ -184,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=cli.positive_int, default=16)
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=cli.positive_int, default=3)
+    parser.add_argument("--rounds", type=cli.positive_int, default=7,
+                        help="with --reference: interleaved rounds of every path and the reference for vs_reference")
     parser.add_argument("--port", type=cli.port, default=8518, help="server path: its port")
     parser.add_argument("--work-dir", default="runs/bench", help="server path: where the random export is kept")
     parser.add_argument("--out", default=None, help="also write the JSON here")
@@ -207,22 +236,33 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "generate", "model": source, "config": config.to_dict(), "params": model.count_params(),
         "new_tokens": args.new_tokens, "prompt_len": args.prompt_len, "chunk": args.chunk, "paths": {},
     }
+    calls = {}
     for path in args.path:
         if path == "server":
             result["paths"]["server"] = server_path(args)
             continue
-        call = signature_generate(model) if path == "signature" else fast_generate(model, args.chunk)
-        result["paths"][path] = measure(call, batches=batches, **shape)
+        calls[path] = signature_generate(model) if path == "signature" else fast_generate(model, args.chunk)
+        result["paths"][path] = measure(calls[path], batches=batches, **shape)
     if args.reference == "transformers":
-        options = {}
+        options, references = {}, {}
         for threads in (None, 1):  # torch's default, then one thread
-            r = measure(transformers_generate(config, threads), batches=(1,), positions=False, **shape)
-            options["default_threads" if threads is None else "1_thread"] = r
-        best = max(options.values(), key=lambda r: r["batch_1"]["tokens_per_s"])
+            name = "default_threads" if threads is None else "1_thread"
+            references[name] = transformers_generate(config, threads)
+            options[name] = measure(references[name], batches=(1,), positions=False, **shape)
+        best = max(options, key=lambda name: options[name]["batch_1"]["tokens_per_s"])
+        new_tokens = min(args.new_tokens, config.block_size - args.prompt_len)
+        times = interleaved({**calls, "reference": references[best]}, _prompts(1, args.prompt_len, config.vocab_size),
+                            new_tokens, args.rounds)
+        reference_times = times.pop("reference")
+        reference_s = statistics.median(reference_times)
         result["reference"] = {"name": "transformers GPT2LMHeadModel.generate (torch, KV cache)", **options,
-                               "tokens_per_s": best["batch_1"]["tokens_per_s"]}
-        for r in result["paths"].values():
-            r["vs_reference"] = round(r["batch_1"]["tokens_per_s"] / best["batch_1"]["tokens_per_s"], 2)
+                               "threads": best, "tokens_per_s": round(new_tokens / reference_s, 1)}
+        for name, r in result["paths"].items():
+            if name in times:  # paired: this path over the reference in the same round
+                r["interleaved_tokens_per_s"] = round(new_tokens / statistics.median(times[name]), 1)
+                r["vs_reference"] = round(statistics.median(ref / t for ref, t in zip(reference_times, times[name])), 2)
+            else:
+                r["vs_reference"] = round(r["batch_1"]["tokens_per_s"] * reference_s / new_tokens, 2)
     emit(result)
     if args.out:
         with open(args.out, "w") as f:

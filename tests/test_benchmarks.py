@@ -42,7 +42,7 @@ def test_generate_benchmark_cli_prints_json(capsys):
 
     assert generate_bench.main(["--preset", "tiny", "--new-tokens", "8", "--prompt-len", "4", "--batches", "1,2",
                                 "--repeats", "1", "--path", "signature", "fast", "--chunk", "3",
-                                "--reference", "transformers"]) == 0
+                                "--reference", "transformers", "--rounds", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     record = lines[0]
@@ -50,6 +50,7 @@ def test_generate_benchmark_cli_prints_json(capsys):
         r = record["paths"][path]
         assert r["batch_1"]["tokens_per_s"] > 0 and r["batch_2"]["tokens_per_s"] > 0
         assert r["time_to_first_token_ms"] > 0 and r["late_over_early"] > 0 and r["vs_reference"] > 0
+        assert r["interleaved_tokens_per_s"] > 0  # the paired rounds behind vs_reference
     assert record["reference"]["tokens_per_s"] > 0 and "machine" in record
 
 

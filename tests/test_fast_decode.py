@@ -49,6 +49,12 @@ def test_fast_path_tokens_equal_the_xla_free_loop(architecture, sampling):
         got = _slot_tokens(SlotDecoder(model, chunk=5, jit=jit), PROMPTS, max_new, sampling)
         for b, n in enumerate(max_new):
             assert got[b, :n].tolist() == expected[b, :n].tolist(), (jit, b)
+    # A row alone runs the batch-1 program, whose products are reductions (tfchat.model.matvec).
+    alone = SlotDecoder(model, chunk=5)
+    assert alone.one_row_reduce
+    for b, n in enumerate(max_new):
+        got = _slot_tokens(alone, [PROMPTS[b]], [n], {k: [v[b]] for k, v in sampling.items()})
+        assert got[0, :n].tolist() == expected[b, :n].tolist(), ("alone", b)
 
 
 def test_a_row_gets_the_same_tokens_alone_or_joining_and_leaving_a_batch():

@@ -18,6 +18,9 @@ library's own, not a second copy:
   positions the batch needs rounded up to a multiple of `LENGTH_STEP`, so
   a step reads little more than the filled prefix and its time grows only
   in those steps;
+* a batch of one row on a CPU is traced under
+  `tfchat.model.matvec.one_row_products`: XLA:CPU runs a one-row dot on one
+  core, the same product as a reduction on all of them;
 * sampling is `generation.sample` keyed by (seed, position), so a row's
   tokens equal those `generate` gives it alone, whatever else is batched.
 
@@ -39,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Sequence
 
@@ -47,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfchat.inference.generation import _context, decode_step, prefill
+from tfchat.model.matvec import one_row_products
 
 SAMPLING = ("temperature", "top_k", "top_p", "seed")
 LENGTH_STEP = 128  # slot caches grow and shrink in steps of this many positions
@@ -96,7 +101,8 @@ class SlotDecoder:
             tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
             vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), tf.TensorSpec([], tf.int32),
         ])
-        self._decode = {}  # with_logits -> tf.function; XLA keeps one program per input shape
+        self._decode = {}  # (with_logits, one row) -> tf.function; XLA keeps one program per input shape
+        self.one_row_reduce = jit and not tf.config.list_physical_devices("GPU")
         self.compiled: set[tuple[int, int]] = set()  # (batch, cache length) compiled ahead by `compile`
 
     # ------------------------------------------------------------------ graph functions
@@ -164,8 +170,8 @@ class SlotDecoder:
         Returns:
             (tokens int32 [B, chunk], their logits float32 [B, chunk, V] or None, the advanced rows).
         """
-        fn = self._decode_function(with_logits)
         n = len(rows)
+        fn = self._decode_function(with_logits, bucket(n))
         rows = self.resize(rows, self.capacity(rows.position.numpy()))
         padded = rows if bucket(n) == n else self.select(rows, list(range(n)) + [0] * (bucket(n) - n))
         tokens, logits, position, caches = fn(padded.token, padded.position, padded.caches,
@@ -176,22 +182,25 @@ class SlotDecoder:
             caches = [(k[:n], v[:n]) for k, v in caches]
         return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling)
 
-    def _decode_function(self, with_logits: bool):
-        fn = self._decode.get(with_logits)
+    def _decode_function(self, with_logits: bool, batch: int):
+        key = (with_logits, batch == 1 and self.one_row_reduce)
+        fn = self._decode.get(key)
         if fn is None:
-            fn = self._decode[with_logits] = tf.function(
-                lambda *a: self._decode_fn(*a, with_logits=with_logits), jit_compile=self.jit, reduce_retracing=True
-            )
+            def trace(*args):
+                with one_row_products() if key[1] else contextlib.nullcontext():
+                    return self._decode_fn(*args, with_logits=with_logits)
+
+            fn = self._decode[key] = tf.function(trace, jit_compile=self.jit, reduce_retracing=True)
         return fn
 
     def compile(self, max_batch: int, capacities: Sequence[int] | None = None) -> None:
         """Compiles `decode` for every batch bucket up to `max_batch` and each cache length in `capacities`
         (default: all), so requests do not wait for XLA when the batch first reaches a size."""
-        fn = self._decode_function(False)
         c = self.model.config
         for capacity in capacities or range(LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP):
             capacity = min(capacity, self.max_len)
             for b in sorted({bucket(n) for n in range(1, max_batch + 1)}):
+                fn = self._decode_function(False, b)
                 zeros = tf.zeros([b, c.n_head, capacity, c.head_dim], self.model.backbone.blocks[0].attn.compute_dtype)
                 ints = tf.zeros([b], tf.int32)
                 fn(ints, ints, [(zeros, zeros)] * c.n_layer, tf.zeros([b], tf.float32), ints, tf.ones([b]), ints)

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfchat.config import GPTConfig
 from tfchat.model.configured import configured
+from tfchat.model.matvec import project
 from tfchat.model.norm import rms_normalize
 from tfchat.model.rope import rotate
 
@@ -79,7 +80,7 @@ class CausalSelfAttention(keras.layers.Layer):
              training=None):
         shape = tf.shape(x)
         batch, length = shape[0], shape[1]
-        qkv = tf.reshape(self.c_attn(x), [batch, length, 3, self.num_heads, self.head_dim])
+        qkv = tf.reshape(project(self.c_attn, x), [batch, length, 3, self.num_heads, self.head_dim])
         if cache is None:
             q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # 3 x [B, H, T, D]
             steps = tf.range(length)
@@ -113,7 +114,7 @@ class CausalSelfAttention(keras.layers.Layer):
         weights = self.attn_dropout(weights, training=training)
         y = tf.matmul(weights, tf.cast(v, q.dtype))  # [B, H, T, D]
         y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [batch, length, self.num_heads * self.head_dim])
-        y = self.c_proj(y)
+        y = project(self.c_proj, y)
         return y if cache is None else (y, cache)
 
     def compute_output_shape(self, input_shape):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfchat.config import GPTConfig
 from tfchat.model.attention import CausalSelfAttention
 from tfchat.model.configured import configured
+from tfchat.model.matvec import project
 from tfchat.model.norm import make_norm
 
 
@@ -43,7 +44,7 @@ class MLP(keras.layers.Layer):
         self.c_proj.build((*input_shape[:-1], self.config.mlp_width))
 
     def call(self, x, training=None):
-        h = self.c_fc(x)  # [B, T, hidden] (x2 for swiglu)
+        h = project(self.c_fc, x)  # [B, T, hidden] (x2 for swiglu)
         if self.config.mlp == "gelu":
             h = keras.activations.gelu(h, approximate=True)
         elif self.config.mlp == "relu2":
@@ -51,7 +52,7 @@ class MLP(keras.layers.Layer):
         else:
             gate, value = tf.split(h, 2, axis=-1)
             h = tf.nn.silu(gate) * value
-        return self.drop(self.c_proj(h), training=training)
+        return self.drop(project(self.c_proj, h), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from tfchat.model.backbone import GPTBackbone
+from tfchat.model.matvec import project
 
 
 @keras.saving.register_keras_serializable(package="tfchat")
@@ -77,7 +78,9 @@ class CausalLM(keras.Model):
 
     def logits(self, hidden) -> tf.Tensor:
         """float32 logits [B, T, V] of hidden states [B, T, C]."""
-        return self.softcap(self.lm_head(hidden) if self.lm_head else self.backbone.embeddings(hidden, reverse=True))
+        if self.lm_head is None:
+            return self.softcap(self.backbone.embeddings(hidden, reverse=True))
+        return self.softcap(project(self.lm_head, hidden))
 
     def init_cache(self, batch_size, max_len):
         return self.backbone.init_cache(batch_size, max_len)
