@@ -20,8 +20,9 @@ generation: prompt of `--prompt-len` ids, `--new-tokens` new ids, no stop
 ids), `decode_tokens_per_s` (the same without the prefill and first token),
 `time_to_first_token_ms` (max_new_tokens=1), and `ms_per_token_early` /
 `_late`: the marginal cost of 64 more tokens after a short prompt vs. after a
-prompt that fills the context to its last 65 positions (`late_over_early`
-near 1: flat per-token cost).
+prompt that fills the context to its last 65 positions, measured in
+interleaved rounds (`late_over_early`, the median of the rounds' ratios, near
+1: flat per-token cost).
 
 `--reference transformers` runs PyTorch `GPT2LMHeadModel.generate` (KV cache,
 greedy, random weights of the same dims) in this process, with torch's
@@ -128,15 +129,15 @@ def transformers_generate(config, threads: int | None):
     return call
 
 
-def interleaved(calls: dict, prompts: np.ndarray, new_tokens: int, rounds: int) -> dict:
-    """Seconds per generation of each call, one of each per round, in turn ({name: [seconds per round]})."""
+def interleaved(calls: dict, rounds: int) -> dict:
+    """Seconds of each no-argument call, one of each per round, in turn ({name: [seconds per round]})."""
     times = {name: [] for name in calls}
     for call in calls.values():
-        call(prompts, new_tokens)  # warm-up
+        call()  # warm-up
     for _ in range(rounds):
         for name, call in calls.items():
             t0 = time.perf_counter()
-            call(prompts, new_tokens)
+            call()
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -158,15 +159,19 @@ def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batc
             result["time_to_first_token_ms"] = round(1000 * first, 2)
     span = 64
     if positions and block > 2 * (span + 1):
-        per_token = {}
+        # Early and late interleaved, several rounds: the ratio of each round, then their median.
+        calls = {}
         for name, length in (("early", prompt_len), ("late", block - span - 1)):
             prompts = _prompts(1, length, vocab)
-            t_long = _median_seconds(lambda: call(prompts, span + 1), repeats)
-            t_short = _median_seconds(lambda: call(prompts, 1), repeats)
-            per_token[name] = 1000 * (t_long - t_short) / span
-        result["ms_per_token_early"] = round(per_token["early"], 3)
-        result["ms_per_token_late"] = round(per_token["late"], 3)
-        result["late_over_early"] = round(per_token["late"] / per_token["early"], 3)
+            calls[name + "_long"] = functools.partial(call, prompts, span + 1)
+            calls[name + "_short"] = functools.partial(call, prompts, 1)
+        t = interleaved(calls, max(repeats, 5))
+        per_token = {name: [1000 * (a - b) / span for a, b in zip(t[name + "_long"], t[name + "_short"])]
+                     for name in ("early", "late")}
+        result["ms_per_token_early"] = round(statistics.median(per_token["early"]), 3)
+        result["ms_per_token_late"] = round(statistics.median(per_token["late"]), 3)
+        result["late_over_early"] = round(statistics.median(
+            late / early for late, early in zip(per_token["late"], per_token["early"])), 3)
         result["positions"] = {"early": [prompt_len, prompt_len + span], "late": [block - span - 1, block - 1]}
     return result
 
@@ -251,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             options[name] = measure(references[name], batches=(1,), positions=False, **shape)
         best = max(options, key=lambda name: options[name]["batch_1"]["tokens_per_s"])
         new_tokens = min(args.new_tokens, config.block_size - args.prompt_len)
-        times = interleaved({**calls, "reference": references[best]}, _prompts(1, args.prompt_len, config.vocab_size),
-                            new_tokens, args.rounds)
+        prompts = _prompts(1, args.prompt_len, config.vocab_size)
+        times = interleaved({name: functools.partial(call, prompts, new_tokens)
+                             for name, call in {**calls, "reference": references[best]}.items()}, args.rounds)
         reference_times = times.pop("reference")
         reference_s = statistics.median(reference_times)
         result["reference"] = {"name": "transformers GPT2LMHeadModel.generate (torch, KV cache)", **options,
