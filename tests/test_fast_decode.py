@@ -49,9 +49,9 @@ def test_fast_path_tokens_equal_the_xla_free_loop(architecture, sampling):
         got = _slot_tokens(SlotDecoder(model, chunk=5, jit=jit), PROMPTS, max_new, sampling)
         for b, n in enumerate(max_new):
             assert got[b, :n].tolist() == expected[b, :n].tolist(), (jit, b)
-    # A row alone runs the batch-1 program, whose products are reductions (tfchat.model.matvec).
+    # A row alone runs the batch-1 program, whose products are split in halves (tfchat.model.matvec).
     alone = SlotDecoder(model, chunk=5)
-    assert alone.one_row_reduce
+    assert alone.one_row_halves
     for b, n in enumerate(max_new):
         got = _slot_tokens(alone, [PROMPTS[b]], [n], {k: [v[b]] for k, v in sampling.items()})
         assert got[0, :n].tolist() == expected[b, :n].tolist(), ("alone", b)

@@ -20,7 +20,7 @@ library's own, not a second copy:
   in those steps;
 * a batch of one row on a CPU is traced under
   `tfchat.model.matvec.one_row_products`: XLA:CPU runs a one-row dot on one
-  core, the same product as a reduction on all of them;
+  core, the same product as a batch of two half-products on all of them;
 * sampling is `generation.sample` keyed by (seed, position), so a row's
   tokens equal those `generate` gives it alone, whatever else is batched.
 
@@ -102,7 +102,7 @@ class SlotDecoder:
             vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), tf.TensorSpec([], tf.int32),
         ])
         self._decode = {}  # (with_logits, one row) -> tf.function; XLA keeps one program per input shape
-        self.one_row_reduce = jit and not tf.config.list_physical_devices("GPU")
+        self.one_row_halves = jit and not tf.config.list_physical_devices("GPU")
         self.compiled: set[tuple[int, int]] = set()  # (batch, cache length) compiled ahead by `compile`
 
     # ------------------------------------------------------------------ graph functions
@@ -183,7 +183,7 @@ class SlotDecoder:
         return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling)
 
     def _decode_function(self, with_logits: bool, batch: int):
-        key = (with_logits, batch == 1 and self.one_row_reduce)
+        key = (with_logits, batch == 1 and self.one_row_halves)
         fn = self._decode.get(key)
         if fn is None:
             def trace(*args):
