@@ -52,16 +52,6 @@ from benchmarks.common import emit, machine
 PATHS = ("signature", "fast", "server")
 
 
-def _median_seconds(call, repeats: int) -> float:
-    call()  # warm-up: traces, compiles
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _prompts(batch: int, length: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(1).integers(1, vocab, size=(batch, length)).astype(np.int32)
 
@@ -140,6 +130,11 @@ def interleaved(calls: dict, rounds: int) -> dict:
             call()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def _median_seconds(call, repeats: int) -> float:
+    """Median seconds of `repeats` calls of one no-argument call, after a warm-up."""
+    return statistics.median(interleaved({"call": call}, repeats)["call"])
 
 
 def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batches, repeats: int,

@@ -221,8 +221,8 @@ class DirectPreference(_PairObjective):
         loss, rewards = preference_loss(logps, batch["ref_logps"], self.beta, self.loss)
         chosen_tokens = tf.reduce_sum(tf.cast(batch["loss_mask"][:, 0], tf.float32), axis=-1)  # [B]
         nll = -logps[:, 0] / tf.maximum(chosen_tokens, 1.0)  # [B], per token
-        return {**_pair_sums(loss + self.nll_weight * nll, rewards), "logps/chosen": tf.reduce_sum(logps[:, 0]), "logps/rejected": tf.reduce_sum(logps[:, 1]),
-                "nll": tf.reduce_sum(nll)}
+        return {**_pair_sums(loss + self.nll_weight * nll, rewards), "logps/chosen": tf.reduce_sum(logps[:, 0]),
+                "logps/rejected": tf.reduce_sum(logps[:, 1]), "nll": tf.reduce_sum(nll)}
 
 
 class Classification(Objective):

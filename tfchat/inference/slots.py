@@ -170,10 +170,10 @@ class SlotDecoder:
         Returns:
             (tokens int32 [B, chunk], their logits float32 [B, chunk, V] or None, the advanced rows).
         """
-        n = len(rows)
-        fn = self._decode_function(with_logits, bucket(n))
+        n, size = len(rows), bucket(len(rows))
+        fn = self._decode_function(with_logits, size)
         rows = self.resize(rows, self.capacity(rows.position.numpy()))
-        padded = rows if bucket(n) == n else self.select(rows, list(range(n)) + [0] * (bucket(n) - n))
+        padded = rows if size == n else self.select(rows, list(range(n)) + [0] * (size - n))
         tokens, logits, position, caches = fn(padded.token, padded.position, padded.caches,
                                               *(tf.constant(padded.sampling[k]) for k in SAMPLING))
         tokens = tokens.numpy()[:n]
