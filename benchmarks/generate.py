@@ -173,6 +173,8 @@ def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batc
 
 def server_path(args) -> dict:
     """One streaming client against a server subprocess (fast path) on a random export."""
+    import httpx
+
     from benchmarks import serve
 
     export_dir = serve.random_export(args.preset, args.work_dir)
@@ -181,8 +183,9 @@ def server_path(args) -> dict:
     try:
         serve.wait_ready(url)
         prompt = "The history of the city and its river"
-        serve.stream_one(url, prompt, args.new_tokens)  # warm-up
-        runs = [serve.stream_one(url, prompt, args.new_tokens) for _ in range(args.repeats)]
+        with httpx.Client() as client:  # one connection, kept open, as `benchmarks.serve`'s clients
+            serve.stream_one(client, url, prompt, args.new_tokens)  # warm-up
+            runs = [serve.stream_one(client, url, prompt, args.new_tokens) for _ in range(args.repeats)]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -12,7 +12,7 @@ from tests.fixtures import MODERN, before_each_decode, tiny_export
 from tfchat.config import GPTConfig
 from tfchat.inference.generation import generate
 from tfchat.inference.sampling import SamplingParams
-from tfchat.inference.slots import SlotDecoder, bucket
+from tfchat.inference.slots import LENGTH_STEP, SlotDecoder, bucket
 from tfchat.model import build_gpt
 
 PROMPTS = [[5, 6, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6], [8, 8]]
@@ -214,15 +214,15 @@ def test_caches_grow_and_shrink_with_the_positions_in_use():
     joining = decoder.prefill([short], [20], **greedy)
     seen[1] = [int(joining.token[0])]
     rows = decoder.select(rows, [0, 1], more=joining)
-    for _ in range(3):  # the long row crosses position 128: the caches grow to 256 for both rows
+    for _ in range(3):  # the long row crosses position 128: the caches grow one step (to 160) for both rows
         tokens, _, rows = decoder.decode(rows)
         seen[0] += tokens[0].tolist()
         seen[1] += tokens[1].tolist()
-    assert rows.caches[0][0].shape[2] == 256
-    rows = decoder.select(rows, [1])  # the long row leaves; the short one's next chunk shrinks them to 128
+    assert rows.caches[0][0].shape[2] == 128 + LENGTH_STEP
+    rows = decoder.select(rows, [1])  # the long row leaves; the short one's next chunk shrinks them to one step
     tokens, _, rows = decoder.decode(rows)
     seen[1] += tokens[0].tolist()
-    assert rows.caches[0][0].shape[2] == 128
+    assert rows.caches[0][0].shape[2] == LENGTH_STEP
     assert seen[0][:20] == expected[0] and seen[1][:20] == expected[1]
 
 
@@ -230,7 +230,9 @@ def test_warmup_compiles_every_batch_size(export_path):
     backend = Backend(export_path, max_batch=3, chunk=2)
     try:
         backend.warmup()
-        assert backend.decoder.compiled == {(1, 64), (2, 64), (4, 64)}  # the export's context is 64
+        # Batch buckets 1, 2, 4 at the shortest cache now; the longer caches of the export's context of 64
+        # compile on a background thread.
+        assert {(1, LENGTH_STEP), (2, LENGTH_STEP), (4, LENGTH_STEP)} <= backend.decoder.compiled
         assert backend.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(3))).token_ids
     finally:
         backend.close()

@@ -236,7 +236,7 @@ def prefill(
     key_mask = tf.concat([valid, tf.ones([batch, limit], tf.bool)], axis=1)
     positions = tf.maximum(tf.cumsum(tf.cast(key_mask, tf.int32), axis=1) - 1, 0)
     caches = model.init_cache(batch, width + limit)
-    logits, caches = model.call_with_cache(ids, positions[:, :width], caches, tf.constant(0), key_mask)
+    logits, caches = model.call_with_cache(ids, positions[:, :width], caches, tf.constant(0), key_mask, last_only=True)
     logits = logits[:, -1]
     # The step key of a sampled token is its position id: independent of padding and batch.
     token = sample(logits, temperature, top_k, top_p, seed, lengths)

@@ -54,7 +54,10 @@ from tfchat.inference.generation import _context, decode_step, prefill
 from tfchat.model.matvec import one_row_products
 
 SAMPLING = ("temperature", "top_k", "top_p", "seed")
-LENGTH_STEP = 128  # slot caches grow and shrink in steps of this many positions
+# Slot caches grow and shrink in steps of this many positions. A step reads the whole cache: 16 rows of
+# the small preset decode 128 tokens 1.15x faster with steps of 32 than of 128 (the server compiles the
+# extra programs on a background thread).
+LENGTH_STEP = 32
 _DTYPES = {"temperature": np.float32, "top_k": np.int32, "top_p": np.float32, "seed": np.int32}
 
 

@@ -85,10 +85,11 @@ class CausalLM(keras.Model):
     def init_cache(self, batch_size, max_len):
         return self.backbone.init_cache(batch_size, max_len)
 
-    def call_with_cache(self, token_ids, positions, caches, cache_index, key_mask):
-        """`GPTBackbone.call_with_cache`, returning float32 logits [B, T, V] instead of hidden states."""
+    def call_with_cache(self, token_ids, positions, caches, cache_index, key_mask, last_only: bool = False):
+        """`GPTBackbone.call_with_cache`, returning float32 logits [B, T, V] instead of hidden states
+        ([B, 1, V] of the last position with `last_only`: a prefill skips the head's work on the others)."""
         hidden, caches = self.backbone.call_with_cache(token_ids, positions, caches, cache_index, key_mask)
-        return self.logits(hidden), caches
+        return self.logits(hidden[:, -1:] if last_only else hidden), caches
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone), "name": self.name}
