@@ -6,7 +6,8 @@ Two paths through the same weights:
   optional `padding_mask` [B, T] hides padded keys;
 * cached (generation): `layer(x, cache=c, cache_index=i, attention_mask=m,
   positions=p)` writes the new keys/values of `x` at positions
-  `i .. i+T-1` of `c` and attends over the filled prefix `c[:i+T]` only;
+  `i .. i+T-1` of `c` and attends over the filled prefix `c[:i+T]` only
+  (one new token: `step_attention`, without moving the cache);
 * slots (the XLA fast path, continuous batching): `cache=(k, v)`, each
   `[B, H, S, D]`, `cache_index` [B]: one new token per row, written at the
   row's own position; attention runs over all S positions, masked (static
@@ -103,6 +104,9 @@ class CausalSelfAttention(keras.layers.Layer):
                 new_kv = tf.transpose(qkv[:, :, 1:], [1, 0, 2, 3, 4])  # [T, B, 2, H, D]
             rows = tf.range(cache_index, cache_index + length)[:, None]
             cache = tf.tensor_scatter_nd_update(cache, rows, tf.cast(new_kv, cache.dtype))
+            if x.shape[1] == 1:  # a decode step: products and sums over the cache as it lies
+                y = step_attention(q[:, :, 0], cache[: cache_index + 1], attention_mask)  # [B, H, D]
+                return project(self.c_proj, tf.reshape(y, [batch, 1, self.num_heads * self.head_dim])), cache
             kv = tf.transpose(cache[: cache_index + length], [2, 1, 3, 0, 4])  # [2, B, H, n, D]
             k, v = kv[0], kv[1]
             mask = attention_mask
@@ -119,6 +123,21 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def step_attention(q, kv, mask):
+    """One query per row and head, q [B, H, D], over a time-major cache prefix kv [n, B, 2, H, D] -> [B, H, D].
+
+    Broadcast products and sums read the cache where it lies: no transpose of the prefix to [B, H, n, D]
+    for two batched matmuls. Without XLA (the SavedModel loop) a batch-1 step of the small preset runs
+    1.09x faster early in the context and 1.03x late; 8 rows run 0.97x.
+    """
+    k, v = kv[:, :, 0], kv[:, :, 1]  # [n, B, H, D]
+    scores = tf.reduce_sum(tf.cast(k, q.dtype) * q, -1)  # [n, B, H]
+    scores = tf.transpose(scores, [1, 2, 0])[:, :, None]  # [B, H, 1, n]
+    scores = tf.where(mask, tf.cast(scores, "float32") * (q.shape[-1] ** -0.5), MASK_VALUE)
+    weights = tf.cast(tf.nn.softmax(scores, axis=-1)[:, :, 0], q.dtype)  # [B, H, n]
+    return tf.reduce_sum(tf.cast(v, q.dtype) * tf.transpose(weights, [2, 0, 1])[..., None], 0)  # [B, H, D]
 
 
 def causal_mask(length, padding_mask=None):
