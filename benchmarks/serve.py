@@ -134,6 +134,7 @@ def run(url: str, clients: list[int], new_tokens: int, rounds: int = 1) -> dict:
     """
     import httpx
 
+    clients = list(dict.fromkeys(clients))  # each level once per round
     sessions = {n: [httpx.Client() for _ in range(n)] for n in clients}
     try:
         for n in clients:
@@ -142,10 +143,11 @@ def run(url: str, clients: list[int], new_tokens: int, rounds: int = 1) -> dict:
     finally:
         for client in (c for group in sessions.values() for c in group):
             client.close()
+    rate = lambda r: sum(r["tokens"]) / r["wall"]  # noqa: E731  (aggregate tokens/s of one round)
     levels = []
     for n in clients:
         runs = [r[n] for r in per_round]
-        rates = [sum(r["tokens"]) / r["wall"] for r in runs]
+        rates = [rate(r) for r in runs]
         pooled = {key: [x for r in runs for x in r[key]] for key in ("ttft", "tpot", "gaps")}
         lv = {
             "clients": n,
@@ -159,8 +161,7 @@ def run(url: str, clients: list[int], new_tokens: int, rounds: int = 1) -> dict:
             "stopped_early": sum(r["stopped"] for r in runs),
         }
         if 1 in clients:
-            lv["speedup_vs_1"] = round(float(np.median(
-                [sum(r[n]["tokens"]) / r[n]["wall"] / (sum(r[1]["tokens"]) / r[1]["wall"]) for r in per_round])), 2)
+            lv["speedup_vs_1"] = round(float(np.median([rate(r[n]) / rate(r[1]) for r in per_round])), 2)
         levels.append(lv)
     return {"rounds": rounds, "levels": levels}
 
