@@ -230,9 +230,14 @@ def test_warmup_compiles_every_batch_size(export_path):
     backend = Backend(export_path, max_batch=3, chunk=2)
     try:
         backend.warmup()
-        # Batch buckets 1, 2, 4 at the shortest cache now; the longer caches of the export's context of 64
-        # compile on a background thread.
+        # Batch buckets 1, 2, 4 at the shortest cache now, then the longer caches of the export's context
+        # of 64 on a background thread.
         assert {(1, LENGTH_STEP), (2, LENGTH_STEP), (4, LENGTH_STEP)} <= backend.decoder.compiled
+        deadline = time.monotonic() + 120
+        while backend.compiling and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lengths = range(LENGTH_STEP, 64 + 1, LENGTH_STEP)
+        assert backend.decoder.compiled == {(b, n) for b in (1, 2, 4) for n in lengths}
         assert backend.complete(GenRequest(prompt="Hello", sampling=SamplingParams.greedy(3))).token_ids
     finally:
         backend.close()
