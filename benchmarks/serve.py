@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small", help="random model shape when neither --export nor --url")
     parser.add_argument("--export", default=None, help="an export to serve instead of a random model")
     parser.add_argument("--url", default=None, help="a running server to load instead of starting one")
-    parser.add_argument("--clients", default="1,16", help="comma-separated numbers of concurrent clients")
+    parser.add_argument("--clients", type=cli.positive_ints, default=[1, 16],
+                        help="comma-separated numbers of concurrent clients")
     parser.add_argument("--new-tokens", type=cli.positive_int, default=128)
     parser.add_argument("--rounds", type=cli.positive_int, default=5,
                         help="rounds of every level in turn (medians and per-round ratios over them)")
@@ -185,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    clients = [int(c) for c in args.clients.split(",")]
     server, url = None, args.url
     source = args.url or args.export or f"random {args.preset}"
     if url is None:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(url)
         result = {"benchmark": "serve", "model": source, "new_tokens": args.new_tokens,
                   "path": "plain signatures" if args.plain_signatures else f"fast (chunk {args.chunk})",
-                  "max_batch": args.max_batch, **run(url, clients, args.new_tokens, args.rounds)}
+                  "max_batch": args.max_batch, **run(url, args.clients, args.new_tokens, args.rounds)}
     finally:
         if server is not None:
             server.terminate()
