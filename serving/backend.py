@@ -28,6 +28,14 @@ step's logits give OpenAI-style log-probabilities
 (`GenRequest.logprobs`) through `tfchat.eval.logprobs.token_log_probs`.
 The in-graph `generate`/`chat` loops serve `:predict` (and stock TF Serving).
 
+A chat request may carry control tags (`GenRequest.tags`, `{"topic": "music"}`)
+for a model trained with them (the export's metadata "tags"): they are
+checked against its vocabulary (an unknown name or value, or tags for a model
+trained without, is a `BadRequest` naming the known values), and a batch
+with any tagged row builds its prompts with the `tagged_prompt` signature
+(untagged rows get no control ids, so their prompts are unchanged); either
+decoding path then runs tagged and untagged rows together.
+
 Prompts longer than `16 * max_len` characters are cut before tokenizing to
 what could fit (a token covers at most 16 characters of SentencePiece text):
 the oldest characters of a text prompt, the oldest messages of a chat (the
@@ -53,7 +61,7 @@ import queue
 import re
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +73,7 @@ from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.sampling import SamplingParams
 from tfchat.inference.streaming import Detokenizer
 from tfchat.text.chat_template import MIN_MAX_LEN
+from tfchat.text.control_tags import TagVocabulary
 from tfchat.text.special_tokens import ROLES, SpecialIds
 
 log = logging.getLogger(__name__)
@@ -107,6 +116,7 @@ class GenRequest:
     sampling: SamplingParams | None = None
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k most likely ones
     knowledge: str | None = None  # chat: text for the chat template's knowledge segment (retrieved passages)
+    tags: dict | None = None  # chat: control tags for the reply, {name: value} of the model's tag vocabulary
     # Filled by the backend.
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     events: "queue.Queue | None" = None  # streaming: ("delta", str, [TokenLogprob]) ... ("done", Completion) / ("error", exc)
@@ -176,6 +186,8 @@ class Backend:
         self.vocab_size = int(self.metadata["config"]["vocab_size"])
         self.special = SpecialIds.from_dict(self.metadata["special_ids"])
         self.stop_ids = set(self.metadata["stop_ids"])
+        # The model's control tags (None: trained without tags).
+        self.tags: TagVocabulary | None = TagVocabulary.from_dict(self.metadata.get("tags"), self.special)
         # The model's recommended settings (exports before 0.2 have none: the library's).
         recommended = SamplingParams.from_dict(self.metadata.get("sampling"))
         self.defaults = recommended.replace(max_new_tokens=min(recommended.max_new_tokens, self.max_len // 2))
@@ -294,6 +306,8 @@ class Backend:
                 raise BadRequest("this export has no knowledge_prompt signature (exported before tfchat knew "
                                  "knowledge): re-export it with python -m serving.export")
             r.knowledge = r.knowledge[: self.max_prompt_chars]  # the template cuts it further, before the dialogue
+        if r.tags is not None:
+            r.tags = self._checked_tags(r)
         if r.prompt is not None:
             r.prompt = r.prompt[-self.max_prompt_chars:]
         else:
@@ -304,6 +318,30 @@ class Backend:
             r.sampling.check_fits(self.max_len - (MIN_MAX_LEN if r.is_chat else 1))
         except ValueError as e:
             raise BadRequest(str(e)) from None
+
+    def _checked_tags(self, r: GenRequest) -> dict | None:
+        """A request's tags as {name: value} of the vocabulary (a None value: that name untagged), or None."""
+        if not isinstance(r.tags, Mapping):
+            raise BadRequest(f"tags must be an object of name: value, e.g. {{\"topic\": \"music\"}}, "
+                             f"got {type(r.tags).__name__}")
+        tags = {name: value for name, value in r.tags.items() if value is not None}
+        if not tags:
+            return None
+        if r.messages is None:
+            raise BadRequest("tags steer chat replies: send messages, not a prompt")
+        if self.tags is None:
+            raise BadRequest(f"this model was trained without tags: leave out {', '.join(map(str, tags))}")
+        for name, value in tags.items():
+            if not isinstance(value, str):
+                raise BadRequest(f"tag {name} must be a string, got {json.dumps(value)[:40]}")
+        try:
+            self.tags.ids(tags)
+        except ValueError as e:  # names the known values
+            raise BadRequest(str(e)) from None
+        if "tagged_prompt" not in self.signatures:
+            raise BadRequest("this export has no tagged_prompt signature (exported before tfchat knew tags): "
+                             "re-export it with python -m serving.export")
+        return tags
 
     def close(self) -> None:
         with self._cv:
@@ -475,6 +513,14 @@ class Backend:
         """Right-padded prompt ids [B, T] and lengths, exactly as `generate`/`chat` build them."""
         if batch[0].is_chat:
             max_new = tf.constant([r.sampling.max_new_tokens for r in batch], tf.int32)
+            if any(r.tags for r in batch):  # untagged rows: no items, no control ids
+                width = max(len(r.tags or {}) for r in batch)
+                items = [[f"{k}={v}" for k, v in (r.tags or {}).items()] + [""] * (width - len(r.tags or {}))
+                         for r in batch]
+                out = self.signatures["tagged_prompt"](**self._conversations(batch), max_new_tokens=max_new,
+                                                       knowledge=tf.constant([r.knowledge or "" for r in batch]),
+                                                       tags=tf.constant(items, tf.string, shape=[len(batch), width]))
+                return out["token_ids"].numpy(), out["num_tokens"].numpy()
             if any(r.knowledge for r in batch):
                 out = self.signatures["knowledge_prompt"](**self._conversations(batch), max_new_tokens=max_new,
                                                           knowledge=tf.constant([r.knowledge or "" for r in batch]))

@@ -101,7 +101,8 @@ class BestOfN:
             return submit_one(request)
         s = request.sampling
         candidates = [GenRequest(messages=request.messages, sampling=s.replace(seed=_seed(s.seed, i)),
-                                 logprobs=request.logprobs) for i in range(self.n)]
+                                 logprobs=request.logprobs, knowledge=request.knowledge, tags=request.tags)
+                      for i in range(self.n)]
         futures = [submit_one(c) for c in candidates]
         self._pool.submit(self._choose, request, futures)
         return request.future

@@ -5,6 +5,7 @@
     python -m serving.chat --model exports/tfchat --reward-model exports/reward --best-of 4   # best of 4 replies
     python -m serving.chat --model exports/tfchat --content-filter runs/moderation
     python -m serving.chat --model exports/grounded --intent runs/intent --index runs/index   # dialogue manager
+    python -m serving.chat --model exports/tagged --topic music --style happy   # a model trained with tags
 
 Type a message and press Enter. Commands: `/reset` forgets the conversation,
 `/system TEXT` sets a system prompt (and resets), `/exit` (or Ctrl-D) quits,
@@ -14,6 +15,11 @@ server's content filter refused or stopped (finish reason `content_filter`)
 is marked `[filtered: ...]`, and that exchange is left out of the history.
 The sources of a grounded reply (a server with a dialogue manager, or
 `--intent`/`--index` here) are listed under it.
+
+A model trained with control tags steers its replies by them: `--topic
+music --style happy` (or in the chat `/topic music`, `/style happy`; `/style`
+alone clears it; `/tags` shows them and the model's vocabulary) tags every
+following reply. An unknown value is refused in one line; the chat goes on.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from typing import Iterator, TextIO
 
 from tfchat import cli
 
-HELP = "commands: /reset  /system TEXT  /exit  /help"
+HELP = "commands: /reset  /system TEXT  /topic VALUE  /style VALUE  /tags  /exit  /help"
 FILTERED = "content_filter"
+TAG_NAMES = ("topic", "style")  # tag names with flags; any name of the model's vocabulary has its /NAME command
 
 
 class RemoteChat:
@@ -41,12 +48,17 @@ class RemoteChat:
         self.finish_reason: str | None = None  # of the last reply
         self.sources: list = []  # of the last reply (a server with a dialogue manager)
         try:  # fail at start, not at the first message
-            self._http.get(self.url + "/v1/models").raise_for_status()
+            models = self._http.get(self.url + "/v1/models")
+            models.raise_for_status()
         except httpx.HTTPError as e:
             raise unreachable(self.url, e) from e
+        try:
+            self.tags: dict | None = models.json()["data"][0].get("tags")  # the served model's tag vocabulary
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            self.tags = None
 
-    def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
-        body = {"messages": messages, "stream": True, **_openai_names(sampling)}
+    def stream(self, messages: list[dict], tags: dict | None = None, **sampling) -> Iterator[str]:
+        body = {"messages": messages, "stream": True, **_openai_names(sampling), **({"tags": tags} if tags else {})}
         self.finish_reason, self.sources = None, []
         with self._http.stream("POST", self.url + "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -96,6 +108,8 @@ class LocalChat:
 
             self.backend = FilteredBackend(self.backend, ContentFilter.load(content_filter))
         self._request = None
+        vocabulary = getattr(self.backend, "tags", None)
+        self.tags: dict | None = vocabulary.to_dict() if vocabulary is not None else None  # {name: [values]}
 
     @property
     def finish_reason(self) -> str | None:
@@ -104,7 +118,7 @@ class LocalChat:
         done = self._request is not None and self._request.future.done() and not self._request.future.exception()
         return self._request.future.result().finish_reason if done else None
 
-    def stream(self, messages: list[dict], **sampling) -> Iterator[str]:
+    def stream(self, messages: list[dict], tags: dict | None = None, **sampling) -> Iterator[str]:
         from serving.backend import GenRequest
 
         params = self.backend.defaults.replace(**sampling)
@@ -113,13 +127,35 @@ class LocalChat:
         if decision is not None and decision.reply is not None:  # a template or a refusal: no model call
             self._fixed_finish = FILTERED if decision.route == "refuse" else "stop"
             return iter([decision.reply])
-        self._request = GenRequest(messages=messages, sampling=params, knowledge=decision and decision.knowledge)
+        self._request = GenRequest(messages=messages, sampling=params, knowledge=decision and decision.knowledge,
+                                   tags=tags or None)
         return self.backend.stream(self._request)
 
 
-def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampling) -> None:
-    """The read-reply loop."""
+def tag_problem(vocabulary: dict | None, name: str, value: str) -> str | None:
+    """Why `name` = `value` is not a tag of the model (one line), or None if it is."""
+    if vocabulary is None:
+        return "this model was trained without tags"
+    if name not in vocabulary:
+        return f"unknown tag {name!r}; known: {', '.join(vocabulary)}"
+    if value not in vocabulary[name]:
+        return f"unknown {name} {value!r}; known: {', '.join(vocabulary[name])}"
+    return None
+
+
+def _show_tags(tags: dict, vocabulary: dict | None) -> str:
+    current = ", ".join(f"{k}: {v}" for k, v in tags.items()) or "none"
+    if vocabulary is None:
+        return f"(tags: {current}; this model was trained without tags)"
+    known = "; ".join(f"{name}: {', '.join(values)}" for name, values in vocabulary.items())
+    return f"(tags: {current}; known: {known})"
+
+
+def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, tags: dict | None = None, **sampling) -> None:
+    """The read-reply loop; `tags` ({name: value}, checked by the caller) steer every reply until changed."""
     history: list[dict] = []
+    tags = dict(tags or {})
+    vocabulary = getattr(chat, "tags", None)
     interactive = stdin.isatty()
     print(f"tfchat  ({HELP})", file=stdout)
     while True:
@@ -146,13 +182,29 @@ def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, **sampli
         if command == "/help":
             print(HELP, file=stdout)
             continue
+        if command == "/tags":
+            print(_show_tags(tags, vocabulary), file=stdout)
+            continue
+        name = command[1:]
+        if command.startswith("/") and (name in TAG_NAMES or name in (vocabulary or {})):
+            value = arg.strip()
+            problem = tag_problem(vocabulary, name, value) if value else None
+            if not value:
+                tags.pop(name, None)
+                print(f"({name} cleared)", file=stdout)
+            elif problem is not None:
+                print(f"({problem})", file=stdout)  # the tags stay as they were
+            else:
+                tags[name] = value
+                print(f"({name}: {value})", file=stdout)
+            continue
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         stdout.write("bot> ")
         stdout.flush()
         reply = []
         try:
-            for piece in chat.stream(messages, **sampling):
+            for piece in chat.stream(messages, **sampling, **({"tags": dict(tags)} if tags else {})):
                 reply.append(piece)
                 stdout.write(piece)
                 stdout.flush()
@@ -185,6 +237,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     parser.add_argument("--index", default=None, metavar="DIR",
                         help="with --model: answer knowledge questions from this index (training.index)")
     parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--topic", default=None,
+                        help="the replies' topic tag (a model trained with tags; /topic changes it)")
+    parser.add_argument("--style", default=None,
+                        help="the replies' style tag (a model trained with tags; /style changes it)")
     parser.add_argument("--plain-signatures", action="store_true",
                         help="with --model: decode with the exported XLA-free signatures instead of the fast path")
     g = parser.add_argument_group("sampling (default: the model's recommended settings)")
@@ -221,7 +277,12 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             chat = RemoteChat(args.server)
         else:
             chat = LocalChat(args.model, args.content_filter, best_of(args), dialogue, fast=not args.plain_signatures)
-        run(chat, stdin, stdout, system=args.system, **sampling)
+        tags = {name: getattr(args, name) for name in TAG_NAMES if getattr(args, name) is not None}
+        for name, value in tags.items():
+            problem = tag_problem(chat.tags, name, value)
+            if problem is not None:
+                raise cli.UsageError(f"--{name} {value}: {problem}")
+        run(chat, stdin, stdout, system=args.system, tags=tags, **sampling)
         return 0
 
     return cli.run(body)

@@ -4,6 +4,7 @@ Both work against `tensorflow_model_server` and against `serving.server`.
 
     python -m serving.client --url http://localhost:8501 "Once upon a time"
     python -m serving.client --grpc localhost:8500 --chat "Hello!"
+    python -m serving.client --chat --topic music --style happy "Hello!"   # a model trained with tags
 
 Example:
 
@@ -65,11 +66,16 @@ class _Client:
         inputs = {"prompt": prompts, **_sampling(len(prompts), sampling, overrides)}
         return [_text(t) for t in np.asarray(self.predict(inputs, "generate")["text"]).reshape(-1)]
 
-    def chat(self, messages: Sequence[Mapping[str, str]], sampling: SamplingParams | None = None, **overrides) -> str:
-        """The assistant's reply to a conversation (the `chat` signature)."""
+    def chat(self, messages: Sequence[Mapping[str, str]], sampling: SamplingParams | None = None,
+             tags: Mapping[str, str] | None = None, **overrides) -> str:
+        """The assistant's reply to a conversation (the `chat` signature; with `tags`, e.g. `{"topic": "music"}`,
+        the `chat_tagged` signature of a model trained with tags)."""
         roles, contents = _conversation(messages)
         inputs = {"roles": roles, "contents": contents, **_sampling(1, sampling, overrides)}
-        return _text(np.asarray(self.predict(inputs, "chat")["reply"]).reshape(-1)[0])
+        tags = {k: v for k, v in (tags or {}).items() if v is not None}
+        if tags:
+            inputs["tags"] = [[f"{name}={value}" for name, value in tags.items()]]
+        return _text(np.asarray(self.predict(inputs, "chat_tagged" if tags else "chat")["reply"]).reshape(-1)[0])
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """Mean negative log-likelihood per token of each text (the `score` signature)."""
@@ -216,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--grpc", default=None, help="gRPC target host:port (instead of REST)")
     parser.add_argument("--model", default="tfchat", help="model name on the server")
     parser.add_argument("--chat", action="store_true", help="send each text as a one-message conversation")
+    parser.add_argument("--topic", default=None, help="with --chat: the reply's topic tag (a model trained with tags)")
+    parser.add_argument("--style", default=None, help="with --chat: the reply's style tag (a model trained with tags)")
     g = parser.add_argument_group("sampling (default: greedy)")
     g.add_argument("--max-new-tokens", type=cli.positive_int, default=64, help="longest continuation in tokens")
     g.add_argument("--temperature", type=cli.non_negative_float, default=0.0, help="0 = greedy")
@@ -223,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--top-p", type=cli.probability, default=1.0, help="1 = off")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = parser.parse_args(argv)
+    tags = {k: v for k, v in (("topic", args.topic), ("style", args.style)) if v is not None}
+    if tags and not args.chat:
+        parser.error("--topic and --style steer chat replies: add --chat")
 
     def body() -> int:
         if args.grpc:  # the gRPC client builds TensorProtos: TensorFlow, and its start-up chatter filtered
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, seed=args.seed)
         if args.chat:
-            outputs = [client.chat([{"role": "user", "content": t}], sampling) for t in args.texts]
+            outputs = [client.chat([{"role": "user", "content": t}], sampling, tags=tags) for t in args.texts]
         else:
             outputs = client.generate(args.texts, sampling)
         for text in outputs:

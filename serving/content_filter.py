@@ -15,7 +15,7 @@ the web and terminal chats) is filtered without knowing it:
   the same way (its prefixes every `check_every` tokens, detokenized in one
   call, are checked and the reply keeps the text before the first flagged
   one) and finishes with `content_filter`;
-* TF Serving `generate` / `chat` signatures get an extra output
+* TF Serving `generate` / `chat` (/ `chat_tagged`) signatures get an extra output
   `content_filter` per row: "" (passed), "input" (refused: the text is
   `REFUSAL`) or "output" (withheld: empty text, no token ids); `prefill` and
   `decode` are not served (they would bypass the filter).
@@ -53,7 +53,8 @@ REFUSAL = "Sorry, I can't help with that."
 # Signatures that generate token by token outside the filter's reach.
 UNFILTERED = ("prefill", "decode")
 # Signature -> (its input text, its output text).
-GENERATION = {"serving_default": ("prompt", "text"), "generate": ("prompt", "text"), "chat": ("contents", "reply")}
+GENERATION = {"serving_default": ("prompt", "text"), "generate": ("prompt", "text"), "chat": ("contents", "reply"),
+              "chat_tagged": ("contents", "reply")}
 
 
 class FilteredBackend:

@@ -25,6 +25,17 @@ always given, per row):
 * `knowledge_prompt`: `chat_prompt` plus knowledge string [B], each row's
   text for the chat template's knowledge segment ("" = none): grounded
   replies (retrieved passages) through `prefill`/`decode`.
+* Only for a model trained with control tags (`tfchat.text.control_tags`;
+  its vocabulary is the metadata's "tags"), so TF Serving clients of `chat`
+  never see a changed signature:
+  - `chat_tagged`: `chat` plus tags string [B, K], each row's `name=value`
+    items (`"topic=music"`; "" pads a row, a row of "" is untagged). Their
+    control ids follow the final `<|assistant|>`, in vocabulary order.
+  - `tagged_prompt`: roles, contents [B, M], knowledge [B], tags [B, K],
+    max_new_tokens [B] -> token_ids, num_tokens: the server's prompt for
+    tagged (and grounded) replies through `prefill`/`decode`.
+  An unknown item, or two values of one name, fails the request with an
+  error naming the known tags.
 * `prefill`: token_ids [B, T] right-padded prompt ids, num_tokens [B] + the
   sampling inputs -> next_token [B], logits [B, V], cache
   [n_layer, S, B, 2, n_head, head_dim], key_mask bool [B, S], position [B],
@@ -66,9 +77,13 @@ log = logging.getLogger(__name__)
 
 SIGNATURES = ("serving_default", "generate", "chat", "score", "tokenize", "detokenize", "token_bytes", "chat_prompt",
               "knowledge_prompt", "prefill", "decode")
+TAG_SIGNATURES = ("chat_tagged", "tagged_prompt")  # only in exports of models trained with control tags
 METADATA_FILE = os.path.join("assets.extra", "tfchat.json")
 
 _vec = lambda dtype, name: tf.TensorSpec([None], dtype, name=name)  # noqa: E731
+_CONVERSATION_SPECS = [tf.TensorSpec([None, None], tf.string, name="roles"),
+                       tf.TensorSpec([None, None], tf.string, name="contents")]
+_TAGS_SPEC = tf.TensorSpec([None, None], tf.string, name="tags")
 SAMPLING_SPECS = [
     _vec(tf.int32, "max_new_tokens"),
     _vec(tf.float32, "temperature"),
@@ -113,6 +128,8 @@ class ModelModule(tf.Module):
 class ServingModule(ModelModule):
     """The exported chat model: generation, chat, scoring and tokenizer signatures."""
 
+    tag_vocabulary = None  # TaggedServingModule: the model's TagVocabulary
+
     # ---------------------------------------------------------------- helpers (traced into signatures)
 
     def _decode(self, tokens, lengths):
@@ -127,9 +144,9 @@ class ServingModule(ModelModule):
         )
         return tokens, lengths, self._decode(tokens, lengths)
 
-    def _chat_ids(self, roles, contents, max_new_tokens, knowledge=None):
-        """One `tf_prompt` per conversation (with its row of `knowledge`, if given), all fitted to the room
-        left by the longest reply."""
+    def _chat_ids(self, roles, contents, max_new_tokens, knowledge=None, tags=None):
+        """One `tf_prompt` per conversation (with its row of `knowledge` and of `tags`, if given), all fitted to
+        the room left by the longest reply."""
         longest = chat_template.MIN_MAX_LEN
         check = tf.debugging.assert_less_equal(
             max_new_tokens, self.max_len - longest,
@@ -137,17 +154,22 @@ class ServingModule(ModelModule):
         )
         with tf.control_dependencies([check]):
             room = self.max_len - tf.reduce_max(tf.concat([max_new_tokens, [1]], 0))
+        elems = {"roles": roles, "contents": contents}
+        if knowledge is not None:
+            elems["knowledge"] = knowledge
+        if tags is not None:
+            elems["tags"] = self._tag_order(tags)
 
-        def one(args):
-            r, c, k = args if knowledge is not None else (*args, None)
-            keep = tf.not_equal(r, "")
-            return chat_template.tf_prompt(tf.boolean_mask(r, keep), tf.boolean_mask(c, keep), self.tokenizer, room,
-                                           knowledge=k)
+        def one(row):
+            keep = tf.not_equal(row["roles"], "")
+            controls = None
+            if "tags" in row:  # pair indices, vocabulary order, then len(tag_ids) for "none"
+                picked = tf.boolean_mask(row["tags"], row["tags"] < len(self.tag_ids))
+                controls = tf.gather(tf.constant(self.tag_ids, tf.int32), picked)
+            return chat_template.tf_prompt(tf.boolean_mask(row["roles"], keep), tf.boolean_mask(row["contents"], keep),
+                                           self.tokenizer, room, knowledge=row.get("knowledge"), controls=controls)
 
-        return tf.map_fn(
-            one, (roles, contents) if knowledge is None else (roles, contents, knowledge),
-            fn_output_signature=tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0)
-        )
+        return tf.map_fn(one, elems, fn_output_signature=tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0))
 
     # ---------------------------------------------------------------- signatures
 
@@ -277,13 +299,75 @@ class ServingModule(ModelModule):
         return sigs
 
 
+class TaggedServingModule(ServingModule):
+    """`ServingModule` of a model trained with control tags, plus the signatures that take tags (`TAG_SIGNATURES`).
+    A class of its own: saving traces every signature a module defines, and those need the tag table."""
+
+    def __init__(self, loaded: LoadedModel, max_len: int | None = None, name: str = "tfchat"):
+        super().__init__(loaded, max_len, name)
+        vocabulary = loaded.tags
+        untracked(self, "tag_vocabulary", vocabulary)
+        pairs = [(n, v) for n, values in vocabulary.tags.items() for v in values]  # vocabulary order
+        # "name=value" -> its pair's index; the pairs' control ids and name indices, by pair index.
+        self.tag_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant([f"{n}={v}" for n, v in pairs]),
+                                                tf.range(len(pairs), dtype=tf.int32)), default_value=-1)
+        untracked(self, "tag_ids", [vocabulary.ids({n: v})[0] for n, v in pairs])
+        untracked(self, "tag_names", [list(vocabulary.tags).index(n) for n, _ in pairs])
+        untracked(self, "known_tags", ", ".join(f"{n}={v}" for n, v in pairs))
+
+    def _tag_order(self, tags):
+        """Each row's "name=value" items as pair indices [B, K], sorted (so their control ids come in vocabulary
+        order), `len(tag_ids)` where a row has no item; an unknown item or two values of one name fail."""
+        items = tf.strings.strip(tags)
+        given = tf.not_equal(items, "")
+        index = self.tag_table.lookup(items)
+        unknown = tf.logical_and(given, index < 0)
+        # No quotes in these messages: TF escapes them in the error text.
+        known = tf.debugging.Assert(tf.logical_not(tf.reduce_any(unknown)), [tf.strings.join([
+            "unknown tag ", tf.strings.reduce_join(tf.boolean_mask(items, unknown), separator=", "),
+            f"; known tags: {self.known_tags}"])])
+        pairs = len(self.tag_ids)
+        index = tf.where(given, index, pairs)
+        names = tf.gather(tf.constant(self.tag_names + [-1], tf.int32), tf.clip_by_value(index, 0, pairs))
+        per_name = tf.reduce_sum(tf.one_hot(names, len(self.tag_vocabulary.tags), dtype=tf.int32), axis=1)  # [B, names]
+        twice = tf.reduce_any(per_name > 1, axis=1)
+        once = tf.debugging.Assert(tf.logical_not(tf.reduce_any(twice)), [tf.strings.join([
+            "two values of one tag name in ",
+            tf.strings.reduce_join(tf.boolean_mask(tf.boolean_mask(items, twice), tf.boolean_mask(given, twice)),
+                                   separator=", "),
+            f"; give each of {', '.join(self.tag_vocabulary.tags)} once"])])
+        with tf.control_dependencies([known, once]):
+            return tf.sort(index, axis=1)
+
+    # ---------------------------------------------------------------- signatures
+
+    @tf.function(input_signature=[*_CONVERSATION_SPECS, _TAGS_SPEC, *SAMPLING_SPECS])
+    def chat_tagged(self, roles, contents, tags, max_new_tokens, temperature, top_k, top_p, seed):
+        ids = self._chat_ids(roles, contents, max_new_tokens, tags=tags)
+        tokens, lengths, text = self._generate(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return {"reply": text, "token_ids": tokens, "num_tokens": lengths}
+
+    @tf.function(input_signature=[*_CONVERSATION_SPECS, _vec(tf.string, "knowledge"), _TAGS_SPEC,
+                                  _vec(tf.int32, "max_new_tokens")])
+    def tagged_prompt(self, roles, contents, knowledge, tags, max_new_tokens):
+        ids = self._chat_ids(roles, contents, max_new_tokens, knowledge, tags)
+        return {"token_ids": ids.to_tensor(self.pad_id), "num_tokens": tf.cast(ids.row_lengths(), tf.int32)}
+
+    def signatures(self) -> dict:
+        sigs = super().signatures()
+        for name in TAG_SIGNATURES:
+            sigs[name] = getattr(self, name).get_concrete_function()
+        return sigs
+
+
 def serving_module(loaded: LoadedModel, max_len: int | None = None) -> tf.Module:
     """The exported object for the directory's head: `ServingModule`, or a reward model's module."""
     if loaded.head == "reward":
         from serving.reward_export import RewardServingModule
 
         return RewardServingModule(loaded, max_len)
-    return ServingModule(loaded, max_len)
+    return ServingModule(loaded, max_len) if loaded.tags is None else TaggedServingModule(loaded, max_len)
 
 
 def _tail_indices(row_starts, lengths, keep):
@@ -339,6 +423,9 @@ def export(
         "sampling": SamplingParams.from_dict(loaded.metadata.get("sampling")).to_dict(),
         "model_metadata": loaded.metadata,
     }
+    vocabulary = getattr(module, "tag_vocabulary", None)
+    if vocabulary is not None:
+        meta["tags"] = vocabulary.to_dict()  # what `chat_tagged`/`tagged_prompt` and the server accept
     return save_version(module, module.signatures(), base, meta, version=version, name=name)
 
 

@@ -54,6 +54,11 @@ CHAT_REQUEST = {
         "knowledge": {"type": ["string", "null"],
                       "description": "tfchat extension: text for the knowledge segment (instead of the server's "
                                      "retrieval)"},
+        "topic": {"type": ["string", "null"], "description": "tfchat extension: the reply's topic tag (a value of the "
+                                                             "model's tag vocabulary, GET /v1/models)"},
+        "style": {"type": ["string", "null"], "description": "tfchat extension: the reply's style tag"},
+        "tags": {"type": ["object", "null"], "additionalProperties": {"type": ["string", "null"]},
+                 "description": "tfchat extension: control tags {name: value}, any name of the model's vocabulary"},
     },
 }
 

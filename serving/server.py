@@ -23,6 +23,10 @@ With `--intent` (a `training.classify --task intent` run) and/or `--index` (a
 `training.index` run), chat turns go through the dialogue manager
 (`tfchat/dialogue/manager.py`): templates, retrieved knowledge, the model, or
 a refusal; responses name the route and the sources.
+A model trained with control tags (its export's metadata "tags") steers
+chat replies by them: `"topic": "music", "style": "happy"` (or `"tags": {...}`)
+in an OpenAI chat request, the `chat_tagged` signature over TF Serving's
+APIs, a drop-down per tag name in the web chat (`GET /v1/models` lists them).
 """
 
 from __future__ import annotations

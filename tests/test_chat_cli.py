@@ -82,3 +82,51 @@ def test_errors_keep_the_session_alive(backend):
 def test_bad_model_path_fails_cleanly(tmp_path, capsys):
     assert chat_cli.main(["--model", str(tmp_path / "missing")], stdin=io.StringIO(""), stdout=io.StringIO()) == 1
     assert "export not found" in capsys.readouterr().err
+
+
+def test_topic_and_style_flags_and_commands(tmp_path_factory):
+    """`--topic`, `/style happy`, `/style` (clears), and an unknown value (one line, the chat goes on) against a
+    server with a model trained with tags; each reply is the backend's reply with the tags in force."""
+    from tests.tag_fixtures import tiny_tagged_export
+
+    _, path = tiny_tagged_export(tmp_path_factory)
+    backend = Backend(path, fast=False)
+    try:
+        script = ["Hello", "/style happy", "Hello", "/style grumpy", "/tags", "Hello", "/style", "/topic", "Hello"]
+        in_force = [{"topic": "sports"}, {"topic": "sports", "style": "happy"}, {"topic": "sports", "style": "happy"},
+                    None]
+        seen, stream = [], backend.stream_with_logprobs
+        backend.stream_with_logprobs = lambda request: (seen.append(request.tags), stream(request))[1]
+        with ServerThread(create_app(backend)) as url:
+            out = io.StringIO()
+            code = chat_cli.main(["--server", url, "--topic", "sports", "--max-tokens", "6", "--temperature", "0"],
+                                 stdin=io.StringIO("\n".join(script) + "\n"), stdout=out)
+            assert code == 0
+            history, want = [], []
+            for tags in in_force:
+                history.append({"role": "user", "content": "Hello"})
+                done = backend.complete(GenRequest(messages=list(history), tags=tags,
+                                                   sampling=backend.defaults.replace(max_new_tokens=6, temperature=0)))
+                history.append({"role": "assistant", "content": done.text})
+                want.append(done.text)
+        text = out.getvalue()
+        assert seen == in_force  # what reached the server's backend
+        assert bot_lines(text) == want
+        assert "(style: happy)" in text and "(style cleared)" in text and "(topic cleared)" in text
+        assert "(unknown style 'grumpy'; known: happy, sad)" in text
+        assert "(tags: topic: sports, style: happy; known: style: happy, sad; topic: music, sports)" in text
+    finally:
+        backend.close()
+
+
+def test_a_tag_flag_for_a_model_without_tags_fails_cleanly(backend, capsys):
+    """A one-line usage error before the chat starts; `/style` in the chat says the same and the chat goes on."""
+    with ServerThread(create_app(backend)) as url:
+        out = io.StringIO()
+        code = chat_cli.main(["--server", url, "--style", "happy"], stdin=io.StringIO("Hi\n"), stdout=out)
+        assert code == 2 and "--style happy: this model was trained without tags" in capsys.readouterr().err
+        assert out.getvalue() == ""  # no chat started
+        out = io.StringIO()
+        assert chat_cli.main(["--server", url, "--max-tokens", "2"], stdin=io.StringIO("/style happy\nHi\n"),
+                             stdout=out) == 0
+    assert "(this model was trained without tags)" in out.getvalue() and len(bot_lines(out.getvalue())) == 1

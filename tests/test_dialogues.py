@@ -27,8 +27,8 @@ def test_bundled_samples():
     assert conversations[0][1]["content"].startswith("The first step is to research your options.")
     # Topical-Chat: agent_1 opens (user), agent_2 replies (assistant); no trailing user turn.
     topical = conversations[100]
-    assert topical[0] == msg("user", "Are you a football fan?")
-    assert topical[1] == msg("assistant", "yes, I'm. a football fan.")
+    assert topical[0] == {**msg("user", "Are you a football fan?"), "tags": {"style": "curious", "topic": "sports"}}
+    assert topical[1] == {**msg("assistant", "yes, I'm. a football fan."), "tags": {"style": "curious", "topic": "sports"}}
     assert all(c[-1]["role"] == "assistant" for c in conversations)
     splits = [dialogues.split_of(c) for c in conversations]
     assert 0 < splits.count("validation") < 100

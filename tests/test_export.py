@@ -249,3 +249,87 @@ def test_export_with_gpt2_byte_level_tokenizer(tmp_path):
     ids = chat_template.prompt([{"role": "user", "content": "Hello"}], tok, max_len=32 - 5)
     tokens, _ = generate(loaded.model, tf.ragged.constant([ids], dtype=tf.int32), 5, stop_ids=[tok.end_id, tok.eot_id])
     np.testing.assert_array_equal(chat["token_ids"], tokens)
+
+
+# ---------------------------------------------------------------------------------- control tags
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    from tests.tag_fixtures import tiny_tagged_export
+
+    loaded, path = tiny_tagged_export(tmp_path_factory)
+    return loaded, path, tf.saved_model.load(path)
+
+
+def test_an_untagged_model_exports_no_tag_signatures(exported):
+    from serving.exporter import TAG_SIGNATURES
+
+    _, path, sm = exported
+    meta = read_metadata(path)
+    assert "tags" not in meta and not set(TAG_SIGNATURES) & (set(meta["signatures"]) | set(sm.signatures))
+    assert set(meta["signatures"]) == set(SIGNATURES)
+
+
+def test_tagged_export_has_tag_signatures_and_metadata_and_chat_unchanged(exported, tagged):
+    from serving.exporter import TAG_SIGNATURES
+    from tests.tag_fixtures import VOCABULARY
+
+    loaded, path, sm = tagged
+    meta = read_metadata(path)
+    assert meta["tags"] == VOCABULARY
+    assert set(meta["signatures"]) == set(SIGNATURES) | set(TAG_SIGNATURES) == set(sm.signatures)
+    def inputs(saved, name):
+        return {k: (v.dtype, v.shape.as_list()) for k, v in saved.signatures[name].structured_input_signature[1].items()}
+
+    assert inputs(sm, "chat") == inputs(exported[2], "chat")  # TF Serving clients of `chat` see no change
+    assert inputs(sm, "chat_tagged") == {**inputs(sm, "chat"), "tags": (tf.string, [None, None])}
+    assert set(inputs(sm, "tagged_prompt")) == {"roles", "contents", "knowledge", "tags", "max_new_tokens"}
+    assert not sorted(t for t in op_types(path) if t.startswith("Xla"))
+
+
+def test_chat_tagged_and_tagged_prompt_equal_the_chat_template_and_keras(tagged):
+    loaded, _, sm = tagged
+    tok = loaded.tokenizer
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    rows = [{"topic": "sports", "style": "happy"}, {}, {"style": "sad"}, {"topic": "music"}]
+    # Items in any order, blanks and spaces around them: ids come in vocabulary order all the same.
+    items = [["style=happy", " topic=sports"], ["", ""], ["", "style=sad"], ["topic=music", ""]]
+    roles, contents = tf.constant([["system", "user"]] * 4), tf.constant([[m["content"] for m in messages]] * 4)
+    knowledge = ["", "", "The fox is quick.", ""]
+    prompts = sm.signatures["tagged_prompt"](roles=roles, contents=contents, knowledge=tf.constant(knowledge),
+                                             tags=tf.constant(items), max_new_tokens=tf.fill([4], 8))
+    out = sm.signatures["chat_tagged"](roles=roles, contents=contents, tags=tf.constant(items),
+                                       **sampling(4, max_new=8))
+    plain = sm.signatures["chat"](roles=roles, contents=contents, **sampling(4, max_new=8))
+    stops = [tok.end_id, tok.eot_id]
+    for b, reply_tags in enumerate(rows):
+        ids = chat_template.prompt(messages, tok, max_len=64 - 8, tags=loaded.tags, reply_tags=reply_tags,
+                                   knowledge=knowledge[b] or None)
+        n = int(prompts["num_tokens"][b])
+        assert prompts["token_ids"].numpy()[b, :n].tolist() == ids
+        assert ids[-1 - len(reply_tags):] == [tok.assistant_id, *loaded.tags.ids(reply_tags)]
+        tagged_ids = chat_template.prompt(messages, tok, max_len=64 - 8, tags=loaded.tags, reply_tags=reply_tags)
+        tokens, _ = generate(loaded.model, tf.ragged.constant([tagged_ids], dtype=tf.int32), 8, stop_ids=stops)
+        assert out["token_ids"].numpy()[b].tolist() == tokens.numpy()[0].tolist()
+    # An untagged row of chat_tagged is exactly `chat`.
+    np.testing.assert_array_equal(out["token_ids"].numpy()[1], plain["token_ids"].numpy()[1])
+    empty = sm.signatures["chat_tagged"](roles=roles[:1], contents=contents[:1], tags=tf.zeros([1, 0], tf.string),
+                                         **sampling(1, max_new=8))
+    np.testing.assert_array_equal(empty["token_ids"].numpy()[0], plain["token_ids"].numpy()[0])
+
+
+@pytest.mark.parametrize("items, message", [
+    (["topic=cooking"], "unknown tag topic=cooking; known tags: style=happy, style=sad, topic=music, topic=sports"),
+    (["mood=happy"], "unknown tag mood=happy"),
+    (["topic=music", "topic=sports"],
+     "two values of one tag name in topic=music, topic=sports; give each of style, topic once"),
+], ids=["unknown-value", "unknown-name", "two-values"])
+def test_chat_tagged_refuses_unknown_tags_and_two_values_of_one_name(tagged, items, message):
+    from tfchat.cli import tf_error_message
+
+    _, _, sm = tagged
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        sm.signatures["chat_tagged"](roles=tf.constant([["user"]]), contents=tf.constant([["Hi"]]),
+                                     tags=tf.constant([items]), **sampling(1, max_new=4))
+    assert tf_error_message(info.value).startswith(message)

@@ -110,3 +110,40 @@ def test_sdk_errors_are_openai_errors(served):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=HI)
 
+
+
+@pytest.fixture(scope="module")
+def tagged_served(tmp_path_factory):
+    """A model trained with control tags behind the server, and an SDK client for it."""
+    import openai
+
+    from tests.tag_fixtures import tiny_tagged_export
+
+    loaded, path = tiny_tagged_export(tmp_path_factory)
+    backend = Backend(path, fast=False)  # the plain signatures: no XLA compile for two short requests
+    server = ServerThread(create_app(backend))
+    url = server.start()
+    yield loaded, openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    server.stop()
+    backend.close()
+
+
+def test_extra_body_tags_reach_the_prompt(tagged_served):
+    """`extra_body={"topic": ..., "style": ...}`: the prompt gains one control id per tag, and the reply is the
+    model's reply to the tagged prompt; an unknown value is a BadRequestError naming the known ones."""
+    import openai
+
+    loaded, client = tagged_served
+    kwargs = dict(model="tfchat", messages=HI, max_tokens=6, temperature=0.0)
+    plain = client.chat.completions.create(**kwargs)
+    tags = {"topic": "sports", "style": "happy"}
+    tagged = client.chat.completions.create(**kwargs, extra_body=tags)
+    assert tagged.usage.prompt_tokens == plain.usage.prompt_tokens + len(tags)
+    ids = chat_template.prompt(HI, loaded.tokenizer, 64 - 6, tags=loaded.tags, reply_tags=tags)
+    assert tagged.usage.prompt_tokens == len(ids)
+    streamed = client.chat.completions.create(**kwargs, extra_body=tags, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == tagged.choices[0].message.content
+    models = client.models.list().data
+    assert models[0].model_extra["tags"] == {"style": ["happy", "sad"], "topic": ["music", "sports"]}
+    with pytest.raises(openai.BadRequestError, match="unknown style 'grumpy'; known: happy, sad"):
+        client.chat.completions.create(**kwargs, extra_body={"style": "grumpy"})

@@ -1,5 +1,6 @@
 import base64
 import json
+import re
 import threading
 
 import pytest
@@ -174,6 +175,10 @@ def test_completions_batch_and_stream(setup):
         ("/v1/chat/completions", {"messages": HI, "stream": "yes"}, 400, "stream"),
         ("/v1/completions", {"prompt": 5}, 400, "prompt"),
         ("/v1/completions", {"prompt": ["a", "b"], "stream": True}, 400, "single prompt"),
+        # Tags for a model trained without them are refused, never ignored.
+        ("/v1/chat/completions", {"messages": HI, "style": "happy"}, 400, "this model was trained without tags"),
+        ("/v1/chat/completions", {"messages": HI, "tags": {"topic": "music"}}, 400, "trained without tags"),
+        ("/v1/chat/completions", {"messages": HI, "tags": ["topic=music"]}, 400, "'tags' must be an object"),
     ],
 )
 def test_openai_errors(setup, path, body, status, fragment):
@@ -186,7 +191,8 @@ def test_openai_errors(setup, path, body, status, fragment):
 
 def test_models_health_and_page(setup):
     _, _, client = setup
-    assert client.get("/v1/models").json()["data"][0]["id"] == "tfchat"
+    model = client.get("/v1/models").json()["data"][0]
+    assert model["id"] == "tfchat" and "tags" not in model  # trained without tags
     assert client.get("/healthz").json()["status"] == "ok"
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -297,3 +303,130 @@ def test_a_modern_architecture_serves_streaming_and_batched_like_the_library(tmp
         assert "".join(backend.stream(GenRequest(messages=HI, sampling=sampled))) == whole
     finally:
         backend.close()
+
+
+# ---------------------------------------------------------------------------------- control tags
+
+TAGS = {"topic": "sports", "style": "happy"}
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """(LoadedModel, fast backend, TestClient) of a model trained with control tags."""
+    from tests.tag_fixtures import tiny_tagged_export
+
+    loaded, path = tiny_tagged_export(tmp_path_factory)
+    backend = Backend(path, batch_wait_ms=300)
+    yield loaded, backend, TestClient(create_app(backend))
+    backend.close()
+
+
+def _expected(loaded, messages, tags=None, knowledge=None, max_new=8):
+    """(prompt ids, greedy reply ids) from the chat template and the Keras model."""
+    import tensorflow as tf
+
+    from tfchat.inference.generation import generate
+    from tfchat.text import chat_template
+
+    tok = loaded.tokenizer
+    ids = chat_template.prompt(messages, tok, 64 - max_new, tags=loaded.tags, reply_tags=tags, knowledge=knowledge)
+    tokens, lengths = generate(loaded.model, tf.ragged.constant([ids], dtype=tf.int32), max_new,
+                               stop_ids=[tok.end_id, tok.eot_id])
+    return ids, tokens.numpy()[0, : int(lengths[0])].tolist()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_tagged_and_untagged_requests_batch_together_on_both_paths(tagged, fast):
+    """Tagged, untagged and tagged-and-grounded requests in one batch (fast: continuous batching; plain: the
+    prefill/decode signatures) each get the Keras model's greedy reply to its own prompt."""
+    loaded, fast_backend, _ = tagged
+    backend = fast_backend if fast else Backend(fast_backend.path, batch_wait_ms=300, fast=False)
+    try:
+        cases = [(TAGS, None), (None, None), ({"style": "sad"}, "The fox is quick."),
+                 ({"topic": "music", "style": None}, None)]
+        requests = [GenRequest(messages=HI, sampling=SamplingParams.greedy(8), tags=t, knowledge=k) for t, k in cases]
+        backend.largest_batch = 0
+        for r in requests:
+            backend.submit(r)
+        results = [r.future.result(timeout=120) for r in requests]
+        assert backend.largest_batch >= 2
+        replies = set()
+        for (tags, knowledge), done in zip(cases, results):
+            ids, reply = _expected(loaded, HI, {k: v for k, v in (tags or {}).items() if v}, knowledge)
+            assert (done.token_ids, done.prompt_tokens) == (reply, len(ids))
+            replies.add(tuple(reply))
+        assert len(replies) > 1  # the tags reached the model
+        assert results[0].prompt_tokens == results[1].prompt_tokens + 2  # two control ids
+    finally:
+        if not fast:
+            backend.close()
+
+
+@pytest.mark.parametrize("tags, message", [
+    ({"topic": "cooking"}, "unknown topic 'cooking'; known: music, sports"),
+    ({"mood": "happy"}, "unknown tag 'mood'; known: style, topic"),
+    ({"style": 3}, "tag style must be a string, got 3"),
+    ("topic=music", "tags must be an object of name: value"),
+])
+def test_backend_refuses_bad_tags(tagged, tags, message):
+    from serving.errors import BadRequest
+
+    _, backend, _ = tagged
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        backend.validate(GenRequest(messages=HI, tags=tags))
+    with pytest.raises(BadRequest, match="tags steer chat replies"):
+        backend.validate(GenRequest(prompt="Hello", tags=TAGS))
+
+
+def test_untagged_backend_refuses_tags(setup):
+    from serving.errors import BadRequest
+
+    _, backend, _ = setup
+    assert backend.tags is None
+    with pytest.raises(BadRequest, match="this model was trained without tags: leave out style"):
+        backend.validate(GenRequest(messages=HI, tags={"style": "happy"}))
+    backend.validate(GenRequest(messages=HI, tags={"style": None}))  # no tag given: fine
+
+
+def test_openai_route_takes_top_level_and_object_tags(tagged):
+    loaded, backend, client = tagged
+    assert client.get("/v1/models").json()["data"][0]["tags"] == loaded.tags.to_dict()
+    body = {"messages": HI, "max_tokens": 8, "temperature": 0}
+    ids, reply = _expected(loaded, HI, TAGS)
+    top = client.post("/v1/chat/completions", json={**body, **TAGS}).json()
+    assert top["choices"][0]["message"]["content"] == loaded.tokenizer.decode(reply)
+    assert top["usage"]["prompt_tokens"] == len(ids)
+    nested = client.post("/v1/chat/completions", json={**body, "tags": TAGS, "topic": "sports"}).json()
+    assert nested["choices"][0]["message"] == top["choices"][0]["message"]
+    with client.stream("POST", "/v1/chat/completions", json={**body, **TAGS, "stream": True}) as s:
+        streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in _sse(s))
+    assert streamed == top["choices"][0]["message"]["content"]
+    for extra, fragment in [({"topic": "cooking"}, "unknown topic 'cooking'; known: music, sports"),
+                            ({"tags": {"topic": "music"}, "topic": "sports"}, "'topic' and 'tags.topic' differ"),
+                            ({"style": ["happy"]}, "tag style must be a string")]:
+        r = client.post("/v1/chat/completions", json={**body, **extra})
+        assert r.status_code == 400, r.text
+        assert fragment in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+    r = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 4, "topic": "music"})
+    assert r.status_code == 400 and "tags steer chat replies" in r.json()["error"]["message"]
+
+
+def test_tf_serving_rest_chat_tagged_and_the_rest_client(tagged):
+    from serving.client import RestClient, ServingError
+
+    loaded, _, client = tagged
+    _, reply = _expected(loaded, HI, TAGS, max_new=6)
+    rows = client.post("/v1/models/tfchat:predict", json={"signature_name": "chat_tagged", "instances": [
+        {"roles": ["user"], "contents": [HI[0]["content"]], "tags": ["style=happy", "topic=sports"],
+         "max_new_tokens": 6, "temperature": 0.0},
+        {"roles": ["user"], "contents": [HI[0]["content"]], "tags": ["", ""], "max_new_tokens": 6, "temperature": 0.0},
+    ]}).json()["predictions"]
+    assert rows[0]["token_ids"][: rows[0]["num_tokens"]] == reply
+    assert rows[1]["token_ids"][: rows[1]["num_tokens"]] == _expected(loaded, HI, max_new=6)[1]
+    r = client.post("/v1/models/tfchat:predict", json={"signature_name": "chat_tagged", "inputs": {
+        "roles": [["user"]], "contents": [["Hi"]], "tags": [["topic=cooking"]]}})
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown tag topic=cooking; known tags: style=happy")
+    rest = RestClient("http://testserver", "tfchat", http=client)
+    assert rest.chat(HI, max_new_tokens=6, tags=TAGS) == loaded.tokenizer.decode(reply)
+    with pytest.raises(ServingError, match="unknown tag topic=cooking"):
+        rest.chat(HI, max_new_tokens=6, tags={"topic": "cooking"})

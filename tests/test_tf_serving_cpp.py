@@ -3,8 +3,9 @@
 Compiles serving/cpp/run_saved_model.cc against the tensorflow wheel's
 libtensorflow_cc + headers, then loads the export with `LoadSavedModel`
 (tag "serve", XLA disabled, TF Text ops from their op libraries) and checks
-`serving_default` and `chat` against the Keras model, and a reward model
-export's `reward` signature against the reward model. About 30 s.
+`serving_default` and `chat` against the Keras model (and a tagged model's
+`chat_tagged` against the Keras model given the same control tags), and a
+reward model export's `reward` signature against the reward model. About 30 s.
 """
 
 import glob
@@ -57,7 +58,7 @@ def parse(stdout):
     rows = {}
     for line in stdout.splitlines():
         parts = line.split(" ")
-        if len(parts) == 5 and parts[0] in ("generate", "chat"):
+        if len(parts) == 5 and parts[0] in ("generate", "chat", "chat_tagged"):
             tag, b, n, ids, text = parts
             ids = [] if ids == "-" else [int(i) for i in ids.split(",")]
             rows[(tag, int(b))] = (int(n), ids, bytes.fromhex("" if text == "-" else text).decode("utf-8"))
@@ -97,6 +98,36 @@ def test_cpp_load_saved_model_runs_generate_and_chat(binary, exported):
     n = int(lengths[0])
     reply = tok.decode(tokens.numpy()[0, :n].tolist())
     assert rows[("chat", 0)] == (n, tokens.numpy()[0, :n].tolist(), reply)
+
+
+def test_cpp_runs_chat_tagged_like_keras_with_the_same_tags(binary, tmp_path_factory):
+    """A model trained with control tags: `chat_tagged` in C++ gives the Keras model's greedy tokens for the chat
+    template's prompt with those tags; an unknown tag fails the request with the known ones."""
+    from tests.tag_fixtures import items, tiny_tagged_export
+
+    loaded, path = tiny_tagged_export(tmp_path_factory)
+    tags = {"topic": "sports", "style": "happy"}
+    cmd = [binary, path, "--max-new", str(MAX_NEW), "--user", USER, "--prompt", "Hi", *_op_libs()]
+    r = subprocess.run(cmd + [arg for item in items(tags) for arg in ("--tag", item)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = parse(r.stdout)
+
+    tok = loaded.tokenizer
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": USER}]
+    expected = {}
+    for kind, reply_tags in (("chat_tagged", tags), ("chat", None)):
+        ids = chat_template.prompt(messages, tok, max_len=loaded.config.block_size - MAX_NEW, tags=loaded.tags,
+                                   reply_tags=reply_tags)
+        tokens, lengths = generate(loaded.model, tf.ragged.constant([ids], dtype=tf.int32), MAX_NEW,
+                                   stop_ids=[tok.end_id, tok.eot_id])
+        n = int(lengths[0])
+        expected[kind] = (n, tokens.numpy()[0, :n].tolist(), tok.decode(tokens.numpy()[0, :n].tolist()))
+        assert rows[(kind, 0)] == expected[kind]
+    assert expected["chat_tagged"][1] != expected["chat"][1]  # the tags reached the model: another reply
+
+    r = subprocess.run(cmd + ["--tag", "topic=cooking"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "unknown tag topic=cooking; known tags: style=happy" in r.stderr
 
 
 def test_cpp_without_text_ops_fails_clearly(binary, exported):

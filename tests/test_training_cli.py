@@ -122,6 +122,9 @@ def test_finetune_from_pretrained(pretrained, tmp_path, capsys):
     chat = load_model(out)
     assert chat.metadata["job"] == "finetune"
     assert chat.tokenizer.special_ids == load_model(pretrained).tokenizer.special_ids
+    # The default data tags Topical-Chat replies: the vocabulary is stored with the model.
+    assert chat.metadata["tag_dropout"] == 0.2 and len(chat.metadata["tags"]["topic"]) == 8
+    assert chat.tags.ids({"topic": "music", "style": "happy"})
 
 
 def test_finetune_drops_conversations_the_content_filter_flags(pretrained, moderation_classifier, tmp_path):

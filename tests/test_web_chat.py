@@ -798,6 +798,66 @@ def test_model_picker_lists_the_servers_models(chat, served):
     assert page.input_value("#model") == "tfchat"  # remembered with the conversation
 
 
+def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served, tmp_path_factory):
+    """A model trained with tags: one drop-down per tag name from GET /v1/models ("any" first), the choice is sent
+    as "tags" with each request (and steers the real reply), remembered with the conversation and reset with the
+    settings; a model without tags shows none."""
+    from serving.backend import GenRequest
+    from tests.tag_fixtures import tiny_tagged_export
+
+    untagged = browser.new_page()
+    try:
+        Chat(untagged, served[0]).open()
+        untagged.click("#toggle-settings")
+        untagged.wait_for_load_state("networkidle")  # the /v1/models answer is in
+        assert untagged.is_hidden("#steering") and untagged.locator("#steering select").count() == 0
+    finally:
+        untagged.close()
+
+    _, path = tiny_tagged_export(tmp_path_factory)
+    backend = Backend(path, fast=False)  # the plain signatures: no XLA compile for a few short replies
+    server = ServerThread(create_app(backend))
+    page = browser.new_page()
+    try:
+        chat = Chat(page, server.start()).open()
+        page.evaluate("localStorage.clear()")
+        chat.open()
+        chat.settings(temperature=0, max_tokens=6)
+        page.wait_for_selector("#steering:not([hidden])")
+        assert page.locator("#steering label").all_text_contents() == ["Style", "Topic"]
+        assert page.locator("#tag-style option").all_text_contents() == ["any", "happy", "sad"]
+        assert page.locator("#tag-topic option").all_text_contents() == ["any", "music", "sports"]
+        assert page.get_by_label("Topic", exact=True).get_attribute("id") == "tag-topic"
+
+        chat.say("Hello")  # untagged: no "tags" in the request
+        assert "tags" not in chat.sent[-1]
+        page.select_option("#tag-topic", "sports")
+        page.select_option("#tag-style", "happy")
+        chat.say("Hello")
+        assert chat.sent[-1]["tags"] == {"style": "happy", "topic": "sports"}
+        tagged = backend.complete(GenRequest(messages=chat.sent[-1]["messages"],
+                                             tags={"style": "happy", "topic": "sports"},
+                                             sampling=backend.defaults.replace(temperature=0, max_new_tokens=6)))
+        assert chat.stored()["messages"][-1]["content"] == tagged.text  # the model's reply under those tags
+        assert chat.stored()["settings"]["tags"] == {"style": "happy", "topic": "sports"}
+
+        chat.reload()  # remembered with the conversation
+        assert (page.input_value("#tag-topic"), page.input_value("#tag-style")) == ("sports", "happy")
+        page.select_option("#tag-style", "")  # back to "any"
+        chat.say("Bye")
+        assert chat.sent[-1]["tags"] == {"topic": "sports"}
+        page.click("#new-chat")  # a new chat starts from the current settings
+        assert page.input_value("#tag-topic") == "sports"
+        page.click("#reset-settings")
+        assert (page.input_value("#tag-topic"), page.input_value("#tag-style")) == ("", "")
+        chat.say("Hi")
+        assert "tags" not in chat.sent[-1]
+    finally:
+        page.close()
+        server.stop()
+        backend.close()
+
+
 def test_settings_are_remembered_per_conversation(chat, served, monkeypatch):
     _, backend, _ = served
     scripted(monkeypatch, backend, "a", "b", "c", "d")

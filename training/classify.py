@@ -5,6 +5,7 @@
     python -m training.classify --task intent --out runs/intent             # CLINC150 + routing intents (bundled)
     python -m training.classify --task intent --kind gpt --from runs/pretrain --out runs/intent-gpt
     python -m training.classify --task intent --ensemble runs/intent --ensemble runs/intent-gpt --out runs/intent-ensemble
+    python -m training.classify --task style --out runs/style             # Topical-Chat turns by style tag
     python -m training.classify --task single-label --data clinc150:data_full.json@train,val --out runs/intents
 
 `--data` (repeatable): a bundled set (moderation-sample), labelled JSONL
@@ -35,7 +36,7 @@ import time
 from tfchat import cli
 from training.cli import add_training_flags, train_config
 
-TASKS = ("moderation", "intent", "multi-label", "single-label")  # tfchat.data.labelled.TASKS, without importing it
+TASKS = ("moderation", "intent", "style", "topic", "multi-label", "single-label")  # tfchat.data.labelled.TASKS, without importing it
 DEFAULTS = dict(steps=2500, batch_size=64, lr=5e-3, warmup_steps=100, eval_every=500, save_every=500,
                 out=None)
 
@@ -57,7 +58,8 @@ def parser():
                    help="moderation: multi-label OpenAI-style categories plus 'flagged'; multi-label: any labels, "
                         "sigmoid each; intent: CLINC150's 150 intents, out-of-scope (oos) and the routing intents "
                         "chit_chat and knowledge_question, softmax with an out-of-scope threshold (bundled data); "
-                        "single-label: exactly one label per text, softmax")
+                        "style / topic: Topical-Chat turns by their style / topic tag (bundled; the classifiers of "
+                        "training.evaluate --control); single-label: exactly one label per text, softmax")
     g.add_argument("--data", action="append", default=None,
                    help="labelled source (repeat to combine); default: moderation-sample for moderation, "
                         "intent-sample for intent (bundled)")
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
             p.error("--ensemble needs --out (the ensemble's run directory)")
         if args.data or args.init_from:
             p.error("--ensemble trains nothing: it reads the members' task and data (no --data, --kind or --from)")
-    elif args.task not in ("moderation", "intent") and not args.data:
+    elif args.task not in ("moderation", "intent", "style", "topic") and not args.data:
         p.error(f"--task {args.task} needs --data (labelled JSONL or FORMAT:PATH)")
     if args.lazy_adam and args.optimizer != "adamw":
         p.error("--lazy-adam changes AdamW's update; it needs --optimizer adamw")
@@ -130,7 +132,8 @@ def main(argv=None) -> int:
         else:
             metrics = classify(options(args))
         print_summary(metrics, args.out, time.perf_counter() - start)
-        test = "intent-test" if metrics["task"] == "intent" else "moderation-requests"
+        test = {"intent": "intent-test", "style": "style-sample", "topic": "topic-sample"}.get(metrics["task"],
+                                                                                         "moderation-requests")
         cli.print_next(f"python -m training.evaluate --classifier {args.out} --data {test}",
                        f"python -m serving.export --classifier {args.out} --out exports/{os.path.basename(args.out)}",
                        *([] if args.ensemble else [f"tensorboard --logdir {os.path.join(args.out, 'logs')}"]))

@@ -8,6 +8,7 @@
     python -m training.evaluate --model runs/reward --preferences hh-rlhf-sample --json
     python -m training.evaluate --classifier runs/moderation --data moderation-requests --json
     python -m training.evaluate --model runs/grounded --knowledge-eval --index runs/index --intent runs/intent --json
+    python -m training.evaluate --model runs/chat --control --json
 
 Metrics and their definitions: `tfchat/eval/evaluate.py`. Output: a short
 table, or with `--json` one compact JSON object on stdout (generated replies
@@ -26,6 +27,13 @@ and assistant-token loss with and without retrieved knowledge on held-out
 Topical-Chat, and the intent classifier's CLINC150 in-scope accuracy and
 out-of-scope recall (`tfchat/eval/knowledge.py`); without `--index` /
 `--intent` the default ones are built once and cached.
+
+With `--control` (and `--model`, a chat model fine-tuned on tagged data):
+how often a style and a topic classifier assign the requested tag to replies
+generated under each tag, against untagged replies to the same held-out
+prompts (`tfchat/eval/control.py`); without `--style-classifier` /
+`--topic-classifier` the default ones (`training.classify --task style|topic`)
+are trained once and cached.
 """
 
 from __future__ import annotations
@@ -83,6 +91,16 @@ def parser():
     g.add_argument("--knowledge-examples", type=cli.positive_int, default=200,
                    help="held-out grounded replies to score and generate")
     g.add_argument("--passages", type=cli.positive_int, default=2, help="retrieved passages per prompt")
+    g = p.add_argument_group("control tags")
+    g.add_argument("--control", action="store_true",
+                   help="whether the model's topic and style tags steer its replies, by classifier agreement "
+                        "(needs --model; --data: the dialogues whose held-out user turns are the prompts, default "
+                        "chat-sample)")
+    g.add_argument("--style-classifier", default=None,
+                   help="style classifier (training.classify --task style run; default: trained and cached)")
+    g.add_argument("--topic-classifier", default=None,
+                   help="topic classifier (training.classify --task topic run; default: trained and cached)")
+    g.add_argument("--control-prompts", type=cli.positive_int, default=200, help="held-out prompts per tag")
     p.add_argument("--json", action="store_true", help="print one compact JSON object on stdout")
     p.add_argument("--samples-out", default=None, metavar="FILE.jsonl",
                    help="write every generated reply (prompt, reference, reply) here as JSONL")
@@ -129,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.run(lambda: _evaluate_knowledge(args))
     if args.index or args.intent:
         p.error("--index and --intent are for --knowledge-eval")
+    if args.control:
+        if args.blimp or args.preferences or args.kind != "auto":
+            p.error("--control takes --data (dialogues), not --blimp, --preferences or --kind")
+        return cli.run(lambda: _evaluate_control(args))
+    if args.style_classifier or args.topic_classifier:
+        p.error("--style-classifier and --topic-classifier are for --control")
     if args.data is None and not args.blimp and args.preferences is None:
         p.error("give --data, --blimp, --preferences or several")
     if args.split == "auto":
@@ -192,6 +216,59 @@ def default_knowledge_runs(index: str | None, intent: str | None) -> tuple[str, 
             if classify.main(["--task", "intent", "--out", intent, "--no-progress"]) != 0:
                 raise RuntimeError(f"training the default intent classifier in {intent} failed")
     return index, intent
+
+
+def default_control_classifier(name: str, path: str | None) -> str:
+    """`path`, or the default classifier of tag `name` (`training.classify --task NAME`), trained once and kept
+    under the cache directory (`$TFCHAT_CACHE_DIR/control-eval/NAME`)."""
+    import logging
+    import os
+
+    from tfchat.data.sources import default_cache_dir
+    from training import classify
+
+    if path is not None:
+        return path
+    path = os.path.join(default_cache_dir(), "control-eval", name)
+    if not os.path.isfile(os.path.join(path, "model", "tfchat.json")):
+        logging.getLogger("training.evaluate").info("training the default %s classifier in %s", name, path)
+        if classify.main(["--task", name, "--out", path, "--no-progress"]) != 0:
+            raise RuntimeError(f"training the default {name} classifier in {path} failed")
+    return path
+
+
+def _evaluate_control(args) -> int:
+    cli.setup(args.verbose)
+    from tfchat.checkpoint.model_dir import load_model, resolve_model_dir
+    from tfchat.data.io import write_jsonl
+    from tfchat.eval.control import control_agreement, control_prompts
+    from tfchat.inference.classifier import TextClassifier
+
+    loaded = load_model(resolve_model_dir(args.model))
+    if loaded.tags is None:
+        raise ValueError(f"{args.model} has no tag vocabulary: fine-tune it on tagged dialogues (python -m "
+                         "training.finetune, whose default chat-sample tags Topical-Chat replies)")
+    given = {"style": args.style_classifier, "topic": args.topic_classifier}
+    classifiers = {name: TextClassifier.load(default_control_classifier(name, given[name]))
+                   for name in loaded.tags.tags if name in given}
+    prompts, shares = control_prompts(args.data or "chat-sample", args.control_prompts)
+    result = control_agreement(loaded, classifiers, prompts, shares, max_new_tokens=args.max_new_tokens or 32,
+                               batch_size=args.batch_size)
+    samples = result.pop("samples")
+    if args.samples_out:
+        write_jsonl(samples, args.samples_out)
+    if args.json:
+        print(json.dumps(_jsonable({"control": result}), ensure_ascii=False))
+        return 0
+    print(f"{result['prompts']} held-out prompts; agreement of the classifier with the requested tag")
+    for name in (n for n in result if isinstance(result[n], dict)):
+        r = result[name]
+        print(f"\n{name:<24}{'tagged':>8}{'untagged':>10}{'share':>8}")
+        for value, m in r["per_tag"].items():
+            mark = "" if value in r["counted"] else "  (too little data: not in the mean)"
+            print(f"{value:<24}{m['tagged']:>8.3f}{m['untagged']:>10.3f}{m.get('share', float('nan')):>8.3f}{mark}")
+        print(f"{'mean':<24}{r['tagged']:>8.3f}{r['untagged']:>10.3f}   ({100 * (r['tagged'] - r['untagged']):+.1f} points)")
+    return 0
 
 
 def _evaluate_knowledge(args) -> int:

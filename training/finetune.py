@@ -21,8 +21,9 @@ def parser():
     g = p.add_argument_group("model and data")
     g.add_argument("--from", dest="init_from", default="runs/pretrain",
                    help="model directory (or run directory) to start from, e.g. a pretraining run or an imported GPT-2")
-    g.add_argument("--data", default="dialogues-sample",
-                   help="dialogues: dialogues-sample (bundled OpenAssistant + Topical-Chat), dialogues-sample-zh "
+    g.add_argument("--data", default="chat-sample",
+                   help="dialogues: chat-sample (bundled OpenAssistant + Topical-Chat, tagged with topic and style), "
+                        "dialogues-sample (OpenAssistant + Topical-Chat valid_freq), dialogues-sample-zh "
                         "(bundled Chinese KdConv + LCCC), grounded-sample (OpenAssistant + Topical-Chat with its "
                         "Wikipedia knowledge in the prompt), messages-JSONL files "
                         "(see python -m training.convert_dialogues), or a table: hf:NAME[:CONFIG][@SPLIT] "
@@ -36,6 +37,9 @@ def parser():
     g.add_argument("--response-column", default=None, help="column of the assistant's reply (with --prompt-column)")
     add_convert_script_flag(g)
     g.add_argument("--pack", action="store_true", help="pack several conversations per sequence instead of padding")
+    g.add_argument("--tag-dropout", type=cli.fraction, default=0.2,
+                   help="chance that a tag name (topic, style) is left out of a training conversation, so the model "
+                        "also answers without it (data without tags: no effect)")
     add_content_filter_flags(p, "conversations (any message flagged)")
     add_training_flags(p, DEFAULTS)
     return p
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
 
         return finetune(job_options(
             args, pack=args.pack, columns=columns, content_filter=args.content_filter,
-            filter_threshold=args.filter_threshold, convert_script=args.convert_script,
+            filter_threshold=args.filter_threshold, convert_script=args.convert_script, tag_dropout=args.tag_dropout,
         ))
 
     return run_job(job, args, lambda out: [f"python -m serving.export --model {out} --out exports/tfchat",

@@ -29,10 +29,11 @@ from tfchat.checkpoint.model_dir import (
 )
 from tfchat.config import GPTConfig
 from tfchat.data.batches import finetune_dataset, pretrain_dataset
-from tfchat.data.dialogues import default_dialogue_source, iter_conversations
+from tfchat.data.dialogues import default_dialogue_source, iter_conversations, tag_values
 from tfchat.data.sources import documents_dataset
 from tfchat.data.tables import Columns
 from tfchat.text import chat_template, chinese
+from tfchat.text.control_tags import TagVocabulary
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.run_dir import RunDirectory, figures
 from training.strategy import gather, is_chief, make_strategy
@@ -73,6 +74,7 @@ class JobOptions:
     dropout: float | None = None
     init_from: str | None = None
     pack: bool = False
+    tag_dropout: float = 0.2  # finetune: chance a tag name is dropped from a training conversation
     # align only
     beta: float = 0.1
     loss: str = "dpo"
@@ -283,6 +285,37 @@ def check_dialogue_files(data: str | None) -> None:
                 f"`python -m training.convert_dialogues --format FORMAT --input FILE --out {path}`")
 
 
+def tag_vocabulary(start: LoadedModel, opts: JobOptions) -> TagVocabulary | None:
+    """The tag vocabulary a fine-tuned model gets: its starting model's (a tagged chat model fine-tuned further),
+    else the tags the training data carries, else None (an untagged model, as before tags existed)."""
+    if start.tags is not None:
+        return start.tags
+    found = tag_values(iter_conversations(opts.data or default_dialogue_source(), columns=opts.columns))
+    if not found:
+        return None
+    tags = TagVocabulary(found, start.tokenizer.special)
+    log.info("tags of the data, rendered as control ids before each reply (dropout %.2f): %s", opts.tag_dropout,
+             "; ".join(f"{name}: {', '.join(values)}" for name, values in found.items()))
+    return tags
+
+
+def init_tag_embeddings(start: LoadedModel, tags: TagVocabulary) -> None:
+    """Gives the control ids of a new tag vocabulary embeddings a model can read.
+
+    Pretraining never feeds control ids in, so weight decay has shrunk their rows to a few percent of a word's
+    norm, and a tag would barely enter the residual stream. Each tag starts as the mean embedding of its
+    value's words ("sci_tech" -> "sci tech"), as prompt tuning initialises soft prompts from label words
+    (Lester et al. 2021), so "music" starts out meaning music.
+    """
+    table = next(w for w in start.model.weights if w.path.endswith("token_embedding"))
+    rows = table.numpy()
+    for name, values in tags.tags.items():
+        for value in values:
+            [control] = tags.ids({name: value})
+            rows[control] = rows[start.tokenizer.encode(" " + value.replace("_", " "))].mean(axis=0)
+    table.assign(rows)
+
+
 def finetune(opts: JobOptions) -> dict:
     """Fine-tunes a model directory on dialogues into a chat model (language modelling on assistant tokens)."""
     chinese.check_conversion(opts.convert_script)
@@ -295,6 +328,9 @@ def finetune(opts: JobOptions) -> dict:
             report_finetune_filter(opts, content_filter)
         start = load_model(source_dir, head="lm")
         config, tokenizer, cfg = _start_config(start.config, opts), start.tokenizer, opts.train
+        tags = tag_vocabulary(start, opts)
+        if tags is not None and start.tags is None:
+            init_tag_embeddings(start, tags)
         weights = start.model.get_weights()
         del start
         built: dict = {}  # conversations are read and tokenized once per split and pipeline, not at every evaluation
@@ -306,7 +342,8 @@ def finetune(opts: JobOptions) -> dict:
                     built[key] = finetune_dataset(opts.data, tokenizer, cfg.seq_len, batch, split=split, seed=cfg.seed,
                                                   input_context=ctx, repeat=split == "train", pack=opts.pack,
                                                   columns=opts.columns, content_filter=content_filter,
-                                                  convert_script=opts.convert_script)
+                                                  convert_script=opts.convert_script, tags=tags,
+                                                  tag_dropout=opts.tag_dropout)
                 return built[key]
             return fn
 
@@ -319,7 +356,8 @@ def finetune(opts: JobOptions) -> dict:
             config, tokenizer, cfg, strategy, opts.out, data("train"), eval_dataset=data("validation"),
             init_weights=lambda model: model.set_weights(weights), sample_prompts=prompts,
             metadata={"job": "finetune", "from": os.path.abspath(source_dir), "data": opts.data,
-                      **({"convert_script": opts.convert_script} if opts.convert_script else {})},
+                      **({"convert_script": opts.convert_script} if opts.convert_script else {}),
+                      **({"tags": tags.to_dict(), "tag_dropout": opts.tag_dropout} if tags is not None else {})},
         )
         return trainer.train(resume=opts.resume, progress=opts.progress, override=opts.override)
 

@@ -65,7 +65,7 @@ DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
 # (steps may grow, micro-batch size, intervals and XLA only change speed and bookkeeping.)
 RESUME_FLAGS = ("batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "optimizer", "schedule", "cooldown",
                 "weight_decay", "beta_1", "beta_2", "grad_clip", "precision", "seed")
-RESUME_METADATA = ("job", "data", "from", "lazy_adam", "preference_loss", "beta", "nll_weight")
+RESUME_METADATA = ("job", "data", "from", "lazy_adam", "preference_loss", "beta", "nll_weight", "tag_dropout")
 # Model settings a resumed run may change with override (the rest is the model's shape).
 OVERRIDABLE_MODEL = ("dropout",)
 

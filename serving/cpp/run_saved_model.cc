@@ -1,18 +1,21 @@
 // run_saved_model: loads an exported tfchat SavedModel the way tensorflow_model_server does
 // (C++ LoadSavedModel, tag "serve", XLA compilation disabled, TF Text ops from their op
-// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding; given
-// --reply, a reward model's `reward` signature; with --classify, a classifier export's `classify` signature.
+// libraries) and runs its `serving_default` and `chat` signatures with greedy decoding (and, given --tag,
+// `chat_tagged` on the same conversation); given --reply, a reward model's `reward` signature; with
+// --classify, a classifier export's `classify` signature.
 //
 // Build (see tests/test_tf_serving_cpp.py):
 //   g++ run_saved_model.cc $(python -c "import tensorflow as tf; print(*tf.sysconfig.get_compile_flags())") \
 //       -L$TF -l:libtensorflow_cc.so.2 -l:libtensorflow_framework.so.2 -Wl,-rpath,$TF -o run_saved_model
 // Usage:
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --max-new N --user TEXT --prompt TEXT [--prompt ...]
+//                   [--tag NAME=VALUE ...]
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --user TEXT --reply TEXT [--reply ...]
 //   run_saved_model CLASSIFIER_EXPORT_VERSION_DIR --classify TEXT [--classify TEXT ...]
 // Output, one line per result (texts hex-encoded so any bytes survive):
 //   generate <row> <num_tokens> <id,id,...> <hex text>
 //   chat <row> <num_tokens> <id,id,...> <hex reply>
+//   chat_tagged <row> <num_tokens> <id,id,...> <hex reply>
 //   reward <row> <num_tokens> <score>        (one row per --reply: [user, reply])
 //   classify <row> <score,score,...> <hex label>,<hex label>,... <predicted 0/1,...>
 
@@ -107,7 +110,7 @@ int main(int argc, char** argv) {
   tensorflow::DisableXlaCompilation();
 
   std::string export_dir = argv[1];
-  std::vector<std::string> prompts, replies, classify;
+  std::vector<std::string> prompts, replies, classify, tags;
   std::string user = "Hello";
   int max_new = 8;
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -122,6 +125,8 @@ int main(int argc, char** argv) {
       replies.push_back(value);
     } else if (flag == "--classify") {
       classify.push_back(value);
+    } else if (flag == "--tag") {
+      tags.push_back(value);
     } else if (flag == "--user") {
       user = value;
     } else if (flag == "--max-new") {
@@ -220,5 +225,19 @@ int main(int argc, char** argv) {
   status = RunSignature(bundle, "chat", inputs, {"reply", "token_ids", "num_tokens"}, &out);
   if (!status.ok()) return Fail("chat", status);
   Print("chat", out);
+
+  if (!tags.empty()) {
+    // chat_tagged: the same conversation plus tags [1, K] of "name=value" items.
+    Tensor tag_items(tensorflow::DT_STRING, tensorflow::TensorShape({1, static_cast<int64_t>(tags.size())}));
+    for (size_t i = 0; i < tags.size(); ++i) tag_items.matrix<tensorflow::tstring>()(0, i) = tags[i];
+    inputs = sampling(1);
+    inputs.emplace_back("roles", roles);
+    inputs.emplace_back("contents", contents);
+    inputs.emplace_back("tags", tag_items);
+    out.clear();
+    status = RunSignature(bundle, "chat_tagged", inputs, {"reply", "token_ids", "num_tokens"}, &out);
+    if (!status.ok()) return Fail("chat_tagged", status);
+    Print("chat_tagged", out);
+  }
   return 0;
 }

@@ -13,6 +13,14 @@ completions: `logprobs.tokens`, `token_logprobs`, `top_logprobs`,
 `text_offset`), streamed with the chunk that carries their text. Errors are
 OpenAI-shaped: `{"error": {"message", "type", "param", "code"}}`.
 
+Control tags (extensions; the `openai` SDK sends them with
+`extra_body={"topic": "music", "style": "happy"}`): a chat request may carry
+each name of the model's tag vocabulary (`topic`, `style`) as a top-level
+field, or `"tags": {name: value}`. An unknown value, or tags for a model
+trained without them, is a 400 naming the known values. `GET /v1/models`
+lists the vocabulary as each model's `"tags": {name: [values]}` (absent for
+a model without tags), so clients (the web chat's drop-downs) can offer it.
+
 Knowledge (extensions OpenAI clients ignore): a chat request may carry
 `"knowledge": str`, text for the chat template's knowledge segment. With a
 dialogue manager (`serving.server --intent/--index`), every chat turn is
@@ -84,6 +92,33 @@ def messages_of(messages) -> list[dict]:
     return out
 
 
+# Tag names read as top-level fields even where the model has no vocabulary: a model trained without tags
+# refuses them (400) rather than silently ignoring them.
+TAG_FIELDS = ("topic", "style")
+# Request fields a vocabulary name must not shadow (such a name is given in "tags" only).
+_REQUEST_FIELDS = {"messages", "prompt", "model", "n", "stream", "stream_options", "max_tokens",
+                   "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "logprobs", "top_logprobs",
+                   "knowledge", "tags", "user"}
+
+
+def tags_of(body: dict, backend: Backend) -> dict | None:
+    """The request's control tags: `"tags": {name: value}` and top-level fields named like the model's tag
+    names (or `TAG_FIELDS`); `Backend.validate` checks them against the vocabulary."""
+    tags = body.get("tags")
+    if tags is not None and not isinstance(tags, dict):
+        raise BadRequest("'tags' must be an object of name: value, e.g. {\"topic\": \"music\"}")
+    out = dict(tags or {})
+    vocabulary = getattr(backend, "tags", None)  # a stand-in backend may have none
+    names = set(TAG_FIELDS) | set(vocabulary.tags if vocabulary is not None else ())
+    for name in sorted(names - _REQUEST_FIELDS):
+        if body.get(name) is None:
+            continue
+        if out.get(name, body[name]) != body[name]:
+            raise BadRequest(f"'{name}' and 'tags.{name}' differ; give one")
+        out[name] = body[name]
+    return out or None
+
+
 def logprobs_of(body: dict, chat: bool) -> int | None:
     """How many top log-probabilities the request wants per token: None = no log-probabilities at all."""
     if chat:
@@ -152,7 +187,11 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
 
     @api.get("/v1/models")
     def list_models():
-        return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": 0, "owned_by": "tfchat"}]}
+        model = {"id": backend.name, "object": "model", "created": 0, "owned_by": "tfchat"}
+        vocabulary = getattr(backend, "tags", None)
+        if vocabulary is not None:  # the control tags its chat requests may carry
+            model["tags"] = vocabulary.to_dict()
+        return {"object": "list", "data": [model]}
 
     async def complete(request: Request, chat: bool):
         try:
@@ -168,6 +207,7 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
                 raise BadRequest("stream must be a boolean")
             sampling = sampling_of(body, backend)
             logprobs = logprobs_of(body, chat)
+            tags = tags_of(body, backend)
             decision = None
             if chat:
                 if "messages" not in body:
@@ -180,7 +220,8 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
 
                     decision = await run_in_threadpool(dialogue.decide, messages)  # a classifier call: off the loop
                     knowledge = decision.knowledge
-                requests = [GenRequest(messages=messages, sampling=sampling, logprobs=logprobs, knowledge=knowledge)]
+                requests = [GenRequest(messages=messages, sampling=sampling, logprobs=logprobs, knowledge=knowledge,
+                                       tags=tags)]
             else:
                 prompt = body.get("prompt")
                 prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -188,7 +229,7 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
                     raise BadRequest("'prompt' must be a string or a non-empty list of strings")
                 if stream and len(prompts) > 1:
                     raise BadRequest("stream=true takes a single prompt")
-                requests = [GenRequest(prompt=p, sampling=sampling, logprobs=logprobs) for p in prompts]
+                requests = [GenRequest(prompt=p, sampling=sampling, logprobs=logprobs, tags=tags) for p in prompts]
             for r in requests:
                 backend.validate(r)
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]

@@ -51,6 +51,7 @@ import numpy as np
 from tfchat import atomic
 from tfchat.config import GPTConfig
 from tfchat.model import build_model, head_of
+from tfchat.text.control_tags import TagVocabulary
 from tfchat.text.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "tfchat-model"
@@ -76,6 +77,11 @@ class LoadedModel:
     def head(self) -> str:
         """Which head the model is ("lm", "reward")."""
         return self.metadata.get("head", "lm")
+
+    @property
+    def tags(self) -> TagVocabulary | None:
+        """The model's tag vocabulary (tfchat.json's "tags"), or None for a model trained without tags."""
+        return TagVocabulary.from_dict(self.metadata.get("tags"), self.tokenizer.special)
 
 
 def save_model(

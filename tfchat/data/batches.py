@@ -52,6 +52,7 @@ from tfchat.data import dialogues, mixture, sources
 from tfchat.data.io import ReadStats, check_split, shard_of
 from tfchat.data.tables import Columns
 from tfchat.text import chat_template
+from tfchat.text.control_tags import TagVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,33 @@ def pretrain_dataset(
     return _with_options(batches.prefetch(tf.data.AUTOTUNE))
 
 
+def drop_tags(conversation: list, rng: np.random.Generator, rate: float) -> list:
+    """Tag dropout: each tag name drops from every message of the conversation with probability `rate`, so
+    the model also learns to reply without that tag (and with any subset of tags)."""
+    names = sorted({name for m in conversation for name in m.get("tags") or {}})
+    dropped = {name for name in names if rng.random() < rate}
+    if not dropped:
+        return conversation
+    return [{**m, "tags": {k: v for k, v in m["tags"].items() if k not in dropped}} if m.get("tags") else m
+            for m in conversation]
+
+
 def render_conversations(
-    conversations: Iterable, tokenizer, max_len: int, chunk: int = 256
+    conversations: Iterable, tokenizer, max_len: int, chunk: int = 256, *,
+    tags: TagVocabulary | None = None, tag_dropout: float = 0.0, seed: int = 0,
 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Renders conversations (a list or a stream) with the chat template, tokenizing `chunk` at a time.
+
+    `tags` (the model's tag vocabulary) renders the assistant messages' tags as
+    control ids, after `drop_tags` at `tag_dropout` (seeded by `seed`); without
+    it tags are ignored.
 
     Returns (ids, masks, skipped): int32 ids and int8 masks per conversation;
     conversations left with no assistant token after truncation are skipped
     (and counted), not returned.
     """
     all_ids, all_masks, skipped = [], [], 0
+    rng = np.random.default_rng(seed)
     stream = iter(conversations)
     # No progress bar of its own: this runs inside a command's bar (one bar per command).
     while part := list(itertools.islice(stream, chunk)):
@@ -161,8 +179,12 @@ def render_conversations(
         knowledge = encoded[len(contents) - len(part):]
         pos = 0
         for conv, known in zip(part, knowledge):
+            controls = None
+            if tags is not None:
+                kept = drop_tags(conv, rng, tag_dropout) if tag_dropout else conv
+                controls = [tags.ids(m.get("tags")) if m["role"] == "assistant" else None for m in kept]
             ids, mask = chat_template.render_encoded([m["role"] for m in conv], encoded[pos:pos + len(conv)],
-                                                     tokenizer, max_len, knowledge=known or None)
+                                                     tokenizer, max_len, knowledge=known or None, controls=controls)
             pos += len(conv)
             if not any(mask):
                 skipped += 1
@@ -187,6 +209,8 @@ def finetune_dataset(
     content_filter=None,
     columns: Columns | None = None,
     convert_script: str | None = None,
+    tags: TagVocabulary | None = None,
+    tag_dropout: float = 0.0,
 ) -> tf.data.Dataset:
     """Chat fine-tuning batches (see the module docstring).
 
@@ -210,6 +234,10 @@ def finetune_dataset(
         convert_script: an OpenCC Simplified/Traditional conversion of every
             message (`tfchat.text.chinese.SCRIPT_CONVERSIONS`); the split is
             chosen before it, so it is the same as without.
+        tags: the model's tag vocabulary: message tags become control ids
+            before each reply (`render_conversations`); None ignores them.
+        tag_dropout: the chance that a tag name is dropped from a training
+            conversation (`drop_tags`); validation keeps every tag.
 
     Raises:
         ValueError: when the split has no usable conversation.
@@ -224,7 +252,9 @@ def finetune_dataset(
     chosen = itertools.islice(in_split, index, None, num)  # disjoint conversations per input pipeline
     if convert_script:
         chosen = (dialogues.convert_script(c, convert_script) for c in chosen)
-    ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1)
+    ids, masks, skipped = render_conversations(chosen, tokenizer, seq_len + 1, tags=tags,
+                                               tag_dropout=tag_dropout if split == "train" else 0.0,
+                                               seed=seed * 1009 + index)
     if not ids and not skipped:
         raise ValueError(f"{source}: no conversations in the {split!r} split for input pipeline {index} of {num} "
                          f"({stats.summary()})")

@@ -4,7 +4,11 @@ The canonical format is messages-JSONL: one conversation per line,
 
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
-(other keys are ignored, except `"knowledge"`: text the conversation is
+(other keys are ignored, except `"tags"` and `"knowledge"`). `"tags"`, on the
+conversation or on an assistant message, names what a reply is like, e.g.
+`{"topic": "music", "style": "happy"}` (strings): a tagged model learns to
+condition on them (`tfchat.text.control_tags`); conversation tags apply to
+every assistant message, a message's own tags win. `"knowledge"` is text the conversation is
 grounded in, rendered into the chat template's knowledge segment, never
 trained on). A message may carry `knowledge` too, the facts its speaker
 used, as `[subject, relation, object]` triples of strings (KdConv's `attrs`:
@@ -19,7 +23,13 @@ not render them. Readers convert public datasets to it:
   that failed review) are never followed.
 - `topical-chat`: `{id: {"content": [{"agent", "message", ...}]}}`. Every
   conversation opens with agent_1 and the agents alternate, so agent_1 is the
-  user and agent_2, who replies to agent_1, is the assistant.
+  user and agent_2, who replies to agent_1, is the assistant. Every message
+  is tagged with its `style` (the turn's self-annotated sentiment:
+  `curious`, `neutral`, `surprised`, `happy`, `sad`, `disgusted`, `angry`,
+  `fearful`) and the conversation's `topic` (the topic most of its
+  reading-set entities have in `topical-chat-entity-to-topic.json`: movies,
+  sci_tech, music, sports, entertainment_general, books, politics, fashion;
+  none when no reading sets lie beside the file).
 - `topical-chat-grounded`: Topical-Chat with its knowledge, for grounded
   fine-tuning: one example per assistant reply (the reply and up to
   `GROUNDED_CONTEXT` messages before it), grounded in the Wikipedia lead
@@ -73,8 +83,9 @@ line; if nothing usable is left, a `ValueError` names the file.
 
 A source is named `FORMAT:PATH` (e.g. `oasst:trees.jsonl.gz`), a bare path
 (messages-JSONL), a table (`hf:...`, `*.parquet`), `tfds:databricks_dolly`, or
-`dialogues-sample` (the bundled OASST and Topical-Chat samples, the default
-fine-tuning data), `dialogues-sample-zh` (the bundled KdConv and LCCC
+`dialogues-sample` (the bundled OASST sample and Topical-Chat `valid_freq`),
+`chat-sample` (the default fine-tuning data: `dialogues-sample` and
+Topical-Chat `valid_rare`, tagged with topic and style), `dialogues-sample-zh` (the bundled KdConv and LCCC
 samples: 900 + 13,400 Chinese conversations, Simplified script), or
 `grounded-sample` (the bundled OASST sample and Topical-Chat with its
 knowledge, for models that answer from retrieved passages).
@@ -140,15 +151,32 @@ GROUNDED_FILES = (
     ("oasst", "oasst1-en-100-trees.jsonl.gz"),
     ("topical-chat-grounded", "topical-chat-valid-freq.json.gz"),
 )
+# Topical-Chat's entity -> topic map (a bundled resource), for the reader's topic tags.
+TOPICAL_CHAT_TOPICS = "topical-chat-entity-to-topic.json"
 # Messages before each reply in a grounded example: short windows leave a small model's context to knowledge.
 GROUNDED_CONTEXT = 3
-BUNDLED = {SAMPLE_NAME: SAMPLE_FILES, SAMPLE_NAME_ZH: SAMPLE_FILES_ZH, GROUNDED_NAME: GROUNDED_FILES,
+# The default fine-tuning data: dialogues-sample and Topical-Chat valid_rare, whose conversations spread over all
+# 8 topics (valid_freq's are 81% sports), so that topic tags have something to learn from.
+CHAT_NAME = "chat-sample"
+CHAT_FILES = SAMPLE_FILES + (("topical-chat", "topical-chat-valid-rare.json.xz"),)
+BUNDLED = {SAMPLE_NAME: SAMPLE_FILES, CHAT_NAME: CHAT_FILES, SAMPLE_NAME_ZH: SAMPLE_FILES_ZH, GROUNDED_NAME: GROUNDED_FILES,
            "topical-chat-grounded": (("topical-chat-grounded", "topical-chat-valid-freq.json.gz"),)}
 
 
 def default_dialogue_source() -> str:
-    """The default fine-tuning data: the bundled OASST + Topical-Chat samples."""
-    return SAMPLE_NAME
+    """The default fine-tuning data: the bundled OASST + Topical-Chat samples (`chat-sample`)."""
+    return CHAT_NAME
+
+
+def tag_values(conversations: Iterable[Conversation]) -> dict[str, list[str]]:
+    """The tags of the assistant messages, {name: sorted values}, names sorted: a tag vocabulary's data."""
+    found: dict[str, set] = {}
+    for conversation in conversations:
+        for m in conversation:
+            if m.get("role") == "assistant":
+                for name, value in (m.get("tags") or {}).items():
+                    found.setdefault(name, set()).add(value)
+    return {name: sorted(found[name]) for name in sorted(found)}
 
 
 # ------------------------------------------------------------------ validation
@@ -172,6 +200,8 @@ def validate(messages, need_reply: bool = True) -> str | None:
             return f"system message not first (message {i})"
         if "knowledge" in message and not _is_triples(message["knowledge"]):
             return f"knowledge is not a list of [subject, relation, object] strings (message {i})"
+        if "tags" in message and not _is_tags(message["tags"]):
+            return f"tags is not an object of name: value strings (message {i})"
     if need_reply and not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn"
     return None
@@ -182,11 +212,31 @@ def _is_triples(knowledge) -> bool:
         isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) for x in t) for t in knowledge)
 
 
+def _is_tags(tags) -> bool:
+    return isinstance(tags, dict) and all(isinstance(k, str) and k and isinstance(v, str) and v
+                                          for k, v in tags.items())
+
+
 def _canonical(message: dict) -> Message:
-    """role and content, and knowledge when there is some."""
+    """role and content, and knowledge and tags when there are some."""
     out = {"role": message["role"], "content": message["content"]}
-    if message.get("knowledge"):
-        out["knowledge"] = message["knowledge"]
+    for key in ("knowledge", "tags"):
+        if message.get(key):
+            out[key] = message[key]
+    return out
+
+
+def with_conversation_tags(messages: list, tags) -> list:
+    """Conversation-level `tags` applied to every assistant message (a message's own tags win); a value that
+    is not an object is left on the messages for `validate` to name."""
+    if not tags:
+        return messages
+    out = []
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "assistant":
+            own = m.get("tags", {})
+            m = {**m, "tags": {**tags, **own} if isinstance(tags, dict) and isinstance(own, dict) else tags}
+        out.append(m)
     return out
 
 
@@ -260,7 +310,8 @@ def messages_from_row(row: dict, shape: RowShape) -> list:
             prompt = prompt.strip()
             if isinstance(context, str) and context.strip():
                 prompt += "\n\n" + context.strip()
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return with_conversation_tags([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                                      row.get("tags"))
     raw = row.get(shape.messages)
     if isinstance(raw, str):  # some sets store the list as a JSON string
         try:
@@ -282,10 +333,11 @@ def messages_from_row(row: dict, shape: RowShape) -> list:
             message["role"] = ROLE_ALIASES.get(message["role"].lower(), message["role"].lower())
         if "content" in message:
             message["content"] = _content(message["content"])
-        if "knowledge" in m:
-            message["knowledge"] = m["knowledge"]
+        for key in ("knowledge", "tags"):
+            if key in m:
+                message[key] = m[key]
         messages.append(message)
-    return _trim_trailing_user(messages)
+    return _trim_trailing_user(with_conversation_tags(messages, row.get("tags")))
 
 
 # --------------------------------------------------------------------- files
@@ -374,12 +426,45 @@ def _read_json(path: str, what: str):
         raise ValueError(f"{path}: not {what} ({e})") from None
 
 
+def topical_chat_style(sentiment) -> str | None:
+    """A Topical-Chat turn's self-annotated sentiment as a style tag: "Curious to dive deeper" -> "curious"."""
+    return sentiment.split()[0].lower() if isinstance(sentiment, str) and sentiment.strip() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _entity_topics() -> dict:
+    with open_text(io.resource_path(TOPICAL_CHAT_TOPICS)) as f:
+        return json.load(f)
+
+
+def topical_chat_topics(path: str) -> dict[str, str]:
+    """{conversation id: topic} of a Topical-Chat file: the topic (`topical-chat-entity-to-topic.json`) most of
+    the conversation's reading-set entities (`FS1`..`FS3`) have, ties to the earlier entity. {} (logged) when
+    no reading sets lie beside the file."""
+    try:
+        sets = _read_json(_reading_sets_of(path), "Topical-Chat reading sets")
+    except FileNotFoundError as e:
+        log.warning("%s; its conversations get style tags but no topic", e)
+        return {}
+    topics, out = _entity_topics(), {}
+    for conv_id, agents in sets.items() if isinstance(sets, dict) else ():
+        agent = (agents or {}).get("agent_1") if isinstance(agents, dict) else None
+        found = [topics.get((agent.get(fs) or {}).get("entity")) for fs in ("FS1", "FS2", "FS3")] \
+            if isinstance(agent, dict) else []
+        found = [t for t in found if t]
+        if found:
+            out[conv_id] = max(found, key=lambda t: (found.count(t), -found.index(t)))
+    return out
+
+
 def read_topical_chat(path: str, stats: ReadStats, raw: dict | None = None) -> Iterator[tuple[str, str, object]]:
-    """Topical-Chat conversations; `raw`, when given, receives each conversation's annotated turns by id."""
+    """Topical-Chat conversations, every message tagged with its style and the conversation's topic; `raw`,
+    when given, receives each conversation's annotated turns by id."""
     agents = {"agent_1": "user", "agent_2": "assistant"}
     data = _read_json(path, "a Topical-Chat JSON file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a Topical-Chat JSON file (expected an object of conversations)")
+    topics = topical_chat_topics(path)
     for conv_id, conv in data.items():
         stats.read += 1
         where = f"{path}:{conv_id}"
@@ -390,7 +475,9 @@ def read_topical_chat(path: str, stats: ReadStats, raw: dict | None = None) -> I
         messages = []
         for t in turns:
             t = t if isinstance(t, dict) else {}
-            messages.append({"role": agents.get(t.get("agent"), t.get("agent")), "content": t.get("message")})
+            tags = {"style": topical_chat_style(t.get("sentiment")), "topic": topics.get(conv_id)}
+            messages.append({"role": agents.get(t.get("agent"), t.get("agent")), "content": t.get("message"),
+                             **({"tags": {k: v for k, v in tags.items() if v}} if any(tags.values()) else {})})
         if raw is not None:
             raw[conv_id] = turns
         yield where, path, _trim_trailing_user(messages)
@@ -708,7 +795,9 @@ def is_dialogue_source(source: str, columns: Columns | None = None) -> bool:
 def split_of(conversation: Conversation) -> str:
     """'train' or 'validation', a deterministic function of the conversation's content (or of its `key`:
     the examples cut from one grounded conversation share a split)."""
-    key = getattr(conversation, "key", "") or json.dumps(conversation, ensure_ascii=False, sort_keys=True)
+    # Without tags: tagging a dataset must not move its conversations between splits.
+    key = getattr(conversation, "key", "") or json.dumps([{k: v for k, v in m.items() if k != "tags"}
+                                                           for m in conversation], ensure_ascii=False, sort_keys=True)
     return io.split_of(key)
 
 

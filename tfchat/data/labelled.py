@@ -25,6 +25,7 @@ Converters turn public datasets into examples (`FORMAT:PATH`):
 | `clinc150` | CLINC150 utterances: their intent (`oos` out of scope); `PATH@train,oos_train` picks parts; `val`/`oos_val` rows are in the `validation` split, `train`/`oos_train` rows in `train` |
 | `topical-chat-intents` | the routing intents of a chat assistant from Topical-Chat user turns, by their annotated knowledge source: `knowledge_question` (a question that drew on a Wikipedia fact section), `chit_chat` (a turn from personal knowledge only); at most `ROUTING_PER_INTENT` of each |
 | `topical-chat-questions` | user turns of Topical-Chat that ask a question: no label |
+| `topical-chat-style`, `topical-chat-topic` | every Topical-Chat turn, labelled with its `style` or its conversation's `topic` tag (`tfchat.data.dialogues`); split: its conversation's split in chat fine-tuning, so a classifier never trains on the conversations a chat model holds out |
 | `lines` | a text file, one example per line: no label |
 | `labelled` | labelled JSONL itself (a bare path means this) |
 
@@ -46,6 +47,9 @@ Bundled sets (in `tfchat/resources`, licences in `ATTRIBUTION.md`):
   harmful behaviours against benign requests (CLINC150 test utterances,
   Topical-Chat questions from the split tfchat does not bundle, and
   hand-written look-alikes such as "how do I kill a zombie process");
+* `style-sample`, `topic-sample`: the bundled Topical-Chat turns (both
+  splits) by style and by topic, for the classifiers that measure whether a
+  chat model's control tags steer it (`training.evaluate --control`);
 * `moderation-hatecheck`: HateCheck, a functional test suite for hate speech
   (its authors' intent is testing, so it is never trained on).
 
@@ -365,6 +369,24 @@ def read_topical_chat_questions(path: str, stats: ReadStats) -> Iterator[Example
                 yield Example(" ".join(content.split()), (), "topical-chat-questions")
 
 
+def _read_topical_chat_tag(name: str) -> Callable[[str, ReadStats], Iterator[Example]]:
+    def read(path: str, stats: ReadStats) -> Iterator[Example]:
+        from tfchat.data import dialogues
+
+        for conversation in dialogues.read_conversations("topical-chat", path, stats):
+            split = dialogues.split_of(conversation)
+            for m in conversation:
+                value = (m.get("tags") or {}).get(name)
+                if value:
+                    yield Example(" ".join(m["content"].split()), (value,), f"topical-chat-{name}", split)
+    read.__doc__ = f"Topical-Chat turns labelled with their {name} tag, in their conversation's split."
+    return read
+
+
+read_topical_chat_style = _read_topical_chat_tag("style")
+read_topical_chat_topic = _read_topical_chat_tag("topic")
+
+
 # Examples per routing intent: about CLINC150's 100-150 per intent, so no intent dominates the softmax.
 ROUTING_PER_INTENT = 150
 OUT_OF_SCOPE = "oos"
@@ -419,6 +441,8 @@ CONVERTERS: dict[str, Callable[[str, ReadStats], Iterator[Example]]] = {
     "clinc150": read_clinc150,
     "topical-chat-questions": read_topical_chat_questions,
     "topical-chat-intents": read_topical_chat_intents,
+    "topical-chat-style": read_topical_chat_style,
+    "topical-chat-topic": read_topical_chat_topic,
     "lines": read_lines,
     "labelled": read_labelled_jsonl,
 }
@@ -486,6 +510,11 @@ BUNDLED = {
     "intent-sample": ("clinc150:clinc150-data-full.json.xz@train,oos_train,val,oos_val",
                       "topical-chat-intents:topical-chat-valid-freq.json.gz"),
     "intent-test": ("clinc150:clinc150-data-full.json.xz@test,oos_test",),
+    # Control tags: the Topical-Chat files of `chat-sample` (tfchat.data.dialogues), turn by turn.
+    "style-sample": ("topical-chat-style:topical-chat-valid-freq.json.gz",
+                     "topical-chat-style:topical-chat-valid-rare.json.xz"),
+    "topic-sample": ("topical-chat-topic:topical-chat-valid-freq.json.gz",
+                     "topical-chat-topic:topical-chat-valid-rare.json.xz"),
 }
 
 
@@ -586,6 +615,8 @@ TASKS = {
     "multi-label": Task("multi-label", True),
     "single-label": Task("single-label", False),
     "intent": Task("intent", False, "intent-sample", fallback=OUT_OF_SCOPE),
+    "style": Task("style", False, "style-sample"),
+    "topic": Task("topic", False, "topic-sample"),
 }
 
 

@@ -163,30 +163,35 @@ def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_token
 
     Returns [{"prompt": last user message, "reference": the real reply, "reply": the model's}].
     """
-    tok, model = loaded.tokenizer, loaded.model
-    context = loaded.config.block_size
+    tok, context = loaded.tokenizer, loaded.config.block_size
     _check_max_new_tokens(max_new_tokens, context)
     prompts, items = [], []
     for i, conv in enumerate(conversations):
         last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
         history = conv[:last]
         # Room for the reply: generation would otherwise cut the prompt itself.
-        prompts.append(chat_template.prompt(history, tok, max_len=context - max_new_tokens,
+        prompts.append(chat_template.prompt(history, tok, max_len=context - max_new_tokens, tags=loaded.tags,
                                             knowledge=knowledge[i] if knowledge is not None else None))
         question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         items.append({"prompt": question, "reference": conv[last]["content"]})
-    stops = tok.special.stop_ids
-    for start in tqdm(range(0, len(prompts), batch_size), desc="replies", unit="batch", disable=None, leave=False):
+    for item, reply in zip(items, greedy_replies(loaded, prompts, max_new_tokens, batch_size)):
+        item["reply"] = reply
+    return items
+
+
+def greedy_replies(loaded: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   batch_size: int = 8, desc: str = "replies") -> list[str]:
+    """The greedy reply text (stop ids dropped) to each prompt of token ids, `batch_size` prompts at a time."""
+    tok, stops, out = loaded.tokenizer, loaded.tokenizer.special.stop_ids, []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=None, leave=False):
         chunk = prompts[start:start + batch_size]
         tokens, lengths = generation.generate(
-            model, tf.ragged.constant(chunk, dtype=tf.int32, ragged_rank=1), max_new_tokens=max_new_tokens,
+            loaded.model, tf.ragged.constant(chunk, dtype=tf.int32, ragged_rank=1), max_new_tokens=max_new_tokens,
             temperature=0.0, stop_ids=stops, pad_id=tok.pad_id,
         )
         tokens, lengths = tokens.numpy(), lengths.numpy()
-        for b in range(len(chunk)):
-            ids = [int(t) for t in tokens[b, : lengths[b]] if t not in stops]
-            items[start + b]["reply"] = tok.decode(ids)
-    return items
+        out += [tok.decode([int(t) for t in tokens[b, : lengths[b]] if t not in stops]) for b in range(len(chunk))]
+    return out
 
 
 def dialogue_metrics(loaded: LoadedModel, source: str, *, split: str = "validation", seq_len: int | None = None,

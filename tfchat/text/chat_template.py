@@ -103,7 +103,7 @@ def render(
 
     Args:
         messages: `[{"role": ..., "content": ...}, ...]`; an assistant message
-            may carry `"tags": {"style": "happy", ...}` (needs `tags`).
+            may carry `"tags": {"style": "happy", ...}` (ignored without `tags`).
         tokenizer: a `tfchat.text.tokenizer.Tokenizer`.
         max_len: the most ids to return (see the module docstring for cuts).
         knowledge: text for the knowledge segment (never in the loss).
@@ -194,10 +194,9 @@ def _encode_knowledge(knowledge: str | None, tokenizer) -> list[int] | None:
 
 
 def _message_controls(messages, tags: TagVocabulary | None) -> list[list[int] | None] | None:
-    if not any(isinstance(m, Mapping) and m.get("tags") for m in messages):
+    # A model without a vocabulary renders tagged data as untagged: the tags were meant for a tagged model.
+    if tags is None or not any(isinstance(m, Mapping) and m.get("tags") for m in messages):
         return None
-    if tags is None:
-        raise ValueError("messages carry tags but the model has no tag vocabulary (train it with tagged data)")
     return [tags.ids(m.get("tags")) if m.get("role") == "assistant" else None for m in messages]
 
 
