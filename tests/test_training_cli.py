@@ -125,6 +125,14 @@ def test_finetune_from_pretrained(pretrained, tmp_path, capsys):
     # The default data tags Topical-Chat replies: the vocabulary is stored with the model.
     assert chat.metadata["tag_dropout"] == 0.2 and len(chat.metadata["tags"]["topic"]) == 8
     assert chat.tags.ids({"topic": "music", "style": "happy"})
+    # Fine-tuning a tagged model further keeps its vocabulary: data with a value it lacks is refused up front.
+    cooking = tmp_path / "cooking.jsonl"
+    cooking.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], '
+                       '"tags": {"topic": "cooking"}}\n')
+    capsys.readouterr()
+    assert finetune.main(["--from", out, "--data", str(cooking), "--out", str(tmp_path / "more"), "--steps", "1",
+                          "--no-progress"]) == 1
+    assert "the data tags topic cooking, which the model's tag vocabulary lacks" in capsys.readouterr().err
 
 
 def test_finetune_drops_conversations_the_content_filter_flags(pretrained, moderation_classifier, tmp_path):

@@ -207,40 +207,31 @@ def default_knowledge_runs(index: str | None, intent: str | None) -> tuple[str, 
         except (FileNotFoundError, ValueError):
             log.info("building the default knowledge index in %s", index)
             build_index(None, index)
-    if intent is None:
-        from training import classify
-
-        intent = os.path.join(cache, "intent")
-        if not os.path.isfile(os.path.join(intent, "model", "tfchat.json")):
-            log.info("training the default intent classifier in %s", intent)
-            if classify.main(["--task", "intent", "--out", intent, "--no-progress"]) != 0:
-                raise RuntimeError(f"training the default intent classifier in {intent} failed")
-    return index, intent
+    return index, intent or cached_classifier("intent", os.path.join(cache, "intent"))
 
 
-def default_control_classifier(name: str, path: str | None) -> str:
-    """`path`, or the default classifier of tag `name` (`training.classify --task NAME`), trained once and kept
-    under the cache directory (`$TFCHAT_CACHE_DIR/control-eval/NAME`)."""
+def cached_classifier(task: str, path: str) -> str:
+    """`path`, holding the default classifier of `task` (`training.classify --task TASK`), trained there first
+    unless an earlier run did."""
     import logging
     import os
 
-    from tfchat.data.sources import default_cache_dir
     from training import classify
 
-    if path is not None:
-        return path
-    path = os.path.join(default_cache_dir(), "control-eval", name)
     if not os.path.isfile(os.path.join(path, "model", "tfchat.json")):
-        logging.getLogger("training.evaluate").info("training the default %s classifier in %s", name, path)
-        if classify.main(["--task", name, "--out", path, "--no-progress"]) != 0:
-            raise RuntimeError(f"training the default {name} classifier in {path} failed")
+        logging.getLogger("training.evaluate").info("training the default %s classifier in %s", task, path)
+        if classify.main(["--task", task, "--out", path, "--no-progress"]) != 0:
+            raise RuntimeError(f"training the default {task} classifier in {path} failed")
     return path
 
 
 def _evaluate_control(args) -> int:
     cli.setup(args.verbose)
+    import os
+
     from tfchat.checkpoint.model_dir import load_model, resolve_model_dir
     from tfchat.data.io import write_jsonl
+    from tfchat.data.sources import default_cache_dir
     from tfchat.eval.control import control_agreement, control_prompts
     from tfchat.inference.classifier import TextClassifier
 
@@ -249,7 +240,8 @@ def _evaluate_control(args) -> int:
         raise ValueError(f"{args.model} has no tag vocabulary: fine-tune it on tagged dialogues (python -m "
                          "training.finetune, whose default chat-sample tags Topical-Chat replies)")
     given = {"style": args.style_classifier, "topic": args.topic_classifier}
-    classifiers = {name: TextClassifier.load(default_control_classifier(name, given[name]))
+    cache = os.path.join(default_cache_dir(), "control-eval")  # the default classifiers, trained once
+    classifiers = {name: TextClassifier.load(given[name] or cached_classifier(name, os.path.join(cache, name)))
                    for name in loaded.tags.tags if name in given}
     prompts, shares = control_prompts(args.data or "chat-sample", args.control_prompts)
     result = control_agreement(loaded, classifiers, prompts, shares, max_new_tokens=args.max_new_tokens or 32,

@@ -288,9 +288,15 @@ def check_dialogue_files(data: str | None) -> None:
 def tag_vocabulary(start: LoadedModel, opts: JobOptions) -> TagVocabulary | None:
     """The tag vocabulary a fine-tuned model gets: its starting model's (a tagged chat model fine-tuned further),
     else the tags the training data carries, else None (an untagged model, as before tags existed)."""
-    if start.tags is not None:
-        return start.tags
     found = tag_values(iter_conversations(opts.data or default_dialogue_source(), columns=opts.columns))
+    if start.tags is not None:
+        for name, values in found.items():
+            new = sorted(set(values) - set(start.tags.tags.get(name, ())))
+            if new:
+                raise ValueError(f"the data tags {name} {', '.join(new)}, which the model's tag vocabulary lacks "
+                                 f"({name}: {', '.join(start.tags.tags.get(name, ())) or 'none'}); fine-tune a model "
+                                 "without tags (e.g. the pretrained one) to learn a new vocabulary")
+        return start.tags
     if not found:
         return None
     tags = TagVocabulary(found, start.tokenizer.special)

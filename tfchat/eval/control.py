@@ -91,7 +91,7 @@ def control_agreement(loaded: LoadedModel, classifiers: Mapping[str, TextClassif
         "prompts": N, and "samples" (every reply with its tag and the
         classifier's label).
     """
-    from tfchat.eval.evaluate import greedy_replies
+    from tfchat.eval.evaluate import check_max_new_tokens, greedy_replies
 
     tags = loaded.tags
     if tags is None:
@@ -101,6 +101,7 @@ def control_agreement(loaded: LoadedModel, classifiers: Mapping[str, TextClassif
     if not names:
         raise ValueError(f"no classifier for the model's tags ({', '.join(tags.tags)}); got {', '.join(classifiers)}")
     context = loaded.config.block_size
+    check_max_new_tokens(max_new_tokens, context)
     chats = [[{"role": "user", "content": p}] for p in prompts]
 
     def replies(reply_tags: dict | None) -> list[str]:

@@ -149,7 +149,7 @@ def _in_split(conversations: list, split: str) -> list:
     return conversations if split == "all" else [c for c in conversations if dialogues.split_of(c) == split]
 
 
-def _check_max_new_tokens(max_new_tokens: int, context: int) -> None:
+def check_max_new_tokens(max_new_tokens: int, context: int) -> None:
     # The prompt keeps at least chat_template.MIN_MAX_LEN ids next to the reply.
     if not 1 <= max_new_tokens <= context - chat_template.MIN_MAX_LEN:
         raise ValueError(f"--max-new-tokens must be in 1..{context - chat_template.MIN_MAX_LEN} "
@@ -164,7 +164,7 @@ def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_token
     Returns [{"prompt": last user message, "reference": the real reply, "reply": the model's}].
     """
     tok, context = loaded.tokenizer, loaded.config.block_size
-    _check_max_new_tokens(max_new_tokens, context)
+    check_max_new_tokens(max_new_tokens, context)
     prompts, items = [], []
     for i, conv in enumerate(conversations):
         last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
@@ -202,7 +202,7 @@ def dialogue_metrics(loaded: LoadedModel, source: str, *, split: str = "validati
     tok = loaded.tokenizer
     context = loaded.config.block_size
     max_new = max_new_tokens if max_new_tokens is not None else min(64, context // 2)
-    _check_max_new_tokens(max_new, context)  # before the loss, not after
+    check_max_new_tokens(max_new, context)  # before the loss, not after
     conversations = _in_split(dialogues.load_conversations(source), split)
     if not conversations:
         raise ValueError(f"{source}: no conversations in the {split!r} split; the held-out split is a hash-chosen "
