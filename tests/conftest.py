@@ -45,3 +45,11 @@ def moderation_classifier(tmp_path_factory):
 
 # Commands run in this process (`main([...])`) leave file descriptor 2 to pytest's capture.
 os.environ.setdefault("TFCHAT_RAW_STDERR", "1")
+
+
+@pytest.fixture(scope="session")
+def tagged_export(tmp_path_factory):
+    """(LoadedModel, version dir): a tiny chat model with control tags, exported once for the serving tests of tags."""
+    from tests.fixtures import tiny_tagged_export
+
+    return tiny_tagged_export(tmp_path_factory.mktemp("tagged"))

@@ -240,3 +240,32 @@ def before_each_decode(backend, before, monkeypatch) -> int:
 
     monkeypatch.setitem(backend.signatures, "decode", plain)
     return 1
+
+
+TAG_VOCABULARY = {"style": ["happy", "sad"], "topic": ["music", "sports"]}
+
+
+def tiny_tagged_export(root):
+    """(LoadedModel, version dir) of a tiny random chat model like `tiny_export`'s, with TAG_VOCABULARY as its
+    tags (the `tagged_export` fixture makes it once per test session)."""
+    import keras
+
+    from serving.exporter import export
+    from tfchat.checkpoint.model_dir import load_model, save_model
+    from tfchat.config import GPTConfig
+    from tfchat.model import build_gpt
+    from tfchat.text.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(SERVING_TEXTS, vocab_size=400)
+    assert len(tok.special.controls) >= 4  # the reserved <|control_i|> ids the tags map to
+    keras.utils.set_random_seed(0)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    save_model(str(root / "model"), build_gpt(cfg), tok, cfg, metadata={"tags": TAG_VOCABULARY})
+    loaded = load_model(str(root / "model"))
+    assert loaded.tags is not None and loaded.tags.to_dict() == TAG_VOCABULARY
+    return loaded, export(loaded, str(root / "tfchat"))
+
+
+def tag_items(tags: dict) -> list[str]:
+    """{name: value} as a `chat_tagged` row of "name=value" items."""
+    return [f"{name}={value}" for name, value in tags.items()]

@@ -84,12 +84,11 @@ def test_bad_model_path_fails_cleanly(tmp_path, capsys):
     assert "export not found" in capsys.readouterr().err
 
 
-def test_topic_and_style_flags_and_commands(tmp_path_factory):
+def test_topic_and_style_flags_and_commands(tagged_export):
     """`--topic`, `/style happy`, `/style` (clears), and an unknown value (one line, the chat goes on) against a
     server with a model trained with tags; each reply is the backend's reply with the tags in force."""
-    from tests.tag_fixtures import tiny_tagged_export
 
-    _, path = tiny_tagged_export(tmp_path_factory)
+    _, path = tagged_export
     backend = Backend(path, fast=False)
     try:
         script = ["Hello", "/style happy", "Hello", "/style grumpy", "/tags", "Hello", "/style", "/topic", "Hello"]

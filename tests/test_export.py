@@ -14,7 +14,7 @@ from tfchat.config import GPTConfig
 from tfchat.inference.generation import generate, generate_text
 from tfchat.model import build_gpt
 from tfchat.checkpoint.model_dir import load_model, save_model
-from tests.fixtures import tiny_export
+from tests.fixtures import TAG_VOCABULARY, tiny_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["Hello world", "The quick brown fox jumps over", "x"]
@@ -255,10 +255,9 @@ def test_export_with_gpt2_byte_level_tokenizer(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tagged(tmp_path_factory):
-    from tests.tag_fixtures import tiny_tagged_export
+def tagged(tagged_export):
 
-    loaded, path = tiny_tagged_export(tmp_path_factory)
+    loaded, path = tagged_export
     return loaded, path, tf.saved_model.load(path)
 
 
@@ -273,11 +272,10 @@ def test_an_untagged_model_exports_no_tag_signatures(exported):
 
 def test_tagged_export_has_tag_signatures_and_metadata_and_chat_unchanged(exported, tagged):
     from serving.exporter import TAG_SIGNATURES
-    from tests.tag_fixtures import VOCABULARY
 
     loaded, path, sm = tagged
     meta = read_metadata(path)
-    assert meta["tags"] == VOCABULARY
+    assert meta["tags"] == TAG_VOCABULARY
     assert set(meta["signatures"]) == set(SIGNATURES) | set(TAG_SIGNATURES) == set(sm.signatures)
     def inputs(saved, name):
         return {k: (v.dtype, v.shape.as_list()) for k, v in saved.signatures[name].structured_input_signature[1].items()}

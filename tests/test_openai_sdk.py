@@ -113,13 +113,12 @@ def test_sdk_errors_are_openai_errors(served):
 
 
 @pytest.fixture(scope="module")
-def tagged_served(tmp_path_factory):
+def tagged_served(tagged_export):
     """A model trained with control tags behind the server, and an SDK client for it."""
     import openai
 
-    from tests.tag_fixtures import tiny_tagged_export
 
-    loaded, path = tiny_tagged_export(tmp_path_factory)
+    loaded, path = tagged_export
     backend = Backend(path, fast=False)  # the plain signatures: no XLA compile for two short requests
     server = ServerThread(create_app(backend))
     url = server.start()

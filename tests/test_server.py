@@ -311,11 +311,10 @@ TAGS = {"topic": "sports", "style": "happy"}
 
 
 @pytest.fixture(scope="module")
-def tagged(tmp_path_factory):
+def tagged(tagged_export):
     """(LoadedModel, fast backend, TestClient) of a model trained with control tags."""
-    from tests.tag_fixtures import tiny_tagged_export
 
-    loaded, path = tiny_tagged_export(tmp_path_factory)
+    loaded, path = tagged_export
     backend = Backend(path, batch_wait_ms=300)
     yield loaded, backend, TestClient(create_app(backend))
     backend.close()

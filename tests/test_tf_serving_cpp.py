@@ -20,7 +20,7 @@ import tensorflow_text
 
 from tfchat.text import chat_template
 from tfchat.inference.generation import generate, generate_text
-from tests.fixtures import MODERN, tiny_export, tiny_reward_export
+from tests.fixtures import MODERN, tag_items, tiny_export, tiny_reward_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "serving", "cpp", "run_saved_model.cc")
@@ -100,15 +100,14 @@ def test_cpp_load_saved_model_runs_generate_and_chat(binary, exported):
     assert rows[("chat", 0)] == (n, tokens.numpy()[0, :n].tolist(), reply)
 
 
-def test_cpp_runs_chat_tagged_like_keras_with_the_same_tags(binary, tmp_path_factory):
+def test_cpp_runs_chat_tagged_like_keras_with_the_same_tags(binary, tagged_export):
     """A model trained with control tags: `chat_tagged` in C++ gives the Keras model's greedy tokens for the chat
     template's prompt with those tags; an unknown tag fails the request with the known ones."""
-    from tests.tag_fixtures import items, tiny_tagged_export
 
-    loaded, path = tiny_tagged_export(tmp_path_factory)
+    loaded, path = tagged_export
     tags = {"topic": "sports", "style": "happy"}
     cmd = [binary, path, "--max-new", str(MAX_NEW), "--user", USER, "--prompt", "Hi", *_op_libs()]
-    r = subprocess.run(cmd + [arg for item in items(tags) for arg in ("--tag", item)], capture_output=True, text=True,
+    r = subprocess.run(cmd + [arg for item in tag_items(tags) for arg in ("--tag", item)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-4000:]
     rows = parse(r.stdout)

@@ -798,12 +798,11 @@ def test_model_picker_lists_the_servers_models(chat, served):
     assert page.input_value("#model") == "tfchat"  # remembered with the conversation
 
 
-def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served, tmp_path_factory):
+def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served, tagged_export):
     """A model trained with tags: one drop-down per tag name from GET /v1/models ("any" first), the choice is sent
     as "tags" with each request (and steers the real reply), remembered with the conversation and reset with the
     settings; a model without tags shows none."""
     from serving.backend import GenRequest
-    from tests.tag_fixtures import tiny_tagged_export
 
     untagged = browser.new_page()
     try:
@@ -814,7 +813,7 @@ def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served,
     finally:
         untagged.close()
 
-    _, path = tiny_tagged_export(tmp_path_factory)
+    _, path = tagged_export
     backend = Backend(path, fast=False)  # the plain signatures: no XLA compile for a few short replies
     server = ServerThread(create_app(backend))
     page = browser.new_page()
