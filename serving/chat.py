@@ -134,12 +134,14 @@ class LocalChat:
 
 def tag_problem(vocabulary: dict | None, name: str, value: str) -> str | None:
     """Why `name` = `value` is not a tag of the model (one line), or None if it is."""
+    from tfchat.text.control_tags import check_tags
+
     if vocabulary is None:
         return "this model was trained without tags"
-    if name not in vocabulary:
-        return f"unknown tag {name!r}; known: {', '.join(vocabulary)}"
-    if value not in vocabulary[name]:
-        return f"unknown {name} {value!r}; known: {', '.join(vocabulary[name])}"
+    try:
+        check_tags(vocabulary, {name: value})
+    except ValueError as e:
+        return str(e)
     return None
 
 

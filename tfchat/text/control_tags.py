@@ -34,6 +34,17 @@ from typing import Mapping, Sequence
 from tfchat.text.special_tokens import SpecialIds
 
 
+def check_tags(vocabulary: Mapping[str, Sequence[str]], tags: Mapping[str, str]) -> None:
+    """Raises ValueError naming the first name or value of `tags` that `vocabulary` ({name: [values]}) lacks;
+    a None value means "untagged for that name"."""
+    unknown = sorted(set(tags) - set(vocabulary))
+    if unknown:
+        raise ValueError(f"unknown tag {unknown[0]!r}; known: {', '.join(vocabulary)}")
+    for name, values in vocabulary.items():
+        if tags.get(name) is not None and tags[name] not in values:
+            raise ValueError(f"unknown {name} {tags[name]!r}; known: {', '.join(values)}")
+
+
 class TagVocabulary:
     """Tag names and their values, mapped onto a tokenizer's reserved control ids."""
 
@@ -53,16 +64,8 @@ class TagVocabulary:
             return []
         if not isinstance(tags, Mapping):
             raise ValueError(f"tags must be an object of name: value, got {type(tags).__name__}")
-        unknown = sorted(set(tags) - set(self.tags))
-        if unknown:
-            raise ValueError(f"unknown tag {unknown[0]!r}; known: {', '.join(self.tags)}")
-        out = []
-        for name, values in self.tags.items():
-            if name in tags and tags[name] is not None:
-                if tags[name] not in values:
-                    raise ValueError(f"unknown {name} {tags[name]!r}; known: {', '.join(values)}")
-                out.append(self._ids[(name, tags[name])])
-        return out
+        check_tags(self.tags, tags)
+        return [self._ids[(name, tags[name])] for name in self.tags if tags.get(name) is not None]
 
     def to_dict(self) -> dict[str, list[str]]:
         return {name: list(values) for name, values in self.tags.items()}
