@@ -34,7 +34,12 @@ checked against its vocabulary (an unknown name or value, or tags for a model
 trained without, is a `BadRequest` naming the known values), and a batch
 with any tagged row builds its prompts with the `tagged_prompt` signature
 (untagged rows get no control ids, so their prompts are unchanged); either
-decoding path then runs tagged and untagged rows together.
+decoding path then runs tagged and untagged rows together. A tagged request
+with `sampling.guidance` other than 1 is decoded with classifier-free guidance
+(`tfchat.inference.guidance`): its untagged twin prompt decodes beside it (an
+extra row of the batch, fed the row's tokens, never streamed or returned) and
+its tokens are sampled from the guided mix of both rows' logits; the same
+tokens on both paths. Guidance does not apply to untagged requests.
 
 Prompts longer than `16 * max_len` characters are cut before tokenizing to
 what could fit (a token covers at most 16 characters of SentencePiece text):
@@ -70,6 +75,8 @@ import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel 
 from serving.errors import BadRequest, NotFound
 from tfchat.cli import tf_error_message
 from tfchat.eval.logprobs import token_log_probs
+from tfchat.inference.generation import sample
+from tfchat.inference.guidance import guided_logits
 from tfchat.inference.sampling import SamplingParams
 from tfchat.inference.streaming import Detokenizer
 from tfchat.text.chat_template import MIN_MAX_LEN
@@ -539,24 +546,39 @@ class Backend:
 
     def _run_generate(self, batch: list[GenRequest]) -> None:
         """Prefill, then one decode call per token until every row is done, stopped or cancelled."""
+        n = len(batch)
         ids, lengths = self._prompt_ids(batch)
         room = self.max_len - max(r.sampling.max_new_tokens for r in batch)
-        sampling = self._sampling(batch, with_max_new=False)
+        leads = [b for b, r in enumerate(batch) if _guided(r)]
+        if leads:  # the guided rows' untagged twins decode as rows n, n+1, ... of the same batch
+            twin_ids, twin_lengths = self._prompt_ids([_untagged(batch[b]) for b in leads])
+            width = max(ids.shape[1], twin_ids.shape[1])
+            ids = np.concatenate([np.pad(x, [[0, 0], [0, width - x.shape[1]]], constant_values=self.special.pad)
+                                  for x in (ids, twin_ids)])
+            lengths = np.concatenate([lengths, twin_lengths])
+        everyone = batch + [batch[b] for b in leads]
+        sampling = self._sampling(everyone, with_max_new=False)
         state = self.signatures["prefill"](
-            token_ids=tf.constant(ids), num_tokens=tf.constant(lengths), **self._sampling(batch)
+            token_ids=tf.constant(ids), num_tokens=tf.constant(lengths), **self._sampling(everyone)
         )
         cache, key_mask = state["cache"], state["key_mask"]
         token, position, index = state["next_token"], state["position"], state["cache_index"]
         logits = state.get("logits")
         top_k = max((r.logprobs for r in batch if r.logprobs is not None), default=None)
-        if top_k is not None and logits is None:
+        if (top_k is not None or leads) and logits is None:
             raise BadRequest("this export has no logprobs support (its prefill/decode return no logits); "
                              "re-export the model with python -m serving.export")
+        guide = None
+        if leads:
+            guide = dict(guidance=[batch[b].sampling.guidance for b in leads], partner=list(range(n, n + len(leads))),
+                         leads=leads, sampling=[sampling[k].numpy()[leads] for k in ("temperature", "top_k", "top_p", "seed")])
         rows = [_Row(r, self.token_bytes) for r in batch]
         limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):
-            new = token.numpy()
-            scores = self._log_probs(logits, token, top_k) if top_k is not None else [None] * len(rows)
+            if guide:
+                token = _guided_tokens(token, logits, position, guide)
+            new = token.numpy()[:n]
+            scores = self._log_probs(logits[:n], token[:n], top_k) if top_k is not None else [None] * len(rows)
             for row, t, score in zip(rows, new, scores):
                 row.add(int(t), self.stop_ids, score)
             self._emit([row for row in rows if row.per_step])
@@ -582,10 +604,20 @@ class Backend:
             ids, lengths = self._prompt_ids(group)
             batch += group
             prompts += [ids[b, : lengths[b]].tolist() for b in range(len(group))]
-        s = [r.sampling for r in batch]
+        leads = [b for b, r in enumerate(batch) if _guided(r)]
+        twin_of = [-1] * len(batch)
+        if leads:  # each guided row's untagged twin joins as an extra row after the batch
+            for max_new in sorted({batch[b].sampling.max_new_tokens for b in leads}):
+                group = [b for b in leads if batch[b].sampling.max_new_tokens == max_new]
+                ids, lengths = self._prompt_ids([_untagged(batch[b]) for b in group])
+                prompts += [ids[j, : lengths[j]].tolist() for j in range(len(group))]
+                twin_of += group
+        everyone = batch + [batch[b] for b in twin_of if b >= 0]
+        s = [r.sampling for r in everyone]
         new = self.decoder.prefill(prompts, [x.max_new_tokens for x in s], [x.temperature for x in s],
-                                   [x.top_k for x in s], [x.top_p for x in s], [x.seed for x in s])
-        rows = [_Row(r, self.token_bytes) for r in batch]
+                                   [x.top_k for x in s], [x.top_p for x in s], [x.seed for x in s],
+                                   guidance=[x.guidance for x in s], twin_of=twin_of)
+        rows = [_Row(r, self.token_bytes) for r in batch] + [_Row(r, twin=True) for r in everyone[len(batch):]]
         self._add_tokens(rows, new.token.numpy()[:, None], new.logits.numpy()[:, None])
         for row, prompt in zip(rows, prompts):
             row.prompt_tokens = min(len(prompt), self.max_len - row.request.sampling.max_new_tokens)
@@ -607,11 +639,11 @@ class Backend:
         then streams the text."""
         k = max((row.request.logprobs for row in rows if row.request.logprobs is not None), default=None)
         for step in range(tokens.shape[1]):
-            live = [b for b, row in enumerate(rows) if not row.done]
+            live = [b for b, row in enumerate(rows) if not row.done and not row.twin]
             scores = dict(zip(live, self._log_probs(tf.constant(logits[live, step]), tf.constant(tokens[live, step]), k)
                               if k is not None and live else []))
-            for b in live:
-                rows[b].add(int(tokens[b, step]), self.stop_ids, scores.get(b))
+            for b, row in enumerate(rows):
+                row.add(int(tokens[b, step]), self.stop_ids, scores.get(b))
         self._emit([row for row in rows if row.per_step])
 
     def _retire(self) -> None:
@@ -622,6 +654,7 @@ class Backend:
         keep = [b for b, row in enumerate(self._running) if not row.done]
         self._rows = self.decoder.select(self._rows, keep) if keep else None
         self._running = [self._running[b] for b in keep]
+        done = [row for row in done if not row.twin]
         self._emit(done)  # the final text of rows not decoded step by step
         for row in done:
             self._complete(row, row.prompt_tokens)
@@ -677,9 +710,10 @@ class _Row:
     waits in `ready` for `Backend._emit`; without (older exports), `pending` asks `_emit` to decode every id
     so far."""
 
-    def __init__(self, request: GenRequest, token_bytes: tuple[bytes, ...] | None = None):
+    def __init__(self, request: GenRequest, token_bytes: tuple[bytes, ...] | None = None, twin: bool = False):
         self.request = request
-        self.per_step = request.events is not None or request.logprobs is not None
+        self.twin = twin  # a guided row's untagged twin: decoded beside it, never streamed or completed
+        self.per_step = not twin and (request.events is not None or request.logprobs is not None)
         self.prompt_tokens = 0
         self.tokens: list[int] = []
         self.content: list[int] = []  # tokens minus stop ids
@@ -754,6 +788,27 @@ class _Row:
             self.request.future.set_result(completion)
         if self.request.events is not None:
             self.request.events.put(("done", completion))
+
+
+def _guided(r: GenRequest) -> bool:
+    return bool(r.tags) and r.sampling.guidance != 1.0
+
+
+def _untagged(r: GenRequest) -> GenRequest:
+    """The request's untagged twin, for its prompt ids only."""
+    return GenRequest(messages=r.messages, sampling=r.sampling, knowledge=r.knowledge)
+
+
+def _guided_tokens(token: tf.Tensor, logits: tf.Tensor, position: tf.Tensor, guide: dict) -> tf.Tensor:
+    """The plain path's tokens [B + G] with each guided row's token sampled from its guided logits (keyed by
+    its position, as `generate` does) and given to its twin too."""
+    leads, partner = guide["leads"], guide["partner"]
+    mixed = guided_logits(tf.gather(logits, leads), tf.gather(logits, partner), guide["guidance"])
+    picked = sample(mixed, *guide["sampling"], tf.gather(position, leads)).numpy()
+    token = token.numpy().copy()
+    token[leads] = picked
+    token[partner] = picked
+    return tf.constant(token)
 
 
 def fit_messages(messages: list[dict], limit: int) -> list[dict]:

@@ -6,6 +6,7 @@
     python -m serving.chat --model exports/tfchat --content-filter runs/moderation
     python -m serving.chat --model exports/grounded --intent runs/intent --index runs/index   # dialogue manager
     python -m serving.chat --model exports/tagged --topic music --style happy   # a model trained with tags
+    python -m serving.chat --model exports/tagged --topic music --guidance 8   # steer harder
 
 Type a message and press Enter. Commands: `/reset` forgets the conversation,
 `/system TEXT` sets a system prompt (and resets), `/exit` (or Ctrl-D) quits,
@@ -20,6 +21,8 @@ A model trained with control tags steers its replies by them: `--topic
 music --style happy` (or in the chat `/topic music`, `/style happy`; `/style`
 alone clears it; `/tags` shows them and the model's vocabulary) tags every
 following reply. An unknown value is refused in one line; the chat goes on.
+`--guidance 8` steers tagged replies harder (classifier-free guidance,
+`tfchat.inference.guidance`; each reply decodes twice).
 """
 
 from __future__ import annotations
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     g.add_argument("--top-k", type=cli.non_negative_int, default=None, help="0 = off")
     g.add_argument("--top-p", type=cli.probability, default=None, help="1 = off")
     g.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
+    g.add_argument("--guidance", type=cli.guidance, default=None,
+                   help="with --topic/--style: steer harder by classifier-free guidance (1 = off; e.g. 8)")
     from serving.server import add_best_of_flags, best_of, check_best_of_flags
 
     add_best_of_flags(parser)
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         parser.error("--intent and --index are for --model (a server routes its own: serving.server --intent/--index)")
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     given = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
-             "top_p": args.top_p, "seed": args.seed}
+             "top_p": args.top_p, "seed": args.seed, "guidance": args.guidance}
     sampling = {k: v for k, v in given.items() if v is not None}
 
     def body() -> int:

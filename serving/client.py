@@ -5,6 +5,7 @@ Both work against `tensorflow_model_server` and against `serving.server`.
     python -m serving.client --url http://localhost:8501 "Once upon a time"
     python -m serving.client --grpc localhost:8500 --chat "Hello!"
     python -m serving.client --chat --topic music --style happy "Hello!"   # a model trained with tags
+    python -m serving.client --chat --topic music --guidance 8 "Hello!"    # steer harder
 
 Example:
 
@@ -44,10 +45,11 @@ class ServingError(RuntimeError):
         self.message = message
 
 
-def _sampling(n: int, sampling: SamplingParams | None, overrides: dict) -> dict:
-    """Every sampling input, one value per row: stock TF Serving has no defaults. Default: greedy."""
+def _sampling(n: int, sampling: SamplingParams | None, overrides: dict, guided: bool = False) -> dict:
+    """Every sampling input, one value per row: stock TF Serving has no defaults. Default: greedy.
+    `guidance` is an input of `chat_tagged` only (`guided`)."""
     params = (sampling or SamplingParams.greedy()).replace(**overrides).resolved()
-    return {name: [value] * n for name, value in params.to_dict().items()}
+    return {name: [value] * n for name, value in params.to_dict().items() if guided or name != "guidance"}
 
 
 def _conversation(messages: Sequence[Mapping[str, str]]) -> tuple[list, list]:
@@ -71,8 +73,8 @@ class _Client:
         """The assistant's reply to a conversation (the `chat` signature; with `tags`, e.g. `{"topic": "music"}`,
         the `chat_tagged` signature of a model trained with tags)."""
         roles, contents = _conversation(messages)
-        inputs = {"roles": roles, "contents": contents, **_sampling(1, sampling, overrides)}
         tags = {k: v for k, v in (tags or {}).items() if v is not None}
+        inputs = {"roles": roles, "contents": contents, **_sampling(1, sampling, overrides, guided=bool(tags))}
         if tags:
             inputs["tags"] = [[f"{name}={value}" for name, value in tags.items()]]
         return _text(np.asarray(self.predict(inputs, "chat_tagged" if tags else "chat")["reply"]).reshape(-1)[0])
@@ -230,10 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--top-k", type=cli.non_negative_int, default=0, help="0 = off")
     g.add_argument("--top-p", type=cli.probability, default=1.0, help="1 = off")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--guidance", type=cli.guidance, default=1.0,
+                   help="with --topic/--style: steer harder by classifier-free guidance (1 = off)")
     args = parser.parse_args(argv)
     tags = {k: v for k, v in (("topic", args.topic), ("style", args.style)) if v is not None}
     if tags and not args.chat:
         parser.error("--topic and --style steer chat replies: add --chat")
+    if args.guidance != 1 and not tags:
+        parser.error("--guidance steers tagged replies: add --chat with --topic or --style")
 
     def body() -> int:
         if args.grpc:  # the gRPC client builds TensorProtos: TensorFlow, and its start-up chatter filtered
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             cli.setup_logging(args.verbose)
         client = GrpcClient(args.grpc, args.model) if args.grpc else RestClient(args.url, args.model)
         sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, seed=args.seed)
+                                  top_p=args.top_p, seed=args.seed, guidance=args.guidance)
         if args.chat:
             outputs = [client.chat([{"role": "user", "content": t}], sampling, tags=tags) for t in args.texts]
         else:

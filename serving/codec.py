@@ -27,7 +27,7 @@ import tensorflow as tf
 from serving.errors import BadRequest
 from tfchat.inference.sampling import SamplingParams, check_sampling
 
-SAMPLING_INPUTS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed"}
+SAMPLING_INPUTS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "guidance"}
 
 
 def _decode_value(value, dtype: tf.DType):

@@ -29,8 +29,11 @@ always given, per row):
   its vocabulary is the metadata's "tags"), so TF Serving clients of `chat`
   never see a changed signature:
   - `chat_tagged`: `chat` plus tags string [B, K], each row's `name=value`
-    items (`"topic=music"`; "" pads a row, a row of "" is untagged). Their
-    control ids follow the final `<|assistant|>`, in vocabulary order.
+    items (`"topic=music"`; "" pads a row, a row of "" is untagged), and
+    guidance float32 [B]: 1 = off; otherwise a tagged row is decoded with
+    classifier-free guidance against its untagged twin
+    (`tfchat.inference.guidance`; twice the compute when any row is guided).
+    Their control ids follow the final `<|assistant|>`, in vocabulary order.
   - `tagged_prompt`: roles, contents [B, M], knowledge [B], tags [B, K],
     max_new_tokens [B] -> token_ids, num_tokens: the server's prompt for
     tagged (and grounded) replies through `prefill`/`decode`.
@@ -70,7 +73,7 @@ from tfchat import atomic
 from tfchat.checkpoint.model_dir import LoadedModel
 from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.generation import decode_step, generate, prefill
-from tfchat.inference.sampling import SamplingParams
+from tfchat.inference.sampling import MAX_GUIDANCE, SamplingParams
 from tfchat.text import chat_template
 
 log = logging.getLogger(__name__)
@@ -137,10 +140,10 @@ class ServingModule(ModelModule):
         keep = tf.reduce_all(tf.not_equal(ragged[..., None], tf.constant(self.stop_ids)), axis=-1)
         return self.tokenizer.tf_decode(tf.ragged.boolean_mask(ragged, keep))
 
-    def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
+    def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, **guide):
         tokens, lengths = generate(
             self.model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
-            stop_ids=self.stop_ids, pad_id=self.pad_id, max_len=self.max_len,
+            stop_ids=self.stop_ids, pad_id=self.pad_id, max_len=self.max_len, **guide,
         )
         return tokens, lengths, self._decode(tokens, lengths)
 
@@ -342,10 +345,22 @@ class TaggedServingModule(ServingModule):
 
     # ---------------------------------------------------------------- signatures
 
-    @tf.function(input_signature=[*_CONVERSATION_SPECS, _TAGS_SPEC, *SAMPLING_SPECS])
-    def chat_tagged(self, roles, contents, tags, max_new_tokens, temperature, top_k, top_p, seed):
+    @tf.function(input_signature=[*_CONVERSATION_SPECS, _TAGS_SPEC, *SAMPLING_SPECS, _vec(tf.float32, "guidance")])
+    def chat_tagged(self, roles, contents, tags, max_new_tokens, temperature, top_k, top_p, seed, guidance):
         ids = self._chat_ids(roles, contents, max_new_tokens, tags=tags)
-        tokens, lengths, text = self._generate(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        sampling = (max_new_tokens, temperature, top_k, top_p, seed)
+        bad = tf.logical_or(tf.logical_not(tf.math.is_finite(guidance)), tf.logical_or(guidance < 0, guidance > MAX_GUIDANCE))
+        check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [f"guidance must be in 0 .. {MAX_GUIDANCE:g} (1 = off)"])
+        with tf.control_dependencies([check]):
+            # Untagged rows are not guided (their twin would be the same prompt).
+            guidance = tf.where(tf.reduce_any(tf.not_equal(tf.strings.strip(tags), ""), axis=1), guidance, 1.0)
+
+        def guided():
+            plain = self._chat_ids(roles, contents, max_new_tokens)
+            return self._generate(ids, *sampling, guidance=guidance, unguided_ids=plain)
+
+        tokens, lengths, text = tf.cond(tf.reduce_all(tf.equal(guidance, 1.0)), lambda: self._generate(ids, *sampling),
+                                        guided)
         return {"reply": text, "token_ids": tokens, "num_tokens": lengths}
 
     @tf.function(input_signature=[*_CONVERSATION_SPECS, _vec(tf.string, "knowledge"), _TAGS_SPEC,

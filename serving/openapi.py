@@ -57,6 +57,9 @@ CHAT_REQUEST = {
         "topic": {"type": ["string", "null"], "description": "tfchat extension: the reply's topic tag (a value of the "
                                                              "model's tag vocabulary, GET /v1/models)"},
         "style": {"type": ["string", "null"], "description": "tfchat extension: the reply's style tag"},
+        "guidance": {"type": ["number", "null"], "minimum": 0, "maximum": 30,
+                     "description": "tfchat extension: classifier-free guidance of a tagged reply (1 = off; "
+                                    "higher steers harder, at twice the compute)"},
         "tags": {"type": ["object", "null"], "additionalProperties": {"type": ["string", "null"]},
                  "description": "tfchat extension: control tags {name: value}, any name of the model's vocabulary"},
     },

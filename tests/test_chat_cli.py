@@ -86,7 +86,8 @@ def test_bad_model_path_fails_cleanly(tmp_path, capsys):
 
 def test_topic_and_style_flags_and_commands(tagged_export):
     """`--topic`, `/style happy`, `/style` (clears), and an unknown value (one line, the chat goes on) against a
-    server with a model trained with tags; each reply is the backend's reply with the tags in force."""
+    server with a model trained with tags; each reply is the backend's reply with the tags in force, guided by
+    `--guidance`."""
 
     _, path = tagged_export
     backend = Backend(path, fast=False)
@@ -98,14 +99,16 @@ def test_topic_and_style_flags_and_commands(tagged_export):
         backend.stream_with_logprobs = lambda request: (seen.append(request.tags), stream(request))[1]
         with ServerThread(create_app(backend)) as url:
             out = io.StringIO()
-            code = chat_cli.main(["--server", url, "--topic", "sports", "--max-tokens", "6", "--temperature", "0"],
+            code = chat_cli.main(["--server", url, "--topic", "sports", "--max-tokens", "6", "--temperature", "0",
+                                  "--guidance", "20"],
                                  stdin=io.StringIO("\n".join(script) + "\n"), stdout=out)
             assert code == 0
             history, want = [], []
             for tags in in_force:
                 history.append({"role": "user", "content": "Hello"})
                 done = backend.complete(GenRequest(messages=list(history), tags=tags,
-                                                   sampling=backend.defaults.replace(max_new_tokens=6, temperature=0)))
+                                                   sampling=backend.defaults.replace(max_new_tokens=6, temperature=0,
+                                                                                     guidance=20)))
                 history.append({"role": "assistant", "content": done.text})
                 want.append(done.text)
         text = out.getvalue()
@@ -124,6 +127,9 @@ def test_a_tag_flag_for_a_model_without_tags_fails_cleanly(backend, capsys):
         out = io.StringIO()
         code = chat_cli.main(["--server", url, "--style", "happy"], stdin=io.StringIO("Hi\n"), stdout=out)
         assert code == 2 and "--style happy: this model was trained without tags" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as e:
+            chat_cli.main(["--server", url, "--style", "happy", "--guidance", "40"], stdin=io.StringIO(""), stdout=out)
+        assert e.value.code == 2 and "expected a number in 0 .. 30 (1 = off), got 40" in capsys.readouterr().err
         assert out.getvalue() == ""  # no chat started
         out = io.StringIO()
         assert chat_cli.main(["--server", url, "--max-tokens", "2"], stdin=io.StringIO("/style happy\nHi\n"),

@@ -125,6 +125,8 @@ def test_control_agreement_counts_what_the_classifier_says(tmp_path):
     from tests.fixtures import tiny_chat_dir
     from tfchat.checkpoint.model_dir import load_model
     from tfchat.eval.control import control_agreement
+    from tfchat.eval.evaluate import greedy_replies
+    from tfchat.text import chat_template
 
     loaded = tiny_chat_dir(tmp_path / "chat")
     with open(tmp_path / "chat" / "tfchat.json") as f:
@@ -148,6 +150,26 @@ def test_control_agreement_counts_what_the_classifier_says(tmp_path):
     assert style["tagged"] == pytest.approx((style["per_tag"]["happy"]["tagged"] + style["per_tag"]["sad"]["tagged"]) / 2)
     untagged = [s for s in samples if not s["tags"]]
     assert [s["style"] for s in untagged] == [classifier.predict([s["reply"]])[0][0] for s in untagged]
+
+    # The reference: the classifier on real replies with their tags (the rule says happy for even lengths).
+    real = [("ab", {"style": "happy"}), ("abcd", {"style": "happy"}), ("x", {"style": "happy"}),
+            ("abc", {"style": "sad"}), ("yz", {"topic": "music"})]
+    ref = control_agreement(loaded, {"style": classifier}, prompts[:1], {"style": {"happy": 0.9, "sad": 0.1}},
+                            max_new_tokens=2, references=real)["style"]["reference"]
+    # happy: 2 of its 3 replies said happy, 2 of all 4 style replies; sad: 1 of 1, 2 of 4.
+    assert ref == {"tagged": pytest.approx((2 / 3 + 1) / 2), "untagged": pytest.approx(0.5), "replies": 4}
+    assert "reference" not in style
+
+    # With guidance, each tagged reply is decoded against its untagged prompt; the untagged replies stay.
+    guided = control_agreement(loaded, {"style": classifier}, prompts, max_new_tokens=6, guidance=3.0)
+    assert guided["guidance"] == 3.0 and result["guidance"] == 1.0
+    assert [s["reply"] for s in guided["samples"] if not s["tags"]] == [s["reply"] for s in untagged]
+    tok, context = loaded.tokenizer, loaded.config.block_size
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    plain = [chat_template.prompt(c, tok, context - 6, tags=loaded.tags) for c in chats]
+    happy = [chat_template.prompt(c, tok, context - 6, tags=loaded.tags, reply_tags={"style": "happy"}) for c in chats]
+    want = greedy_replies(loaded, happy, 6, guidance=3.0, unguided=plain)
+    assert [s["reply"] for s in guided["samples"] if s["tags"] == {"style": "happy"}] == want
     with pytest.raises(ValueError, match="lacks the model's values"):
         control_agreement(loaded, {"style": _RuleClassifier(["happy", "angry"])}, prompts, max_new_tokens=2)
 
@@ -159,6 +181,7 @@ def test_evaluate_control_needs_a_tagged_model(tmp_path, capsys):
     tiny_chat_dir(tmp_path / "chat")
     assert evaluate.main(["--model", str(tmp_path / "chat"), "--control"]) == 1
     assert "has no tag vocabulary" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        evaluate.main(["--model", str(tmp_path / "chat"), "--style-classifier", "x", "--data", "chat-sample"])
-    assert e.value.code == 2
+    for flags in (["--style-classifier", "x"], ["--guidance", "3"], ["--control", "--guidance", "31"]):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["--model", str(tmp_path / "chat"), *flags, "--data", "chat-sample"])
+        assert e.value.code == 2

@@ -281,7 +281,8 @@ def test_tagged_export_has_tag_signatures_and_metadata_and_chat_unchanged(export
         return {k: (v.dtype, v.shape.as_list()) for k, v in saved.signatures[name].structured_input_signature[1].items()}
 
     assert inputs(sm, "chat") == inputs(exported[2], "chat")  # TF Serving clients of `chat` see no change
-    assert inputs(sm, "chat_tagged") == {**inputs(sm, "chat"), "tags": (tf.string, [None, None])}
+    assert inputs(sm, "chat_tagged") == {**inputs(sm, "chat"), "tags": (tf.string, [None, None]),
+                                         "guidance": (tf.float32, [None])}
     assert set(inputs(sm, "tagged_prompt")) == {"roles", "contents", "knowledge", "tags", "max_new_tokens"}
     assert not sorted(t for t in op_types(path) if t.startswith("Xla"))
 
@@ -298,7 +299,11 @@ def test_chat_tagged_and_tagged_prompt_equal_the_chat_template_and_keras(tagged)
     prompts = sm.signatures["tagged_prompt"](roles=roles, contents=contents, knowledge=tf.constant(knowledge),
                                              tags=tf.constant(items), max_new_tokens=tf.fill([4], 8))
     out = sm.signatures["chat_tagged"](roles=roles, contents=contents, tags=tf.constant(items),
-                                       **sampling(4, max_new=8))
+                                       guidance=tf.ones([4]), **sampling(4, max_new=8))
+    # Guided rows 0 and 3 (row 1 is untagged: its guidance is ignored; row 2 has scale 1).
+    guidance = [20.0, 20.0, 1.0, 3.0]
+    guided = sm.signatures["chat_tagged"](roles=roles, contents=contents, tags=tf.constant(items),
+                                          guidance=tf.constant(guidance), **sampling(4, max_new=8))
     plain = sm.signatures["chat"](roles=roles, contents=contents, **sampling(4, max_new=8))
     stops = [tok.end_id, tok.eot_id]
     for b, reply_tags in enumerate(rows):
@@ -310,10 +315,17 @@ def test_chat_tagged_and_tagged_prompt_equal_the_chat_template_and_keras(tagged)
         tagged_ids = chat_template.prompt(messages, tok, max_len=64 - 8, tags=loaded.tags, reply_tags=reply_tags)
         tokens, _ = generate(loaded.model, tf.ragged.constant([tagged_ids], dtype=tf.int32), 8, stop_ids=stops)
         assert out["token_ids"].numpy()[b].tolist() == tokens.numpy()[0].tolist()
+        untagged_ids = chat_template.prompt(messages, tok, max_len=64 - 8)
+        scale = guidance[b] if reply_tags else 1.0
+        tokens, _ = generate(loaded.model, tf.ragged.constant([tagged_ids], dtype=tf.int32), 8, stop_ids=stops,
+                             guidance=scale, unguided_ids=tf.ragged.constant([untagged_ids], dtype=tf.int32))
+        assert guided["token_ids"].numpy()[b].tolist() == tokens.numpy()[0].tolist()
+    assert guided["token_ids"].numpy()[0].tolist() != out["token_ids"].numpy()[0].tolist()  # guidance steered
     # An untagged row of chat_tagged is exactly `chat`.
     np.testing.assert_array_equal(out["token_ids"].numpy()[1], plain["token_ids"].numpy()[1])
+    np.testing.assert_array_equal(guided["token_ids"].numpy()[1], plain["token_ids"].numpy()[1])
     empty = sm.signatures["chat_tagged"](roles=roles[:1], contents=contents[:1], tags=tf.zeros([1, 0], tf.string),
-                                         **sampling(1, max_new=8))
+                                         guidance=tf.ones([1]), **sampling(1, max_new=8))
     np.testing.assert_array_equal(empty["token_ids"].numpy()[0], plain["token_ids"].numpy()[0])
 
 
@@ -329,5 +341,17 @@ def test_chat_tagged_refuses_unknown_tags_and_two_values_of_one_name(tagged, ite
     _, _, sm = tagged
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         sm.signatures["chat_tagged"](roles=tf.constant([["user"]]), contents=tf.constant([["Hi"]]),
-                                     tags=tf.constant([items]), **sampling(1, max_new=4))
+                                     tags=tf.constant([items]), guidance=tf.ones([1]), **sampling(1, max_new=4))
     assert tf_error_message(info.value).startswith(message)
+
+
+def test_chat_tagged_refuses_bad_guidance(tagged):
+    from tfchat.cli import tf_error_message
+
+    _, _, sm = tagged
+    for bad in (-1.0, 31.0, float("nan")):
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            sm.signatures["chat_tagged"](roles=tf.constant([["user"]]), contents=tf.constant([["Hi"]]),
+                                         tags=tf.constant([["topic=music"]]), guidance=tf.constant([bad]),
+                                         **sampling(1, max_new=4))
+        assert tf_error_message(info.value).startswith("guidance must be in 0 .. 30 (1 = off)")

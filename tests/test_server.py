@@ -314,6 +314,7 @@ def test_a_modern_architecture_serves_streaming_and_batched_like_the_library(tmp
 # ---------------------------------------------------------------------------------- control tags
 
 TAGS = {"topic": "sports", "style": "happy"}
+GUIDED = 20.0  # a guidance scale that changes the tiny random model's greedy reply
 
 
 @pytest.fixture(scope="module")
@@ -326,17 +327,21 @@ def tagged(tagged_export):
     backend.close()
 
 
-def _expected(loaded, messages, tags=None, knowledge=None, max_new=8):
-    """(prompt ids, greedy reply ids) from the chat template and the Keras model."""
+def _expected(loaded, messages, tags=None, knowledge=None, max_new=8, guidance=1.0, **sampling):
+    """(prompt ids, reply ids) from the chat template and the Keras model (greedy unless `sampling` says;
+    guided against the untagged prompt when `guidance` is not 1)."""
     import tensorflow as tf
 
     from tfchat.inference.generation import generate
     from tfchat.text import chat_template
 
     tok = loaded.tokenizer
-    ids = chat_template.prompt(messages, tok, 64 - max_new, tags=loaded.tags, reply_tags=tags, knowledge=knowledge)
+    prompt = lambda reply_tags: chat_template.prompt(messages, tok, 64 - max_new, tags=loaded.tags,  # noqa: E731
+                                                     reply_tags=reply_tags, knowledge=knowledge)
+    ids = prompt(tags)
+    guide = dict(guidance=guidance, unguided_ids=tf.ragged.constant([prompt(None)], tf.int32)) if guidance != 1 else {}
     tokens, lengths = generate(loaded.model, tf.ragged.constant([ids], dtype=tf.int32), max_new,
-                               stop_ids=[tok.end_id, tok.eot_id])
+                               stop_ids=[tok.end_id, tok.eot_id], **sampling, **guide)
     return ids, tokens.numpy()[0, : int(lengths[0])].tolist()
 
 
@@ -347,21 +352,29 @@ def test_tagged_and_untagged_requests_batch_together_on_both_paths(tagged, fast)
     loaded, fast_backend, _ = tagged
     backend = fast_backend if fast else Backend(fast_backend.path, batch_wait_ms=300, fast=False)
     try:
-        cases = [(TAGS, None), (None, None), ({"style": "sad"}, "The fox is quick."),
-                 ({"topic": "music", "style": None}, None)]
-        requests = [GenRequest(messages=HI, sampling=SamplingParams.greedy(8), tags=t, knowledge=k) for t, k in cases]
+        # (tags, knowledge, guidance, sampling): guided rows decode beside their untagged twins; an untagged
+        # request ignores guidance.
+        sampled = dict(temperature=1.0, top_k=0, top_p=0.9, seed=3)
+        cases = [(TAGS, None, 1.0, {}), (None, None, 1.0, {}), ({"style": "sad"}, "The fox is quick.", 1.0, {}),
+                 ({"topic": "music", "style": None}, None, 1.0, {}), (TAGS, None, GUIDED, {}),
+                 ({"style": "sad"}, "The fox is quick.", GUIDED, sampled), (None, None, GUIDED, {})]
+        requests = [GenRequest(messages=HI, sampling=SamplingParams.greedy(8).replace(guidance=g, **x), tags=t,
+                               knowledge=k) for t, k, g, x in cases]
         backend.largest_batch = 0
         for r in requests:
             backend.submit(r)
         results = [r.future.result(timeout=120) for r in requests]
         assert backend.largest_batch >= 2
         replies = set()
-        for (tags, knowledge), done in zip(cases, results):
-            ids, reply = _expected(loaded, HI, {k: v for k, v in (tags or {}).items() if v}, knowledge)
+        for (tags, knowledge, guidance, sampling), done in zip(cases, results):
+            tags = {k: v for k, v in (tags or {}).items() if v}
+            ids, reply = _expected(loaded, HI, tags, knowledge, guidance=guidance if tags else 1.0, **sampling)
             assert (done.token_ids, done.prompt_tokens) == (reply, len(ids))
             replies.add(tuple(reply))
         assert len(replies) > 1  # the tags reached the model
         assert results[0].prompt_tokens == results[1].prompt_tokens + 2  # two control ids
+        assert results[4].token_ids != results[0].token_ids  # guidance changed the reply
+        assert results[6].token_ids == results[1].token_ids
     finally:
         if not fast:
             backend.close()
@@ -406,7 +419,12 @@ def test_openai_route_takes_top_level_and_object_tags(tagged):
     with client.stream("POST", "/v1/chat/completions", json={**body, **TAGS, "stream": True}) as s:
         streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in _sse(s))
     assert streamed == top["choices"][0]["message"]["content"]
+    guided = client.post("/v1/chat/completions", json={**body, **TAGS, "guidance": GUIDED}).json()
+    assert guided["choices"][0]["message"]["content"] == loaded.tokenizer.decode(
+        _expected(loaded, HI, TAGS, guidance=GUIDED)[1])
     for extra, fragment in [({"topic": "cooking"}, "unknown topic 'cooking'; known: music, sports"),
+                            ({**TAGS, "guidance": 31}, "guidance must be a number in 0 .. 30"),
+                            ({**TAGS, "guidance": "strong"}, "guidance must be a number in 0 .. 30"),
                             ({"tags": {"topic": "music"}, "topic": "sports"}, "'topic' and 'tags.topic' differ"),
                             ({"style": ["happy"]}, "tag style must be a string")]:
         r = client.post("/v1/chat/completions", json={**body, **extra})
@@ -423,15 +441,21 @@ def test_tf_serving_rest_chat_tagged_and_the_rest_client(tagged):
     _, reply = _expected(loaded, HI, TAGS, max_new=6)
     rows = client.post("/v1/models/tfchat:predict", json={"signature_name": "chat_tagged", "instances": [
         {"roles": ["user"], "contents": [HI[0]["content"]], "tags": ["style=happy", "topic=sports"],
-         "max_new_tokens": 6, "temperature": 0.0},
-        {"roles": ["user"], "contents": [HI[0]["content"]], "tags": ["", ""], "max_new_tokens": 6, "temperature": 0.0},
+         "max_new_tokens": 6, "temperature": 0.0, "guidance": 1.0},
+        {"roles": ["user"], "contents": [HI[0]["content"]], "tags": ["", ""], "max_new_tokens": 6, "temperature": 0.0,
+         "guidance": GUIDED},  # untagged: not guided
+        {"roles": ["user"], "contents": [HI[0]["content"]], "tags": ["style=happy", "topic=sports"],
+         "max_new_tokens": 6, "temperature": 0.0, "guidance": GUIDED},
     ]}).json()["predictions"]
     assert rows[0]["token_ids"][: rows[0]["num_tokens"]] == reply
     assert rows[1]["token_ids"][: rows[1]["num_tokens"]] == _expected(loaded, HI, max_new=6)[1]
+    guided = _expected(loaded, HI, TAGS, max_new=6, guidance=GUIDED)[1]
+    assert rows[2]["token_ids"][: rows[2]["num_tokens"]] == guided
     r = client.post("/v1/models/tfchat:predict", json={"signature_name": "chat_tagged", "inputs": {
         "roles": [["user"]], "contents": [["Hi"]], "tags": [["topic=cooking"]]}})
     assert r.status_code == 400 and r.json()["error"].startswith("unknown tag topic=cooking; known tags: style=happy")
     rest = RestClient("http://testserver", "tfchat", http=client)
     assert rest.chat(HI, max_new_tokens=6, tags=TAGS) == loaded.tokenizer.decode(reply)
+    assert rest.chat(HI, max_new_tokens=6, tags=TAGS, guidance=GUIDED) == loaded.tokenizer.decode(guided)
     with pytest.raises(ServingError, match="unknown tag topic=cooking"):
         rest.chat(HI, max_new_tokens=6, tags={"topic": "cooking"})

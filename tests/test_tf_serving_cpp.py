@@ -125,6 +125,21 @@ def test_cpp_runs_chat_tagged_like_keras_with_the_same_tags(binary, tagged_expor
         assert rows[(kind, 0)] == expected[kind]
     assert expected["chat_tagged"][1] != expected["chat"][1]  # the tags reached the model: another reply
 
+    # Guided (classifier-free guidance against the untagged prompt), as the Keras loop gives it.
+    r = subprocess.run(cmd + [arg for item in tag_items(tags) for arg in ("--tag", item)] + ["--guidance", "20"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-4000:]
+    ids = chat_template.prompt(messages, tok, max_len=loaded.config.block_size - MAX_NEW, tags=loaded.tags,
+                               reply_tags=tags)
+    plain = chat_template.prompt(messages, tok, max_len=loaded.config.block_size - MAX_NEW)
+    tokens, lengths = generate(loaded.model, tf.ragged.constant([ids], dtype=tf.int32), MAX_NEW,
+                               stop_ids=[tok.end_id, tok.eot_id], guidance=20.0,
+                               unguided_ids=tf.ragged.constant([plain], dtype=tf.int32))
+    n = int(lengths[0])
+    assert parse(r.stdout)[("chat_tagged", 0)] == (n, tokens.numpy()[0, :n].tolist(),
+                                                   tok.decode(tokens.numpy()[0, :n].tolist()))
+    assert tokens.numpy()[0, :n].tolist() != expected["chat_tagged"][1]
+
     r = subprocess.run(cmd + ["--tag", "topic=cooking"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown tag topic=cooking; known tags: style=happy" in r.stderr
 

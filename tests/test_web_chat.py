@@ -823,13 +823,13 @@ def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served,
         chat.open()
         chat.settings(temperature=0, max_tokens=6)
         page.wait_for_selector("#steering:not([hidden])")
-        assert page.locator("#steering label").all_text_contents() == ["Style", "Topic"]
+        assert page.locator("#steering label").all_text_contents() == ["Style", "Topic", "Strength"]
         assert page.locator("#tag-style option").all_text_contents() == ["any", "happy", "sad"]
         assert page.locator("#tag-topic option").all_text_contents() == ["any", "music", "sports"]
         assert page.get_by_label("Topic", exact=True).get_attribute("id") == "tag-topic"
 
-        chat.say("Hello")  # untagged: no "tags" in the request
-        assert "tags" not in chat.sent[-1]
+        chat.say("Hello")  # untagged: no "tags" (nor "guidance") in the request
+        assert "tags" not in chat.sent[-1] and "guidance" not in chat.sent[-1]
         page.select_option("#tag-topic", "sports")
         page.select_option("#tag-style", "happy")
         chat.say("Hello")
@@ -839,6 +839,15 @@ def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served,
                                              sampling=backend.defaults.replace(temperature=0, max_new_tokens=6)))
         assert chat.stored()["messages"][-1]["content"] == tagged.text  # the model's reply under those tags
         assert chat.stored()["settings"]["tags"] == {"style": "happy", "topic": "sports"}
+        assert chat.sent[-1]["guidance"] == 1  # the model's default strength
+        page.fill("#guidance", "20")  # steer harder: classifier-free guidance
+        chat.say("Hello")
+        assert chat.sent[-1]["guidance"] == 20
+        guided = backend.complete(GenRequest(messages=chat.sent[-1]["messages"],
+                                             tags={"style": "happy", "topic": "sports"},
+                                             sampling=backend.defaults.replace(temperature=0, max_new_tokens=6,
+                                                                               guidance=20)))
+        assert chat.stored()["messages"][-1]["content"] == guided.text
 
         chat.reload()  # remembered with the conversation
         assert (page.input_value("#tag-topic"), page.input_value("#tag-style")) == ("sports", "happy")
@@ -849,6 +858,7 @@ def test_tag_drop_downs_list_the_vocabulary_and_send_the_choice(browser, served,
         assert page.input_value("#tag-topic") == "sports"
         page.click("#reset-settings")
         assert (page.input_value("#tag-topic"), page.input_value("#tag-style")) == ("", "")
+        assert page.input_value("#guidance") == "1"
         chat.say("Hi")
         assert "tags" not in chat.sent[-1]
     finally:

@@ -74,6 +74,7 @@ non_negative_float = _typed(float, lambda v: 0 <= v < float("inf"), "a number >=
 probability = _typed(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 fraction = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 unit_interval = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+guidance = _typed(float, lambda v: 0 <= v <= 30, "a number in 0 .. 30 (1 = off)")  # sampling.MAX_GUIDANCE
 positive_ints = _typed(lambda t: [int(c) for c in t.split(",")], lambda v: all(c > 0 for c in v),
                        "comma-separated integers > 0")
 

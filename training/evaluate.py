@@ -101,6 +101,9 @@ def parser():
     g.add_argument("--topic-classifier", default=None,
                    help="topic classifier (training.classify --task topic run; default: trained and cached)")
     g.add_argument("--control-prompts", type=cli.positive_int, default=200, help="held-out prompts per tag")
+    g.add_argument("--guidance", type=cli.guidance, default=1.0,
+                   help="classifier-free guidance scale of the tagged replies (1 = off; the server's and chat's "
+                        "guidance setting)")
     p.add_argument("--json", action="store_true", help="print one compact JSON object on stdout")
     p.add_argument("--samples-out", default=None, metavar="FILE.jsonl",
                    help="write every generated reply (prompt, reference, reply) here as JSONL")
@@ -151,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.blimp or args.preferences or args.kind != "auto":
             p.error("--control takes --data (dialogues), not --blimp, --preferences or --kind")
         return cli.run(lambda: _evaluate_control(args))
-    if args.style_classifier or args.topic_classifier:
-        p.error("--style-classifier and --topic-classifier are for --control")
+    if args.style_classifier or args.topic_classifier or args.guidance != 1:
+        p.error("--style-classifier, --topic-classifier and --guidance are for --control")
     if args.data is None and not args.blimp and args.preferences is None:
         p.error("give --data, --blimp, --preferences or several")
     if args.split == "auto":
@@ -232,7 +235,7 @@ def _evaluate_control(args) -> int:
     from tfchat.checkpoint.model_dir import load_model, resolve_model_dir
     from tfchat.data.io import write_jsonl
     from tfchat.data.sources import default_cache_dir
-    from tfchat.eval.control import control_agreement, control_prompts
+    from tfchat.eval.control import control_agreement, control_prompts, held_out_replies
     from tfchat.inference.classifier import TextClassifier
 
     loaded = load_model(resolve_model_dir(args.model))
@@ -243,16 +246,19 @@ def _evaluate_control(args) -> int:
     cache = os.path.join(default_cache_dir(), "control-eval")  # the default classifiers, trained once
     classifiers = {name: TextClassifier.load(given[name] or cached_classifier(name, os.path.join(cache, name)))
                    for name in loaded.tags.tags if name in given}
-    prompts, shares = control_prompts(args.data or "chat-sample", args.control_prompts)
+    source = args.data or "chat-sample"
+    prompts, shares = control_prompts(source, args.control_prompts)
     result = control_agreement(loaded, classifiers, prompts, shares, max_new_tokens=args.max_new_tokens or 32,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, guidance=args.guidance,
+                               references=held_out_replies(source))
     samples = result.pop("samples")
     if args.samples_out:
         write_jsonl(samples, args.samples_out)
     if args.json:
         print(json.dumps(_jsonable({"control": result}), ensure_ascii=False))
         return 0
-    print(f"{result['prompts']} held-out prompts; agreement of the classifier with the requested tag")
+    guided = f", tagged replies guided at scale {args.guidance:g}" if args.guidance != 1 else ""
+    print(f"{result['prompts']} held-out prompts{guided}; agreement of the classifier with the requested tag")
     for name in (n for n in result if isinstance(result[n], dict)):
         r = result[name]
         print(f"\n{name:<24}{'tagged':>8}{'untagged':>10}{'share':>8}")
@@ -260,6 +266,10 @@ def _evaluate_control(args) -> int:
             mark = "" if value in r["counted"] else "  (too little data: not in the mean)"
             print(f"{value:<24}{m['tagged']:>8.3f}{m['untagged']:>10.3f}{m.get('share', float('nan')):>8.3f}{mark}")
         print(f"{'mean':<24}{r['tagged']:>8.3f}{r['untagged']:>10.3f}   ({100 * (r['tagged'] - r['untagged']):+.1f} points)")
+        if "reference" in r:  # the classifier on the people's own held-out replies: the ceiling it sets
+            ref = r["reference"]
+            print(f"{'real replies (held-out)':<24}{ref['tagged']:>8.3f}{ref['untagged']:>10.3f}   "
+                  f"({100 * (ref['tagged'] - ref['untagged']):+.1f} points, {ref['replies']} replies)")
     return 0
 
 

@@ -9,7 +9,7 @@
 //       -L$TF -l:libtensorflow_cc.so.2 -l:libtensorflow_framework.so.2 -Wl,-rpath,$TF -o run_saved_model
 // Usage:
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --max-new N --user TEXT --prompt TEXT [--prompt ...]
-//                   [--tag NAME=VALUE ...]
+//                   [--tag NAME=VALUE ...] [--guidance G]
 //   run_saved_model EXPORT_VERSION_DIR --ops LIB.so [--ops ...] --user TEXT --reply TEXT [--reply ...]
 //   run_saved_model CLASSIFIER_EXPORT_VERSION_DIR --classify TEXT [--classify TEXT ...]
 // Output, one line per result (texts hex-encoded so any bytes survive):
@@ -113,6 +113,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> prompts, replies, classify, tags;
   std::string user = "Hello";
   int max_new = 8;
+  float guidance = 1.0f;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--ops") {
@@ -131,6 +132,8 @@ int main(int argc, char** argv) {
       user = value;
     } else if (flag == "--max-new") {
       max_new = std::stoi(value);
+    } else if (flag == "--guidance") {
+      guidance = std::stof(value);
     } else {
       std::cerr << "unknown flag " << flag << std::endl;
       return 2;
@@ -234,6 +237,7 @@ int main(int argc, char** argv) {
     inputs.emplace_back("roles", roles);
     inputs.emplace_back("contents", contents);
     inputs.emplace_back("tags", tag_items);
+    inputs.emplace_back("guidance", Vector<float>(tensorflow::DT_FLOAT, 1, guidance));
     out.clear();
     status = RunSignature(bundle, "chat_tagged", inputs, {"reply", "token_ids", "num_tokens"}, &out);
     if (!status.ok()) return Fail("chat_tagged", status);

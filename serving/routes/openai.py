@@ -20,6 +20,8 @@ field, or `"tags": {name: value}`. An unknown value, or tags for a model
 trained without them, is a 400 naming the known values. `GET /v1/models`
 lists the vocabulary as each model's `"tags": {name: [values]}` (absent for
 a model without tags), so clients (the web chat's drop-downs) can offer it.
+`"guidance": 0 .. 30` (default 1, off) steers a tagged reply harder with
+classifier-free guidance (`tfchat.inference.guidance`; twice the compute).
 
 Knowledge (extensions OpenAI clients ignore): a chat request may carry
 `"knowledge": str`, text for the chat template's knowledge segment. With a
@@ -58,7 +60,7 @@ def openai_error(status: int, message: str, code: str | None = None) -> JSONResp
 
 def sampling_of(body: dict, backend: Backend):
     """The request's sampling settings over the model's defaults (OpenAI names: max_tokens, max_completion_tokens)."""
-    changes = {k: body[k] for k in ("temperature", "top_p", "top_k", "seed") if body.get(k) is not None}
+    changes = {k: body[k] for k in ("temperature", "top_p", "top_k", "seed", "guidance") if body.get(k) is not None}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         changes["max_new_tokens"] = max_tokens
@@ -97,7 +99,7 @@ def messages_of(messages) -> list[dict]:
 TAG_FIELDS = ("topic", "style")
 # Request fields a vocabulary name must not shadow (such a name is given in "tags" only).
 _REQUEST_FIELDS = {"messages", "prompt", "model", "n", "stream", "stream_options", "max_tokens",
-                   "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "logprobs", "top_logprobs",
+                   "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "guidance", "logprobs", "top_logprobs",
                    "knowledge", "tags", "user"}
 
 

@@ -11,12 +11,18 @@ value to the replies:
   baseline: how often the model says `v` anyway);
 - `tagged`, `untagged`: their means over the values with enough data (at
   least `MIN_SHARE` of the tagged training replies; all values are listed in
-  `per_tag`, with their `share`).
+  `per_tag`, with their `share`);
+- `reference` (given the held-out real replies, `held_out_replies`): the same
+  two means for the people who wrote the data: how often the classifier says
+  `v` of the real replies tagged `v`, and of all of them. Their difference is
+  about what a model that replies exactly like the data would score: the
+  ceiling that the classifier's accuracy sets.
 
 The prompts are the user turns of the held-out Topical-Chat conversations of
 the data, each alone (a one-message chat): a whole history would fix the
 topic that the tag is asked to set. Replies are greedy, so the figures are
-deterministic for a model. This is CTRL's evaluation (Keskar et al. 2019)
+deterministic for a model. With `guidance` above 1 the tagged replies are
+decoded with classifier-free guidance (`tfchat.inference.guidance`). This is CTRL's evaluation (Keskar et al. 2019)
 simplified: one external classifier per tag name stands in for human
 judgements of whether a control code was followed.
 
@@ -37,6 +43,7 @@ from typing import Mapping, Sequence
 from tfchat.checkpoint.model_dir import LoadedModel
 from tfchat.data import dialogues
 from tfchat.inference.classifier import TextClassifier
+from tfchat.inference.guidance import check_scale
 from tfchat.text import chat_template
 
 # A tag value counts in the means when at least this share of the training replies that carry its name have it
@@ -73,9 +80,17 @@ def control_prompts(source: str | Sequence[str], limit: int = 200, seed: int = 0
     return prompts[:limit], shares
 
 
+def held_out_replies(source: str | Sequence[str]) -> list[tuple[str, dict]]:
+    """(text, tags) of every tagged assistant reply in the source's held-out (validation) conversations."""
+    return [(m["content"], m["tags"]) for conversation in dialogues.iter_conversations(source)
+            if dialogues.split_of(conversation) == "validation"
+            for m in conversation if m["role"] == "assistant" and m.get("tags")]
+
+
 def control_agreement(loaded: LoadedModel, classifiers: Mapping[str, TextClassifier], prompts: Sequence[str],
                       shares: Mapping[str, Mapping[str, float]] | None = None, *, max_new_tokens: int = 32,
-                      batch_size: int = 32) -> dict:
+                      batch_size: int = 32, guidance: float = 1.0,
+                      references: Sequence[tuple[str, dict]] | None = None) -> dict:
     """Agreement of each classifier with the requested tag, tagged and untagged (see the module docstring).
 
     Args:
@@ -84,6 +99,10 @@ def control_agreement(loaded: LoadedModel, classifiers: Mapping[str, TextClassif
         prompts: user messages, each generated as a one-message chat.
         shares: {name: {value: share}} of the training replies (`control_prompts`);
             None counts every value in the means.
+        guidance: the tagged replies' classifier-free guidance scale
+            (`tfchat.inference.guidance`; 1 = off).
+        references: held-out real replies with their tags (`held_out_replies`),
+            for each name's `reference`.
 
     Returns:
         {name: {"tagged", "untagged", "per_tag": {value: {"tagged", "untagged",
@@ -102,15 +121,22 @@ def control_agreement(loaded: LoadedModel, classifiers: Mapping[str, TextClassif
         raise ValueError(f"no classifier for the model's tags ({', '.join(tags.tags)}); got {', '.join(classifiers)}")
     context = loaded.config.block_size
     check_max_new_tokens(max_new_tokens, context)
+    check_scale(guidance)
     chats = [[{"role": "user", "content": p}] for p in prompts]
 
+    def ids(reply_tags: dict | None) -> list[list[int]]:
+        return [chat_template.prompt(c, loaded.tokenizer, context - max_new_tokens, tags=tags, reply_tags=reply_tags)
+                for c in chats]
+
+    plain = ids(None)
+
     def replies(reply_tags: dict | None) -> list[str]:
-        ids = [chat_template.prompt(c, loaded.tokenizer, context - max_new_tokens, tags=tags, reply_tags=reply_tags)
-               for c in chats]
-        return greedy_replies(loaded, ids, max_new_tokens, batch_size, desc=f"replies {reply_tags or 'untagged'}")
+        guide = dict(guidance=guidance, unguided=plain) if reply_tags and guidance != 1 else {}
+        return greedy_replies(loaded, ids(reply_tags) if reply_tags else plain, max_new_tokens, batch_size,
+                              desc=f"replies {reply_tags or 'untagged'}", **guide)
 
     untagged = replies(None)
-    out: dict = {"prompts": len(prompts)}
+    out: dict = {"prompts": len(prompts), "guidance": guidance}
     samples = [{"prompt": p, "tags": {}, "reply": r} for p, r in zip(prompts, untagged)]
     for name in names:
         classifier = classifiers[name]
@@ -135,6 +161,13 @@ def control_agreement(loaded: LoadedModel, classifiers: Mapping[str, TextClassif
             "untagged": sum(per_tag[v]["untagged"] for v in counted) / max(len(counted), 1),
             "per_tag": per_tag, "counted": counted, "classifier": classifier.path,
         }
+        real = [(text, t[name]) for text, t in references or [] if name in t]
+        if real:
+            said = [labels[0] for labels in classifier.predict([text for text, _ in real])]
+            rates = {v: (_rate([y for y, (_, t) in zip(said, real) if t == v], v), _rate(said, v)) for v in counted}
+            out[name]["reference"] = {"tagged": sum(a for a, _ in rates.values()) / max(len(rates), 1),
+                                      "untagged": sum(b for _, b in rates.values()) / max(len(rates), 1),
+                                      "replies": len(real)}
     out["samples"] = samples
     return out
 

@@ -180,14 +180,18 @@ def generate_replies(loaded: LoadedModel, conversations: Sequence, max_new_token
 
 
 def greedy_replies(loaded: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   batch_size: int = 8, desc: str = "replies") -> list[str]:
-    """The greedy reply text (stop ids dropped) to each prompt of token ids, `batch_size` prompts at a time."""
+                   batch_size: int = 8, desc: str = "replies", guidance: float = 1.0,
+                   unguided: Sequence[Sequence[int]] | None = None) -> list[str]:
+    """The greedy reply text (stop ids dropped) to each prompt of token ids, `batch_size` prompts at a time
+    (guided at scale `guidance` against `unguided[i]`, the prompt without its tags, when given)."""
     tok, stops, out = loaded.tokenizer, loaded.tokenizer.special.stop_ids, []
+    ragged = lambda rows: tf.ragged.constant(rows, dtype=tf.int32, ragged_rank=1)  # noqa: E731
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=None, leave=False):
         chunk = prompts[start:start + batch_size]
+        guide = {} if unguided is None else dict(guidance=guidance, unguided_ids=ragged(unguided[start:start + batch_size]))
         tokens, lengths = generation.generate(
-            loaded.model, tf.ragged.constant(chunk, dtype=tf.int32, ragged_rank=1), max_new_tokens=max_new_tokens,
-            temperature=0.0, stop_ids=stops, pad_id=tok.pad_id,
+            loaded.model, ragged(chunk), max_new_tokens=max_new_tokens,
+            temperature=0.0, stop_ids=stops, pad_id=tok.pad_id, **guide,
         )
         tokens, lengths = tokens.numpy(), lengths.numpy()
         out += [tok.decode([int(t) for t in tokens[b, : lengths[b]] if t not in stops]) for b in range(len(chunk))]

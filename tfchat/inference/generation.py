@@ -18,7 +18,9 @@ seed gives the same text whatever else is in the batch, and the XLA fast path
 draws the same noise as this XLA-free loop. The model only needs
 `model.config.block_size`, `model.init_cache` and `model.call_with_cache`
 (a `tfchat.model.CausalLM`); it knows nothing of tokenization, which
-`generate_text` adds on top.
+`generate_text` adds on top. Given `unguided_ids` (a tagged chat's prompts
+without their control tags), each row decodes beside its twin and samples
+from their classifier-free-guided mix (`tfchat.inference.guidance`).
 
 Prompts longer than the room left in the context (`block_size -
 max_new_tokens`) are truncated from the left: the model sees the most recent
@@ -45,6 +47,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from tfchat.inference.guidance import check_scale, guided_logits
 from tfchat.inference.sampling import SamplingParams, check_sampling
 
 log = logging.getLogger(__name__)
@@ -273,6 +276,8 @@ def generate(
     stop_ids: Sequence[int] | tf.Tensor = (),
     pad_id: int = 0,
     max_len: int | None = None,
+    guidance=1.0,
+    unguided_ids: tf.RaggedTensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Generates up to `max_new_tokens` ids after each prompt.
 
@@ -286,37 +291,54 @@ def generate(
         stop_ids: ids that end a row (the stop id is emitted and counted).
         pad_id: fills the output after a row stops.
         max_len: context to use, at most (and by default) the model's block_size.
+        guidance, unguided_ids: classifier-free guidance (`tfchat.inference.guidance`):
+            with `unguided_ids` (int RaggedTensor [B, None], each prompt without its
+            control tags), every row also decodes its twin and samples from the guided
+            scores at scale `guidance` (scalar or [B]; 1 = the prompt's own logits).
 
     Returns:
         (tokens int32 [B, max(max_new_tokens)], lengths int32 [B]):
         `tokens[b, :lengths[b]]` are row b's new ids, its stop id included.
     """
+    guided = unguided_ids is not None
     if tf.executing_eagerly():
         # Eager tf.while_loop runs op by op (slow): run the same code as a cached tf.function.
         _check(_context(model, max_len), max_new_tokens, temperature, top_k, top_p)
-        if not isinstance(prompt_ids, tf.RaggedTensor):
-            prompt_ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(prompt_ids))
-        prompt_ids = tf.cast(prompt_ids, tf.int32)
-        if prompt_ids.ragged_rank != 1:
-            prompt_ids = tf.RaggedTensor.from_row_splits(prompt_ids.flat_values, prompt_ids.row_splits)
+        check_scale(guidance)
+        prompt_ids = _ragged(prompt_ids)
         batch = prompt_ids.nrows(out_type=tf.int32)
-        fn = compiled_generate(model, pad_id=pad_id, max_len=max_len)
-        return fn(
+        fn = compiled_generate(model, pad_id=pad_id, max_len=max_len, guided=guided)
+        args = [
             prompt_ids,
             per_row(max_new_tokens, batch, tf.int32), per_row(temperature, batch, tf.float32),
             per_row(top_k, batch, tf.int32), per_row(top_p, batch, tf.float32), per_row(seed, batch, tf.int32),
             tf.reshape(tf.convert_to_tensor(stop_ids, tf.int32), [-1]),
-        )
-    state = prefill(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, pad_id, max_len)
-    batch = tf.shape(state["token"])[0]
+        ]
+        return fn(*args, per_row(guidance, batch, tf.float32), _ragged(unguided_ids)) if guided else fn(*args)
+    sampling = (temperature, top_k, top_p, seed)
+    if guided:
+        # Rows then their untagged twins, in one batch; each twin is fed its row's token.
+        prompt_ids, unguided_ids = _ragged(prompt_ids), _ragged(unguided_ids)
+        rows = prompt_ids.nrows(out_type=tf.int32)
+        twice = [tf.tile(per_row(x, rows, d), [2])
+                 for x, d in zip((max_new_tokens,) + sampling, (tf.int32, tf.float32, tf.int32, tf.float32, tf.int32))]
+        state = prefill(model, tf.concat([prompt_ids, unguided_ids], 0), *twice, pad_id, max_len)
+    else:
+        state = prefill(model, prompt_ids, max_new_tokens, *sampling, pad_id, max_len)
+    limit, width, key_mask, positions = state["limit"], state["cache_index"], state["key_mask"], state["position"]
+    token = state["token"]
+    if guided:
+        lengths = positions[:rows]
+        token = sample(guided_logits(state["logits"][:rows], state["logits"][rows:], guidance), *sampling, lengths)
+    else:
+        lengths = positions
+    batch = tf.shape(token)[0]
     max_new = per_row(max_new_tokens, batch, tf.int32)
     stop_ids = tf.reshape(tf.cast(tf.convert_to_tensor(stop_ids, tf.int32), tf.int32), [-1])
-    limit, width, key_mask, lengths = state["limit"], state["cache_index"], state["key_mask"], state["position"]
 
     def is_stop(tokens):
         return tf.reduce_any(tf.equal(tokens[:, None], stop_ids[None, :]), axis=1)
 
-    token = state["token"]
     count = tf.ones([batch], tf.int32)
     done = tf.logical_or(is_stop(token), count >= max_new)
     out = tf.TensorArray(tf.int32, size=limit, element_shape=tf.TensorShape([None]))
@@ -326,9 +348,12 @@ def generate(
         return tf.logical_and(i + 1 < limit, tf.logical_not(tf.reduce_all(done)))
 
     def body(i, token, done, count, caches, out):
-        nxt, _, caches = decode_step(
-            model, token, lengths + i, caches, width + i, key_mask, temperature, top_k, top_p, seed
-        )
+        if guided:  # the twins' own samples are not used: greedy is the cheapest
+            _, logits, caches = decode_step(model, tf.concat([token, token], 0), positions + i, caches, width + i,
+                                            key_mask)
+            nxt = sample(guided_logits(logits[:rows], logits[rows:], guidance), *sampling, lengths + i + 1)
+        else:
+            nxt, _, caches = decode_step(model, token, lengths + i, caches, width + i, key_mask, *sampling)
         nxt = tf.where(done, pad_id, nxt)
         count += tf.cast(tf.logical_not(done), tf.int32)
         done = tf.logical_or(done, tf.logical_or(is_stop(nxt), count >= max_new))
@@ -347,29 +372,37 @@ def generate(
 _COMPILED: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def compiled_generate(model: keras.Model, pad_id: int = 0, max_len: int | None = None):
+def _ragged(ids) -> tf.RaggedTensor:
+    """int32 RaggedTensor [B, None] (ragged_rank 1) from a ragged or dense batch of ids."""
+    if not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+    ids = tf.cast(ids, tf.int32)
+    if ids.ragged_rank != 1:
+        ids = tf.RaggedTensor.from_row_splits(ids.flat_values, ids.row_splits)
+    return ids
+
+
+def compiled_generate(model: keras.Model, pad_id: int = 0, max_len: int | None = None, guided: bool = False):
     """`generate` as a `tf.function` with a fixed signature (one trace per model and settings).
 
     Its arguments: prompt_ids (int32 RaggedTensor [B, None]), then int32/float32
-    vectors [B] max_new_tokens, temperature, top_k, top_p, seed, then stop_ids [S].
+    vectors [B] max_new_tokens, temperature, top_k, top_p, seed, then stop_ids [S];
+    `guided`: then guidance float32 [B] and unguided_ids (RaggedTensor [B, None]).
     """
     per_model = _COMPILED.setdefault(model, {})
-    fn = per_model.get((pad_id, max_len))
+    fn = per_model.get((pad_id, max_len, guided))
     if fn is None:
         vec = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
+        ragged = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
+        spec = [ragged, vec(tf.int32), vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), vec(tf.int32)]
 
-        @tf.function(
-            input_signature=[
-                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-                vec(tf.int32), vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), vec(tf.int32),
-            ]
-        )
-        def fn(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
+        def fn(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, *guide):
             return generate(
-                model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, pad_id, max_len
+                model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, pad_id, max_len, *guide
             )
 
-        per_model[(pad_id, max_len)] = fn
+        fn = per_model[(pad_id, max_len, guided)] = tf.function(
+            fn, input_signature=spec + ([vec(tf.float32), ragged] if guided else []))
     return fn
 
 

@@ -30,6 +30,8 @@ import random
 import sys
 
 INT32_MAX = 2**31 - 1
+# Classifier-free guidance scales of tagged replies (tfchat.inference.guidance): 0 = untagged, 1 = off.
+MAX_GUIDANCE = 30.0
 
 
 def _is_int(x) -> bool:
@@ -46,7 +48,8 @@ def _is_tensor(x) -> bool:
 
 
 def check_sampling(
-    max_new_tokens=None, temperature=None, top_k=None, top_p=None, seed=None, *, max_new_limit: int | None = None
+    max_new_tokens=None, temperature=None, top_k=None, top_p=None, seed=None, *, max_new_limit: int | None = None,
+    guidance=None,
 ) -> None:
     """Raises ValueError naming the first bad Python value; None and tensors are skipped (tensors are
     checked in the graph, see `tfchat.inference.generation.graph_checks`).
@@ -71,6 +74,9 @@ def check_sampling(
     if seed is not None and not _is_tensor(seed):
         if not _is_int(seed) or not -(2**31) <= seed <= INT32_MAX:
             raise ValueError(f"seed must be an integer in {-(2**31)} .. {INT32_MAX}, got {seed!r}")
+    if guidance is not None and not _is_tensor(guidance):
+        if not _is_real(guidance) or not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+            raise ValueError(f"guidance must be a number in 0 .. {MAX_GUIDANCE:g} (1 = off), got {guidance!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,9 @@ class SamplingParams:
         top_p: nucleus mass in (0, 1]; 1 = all.
         seed: the stateless-noise seed; None = a fresh random one per request
             (`resolved()`).
+        guidance: classifier-free guidance of a tagged chat reply
+            (`tfchat.inference.guidance`): 1 = off, above 1 the tags steer harder
+            (each guided row also decodes its untagged twin).
     """
 
     max_new_tokens: int = 128
@@ -91,11 +100,13 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 0.95
     seed: int | None = None
+    guidance: float = 1.0
 
     def __post_init__(self):
-        check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
-        object.__setattr__(self, "temperature", float(self.temperature))
-        object.__setattr__(self, "top_p", float(self.top_p))
+        check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed,
+                       guidance=self.guidance)
+        for name in ("temperature", "top_p", "guidance"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
     def greedy(cls, max_new_tokens: int = 64) -> "SamplingParams":

@@ -22,7 +22,12 @@ library's own, not a second copy:
   `tfchat.model.matvec.one_row_products`: XLA:CPU runs a one-row dot on one
   core, the same product as a batch of two half-products on all of them;
 * sampling is `generation.sample` keyed by (seed, position), so a row's
-  tokens equal those `generate` gives it alone, whatever else is batched.
+  tokens equal those `generate` gives it alone, whatever else is batched;
+* a row decoded with classifier-free guidance (`tfchat.inference.guidance`)
+  has an untagged twin row in the same batch (`Rows.guide`): it samples from
+  the guided mix of both rows' logits and the twin is fed its token, as in
+  `generate(..., unguided_ids=...)`. Batches without guided rows run a
+  program without the mix.
 
 Batches are padded to a power of two with copies of row 0 (`bucket`), so
 XLA compiles one decode program per batch bucket and cache length in use
@@ -50,10 +55,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfchat.inference.generation import _context, decode_step, prefill
+from tfchat.inference.generation import _context, decode_step, prefill, sample
+from tfchat.inference.guidance import guided_logits
 from tfchat.model.matvec import one_row_products
 
 SAMPLING = ("temperature", "top_k", "top_p", "seed")
+GUIDE = ("guidance", "partner", "lead")
 # Slot caches grow and shrink in steps of this many positions. A step reads the whole cache: 16 rows of
 # the small preset decode 128 tokens 1.15x faster with steps of 32 than of 128 (the server compiles the
 # extra programs on a background thread).
@@ -70,13 +77,16 @@ def bucket(n: int) -> int:
 class Rows:
     """A batch of slots: the last sampled (not yet fed) token of each row, its position, the caches
     (one (keys, values) pair of [B, H, max_len, D] per block), per-row sampling settings (numpy [B]),
-    and after `prefill` the logits of the first token [B, V]."""
+    and after `prefill` the logits of the first token [B, V]; the guided rows' pairing in `guide`."""
 
     token: tf.Tensor
     position: tf.Tensor
     caches: list
     sampling: dict
     logits: tf.Tensor | None = None
+    # Guidance (numpy [B] each), or None when no row is guided: "guidance" (1 = none), "partner" (a guided
+    # row's twin, else the row itself), "lead" (the row whose token a twin is fed, else the row itself).
+    guide: dict | None = None
 
     def __len__(self) -> int:
         return int(self.token.shape[0])
@@ -103,6 +113,7 @@ class SlotDecoder:
         self._prefill = tf.function(self._prefill_fn, input_signature=[
             tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
             vec(tf.float32), vec(tf.int32), vec(tf.float32), vec(tf.int32), tf.TensorSpec([], tf.int32),
+            vec(tf.float32), vec(tf.int32), vec(tf.int32),
         ])
         self._decode = {}  # (with_logits, one row) -> tf.function; XLA keeps one program per input shape
         self.one_row_halves = jit and not tf.config.list_physical_devices("GPU")
@@ -110,10 +121,11 @@ class SlotDecoder:
 
     # ------------------------------------------------------------------ graph functions
 
-    def _prefill_fn(self, prompt_ids, temperature, top_k, top_p, seed, capacity):
+    def _prefill_fn(self, prompt_ids, temperature, top_k, top_p, seed, capacity, guidance, partner, lead):
         # max_new_tokens=1: prompts arrive cut to their own room; a batch-wide cut would change them.
         s = prefill(self.model, prompt_ids, 1, temperature, top_k, top_p, seed, self.pad_id, self.max_len)
         lengths = s["position"]  # [B] kept prompt lengths = the first new token's position
+        token = _guided(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths, guidance, partner, lead)
         pad = s["cache_index"] - lengths  # [B] left padding in prefill's cache
         steps = tf.shape(s["caches"][0])[0]
         # Slot position p of row b <- prefill cache row p + pad[b]; positions >= length hold junk that the
@@ -123,9 +135,9 @@ class SlotDecoder:
         for cache in s["caches"]:  # [T, B, 2, H, D]
             kv = tf.gather(tf.transpose(cache, [1, 2, 3, 0, 4]), src, axis=3, batch_dims=1)  # [B, 2, H, S, D]
             caches.append((kv[:, 0], kv[:, 1]))
-        return s["token"], s["logits"], lengths, caches
+        return token, s["logits"], lengths, caches
 
-    def _decode_fn(self, token, position, caches, temperature, top_k, top_p, seed, with_logits: bool):
+    def _decode_fn(self, token, position, caches, temperature, top_k, top_p, seed, *guide, with_logits: bool):
         last = tf.shape(caches[0][0])[2] - 1
         out = tf.TensorArray(tf.int32, size=self.chunk)
         out_logits = tf.TensorArray(tf.float32, size=self.chunk if with_logits else 1)
@@ -135,6 +147,8 @@ class SlotDecoder:
             at = tf.minimum(position, last)
             nxt, logits, caches = decode_step(self.model, token, at, caches, at, None, temperature, top_k, top_p,
                                               seed, static_shapes=True)
+            if guide:
+                nxt = _guided(nxt, logits, (temperature, top_k, top_p, seed), at + 1, *guide, static_shapes=True)
             nxt = tf.ensure_shape(nxt, token.shape)  # sample's tf.cond loses the static batch size
             if with_logits:
                 out_logits = out_logits.write(i, logits)
@@ -155,17 +169,23 @@ class SlotDecoder:
         need = min(self.max_len, int(np.max(positions)) + self.chunk + 1)
         return min(self.max_len, -(-need // LENGTH_STEP) * LENGTH_STEP)
 
-    def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens, temperature, top_k, top_p, seed) -> Rows:
+    def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens, temperature, top_k, top_p, seed,
+                guidance: Sequence[float] | None = None, twin_of: Sequence[int] | None = None) -> Rows:
         """Fills slots for `prompts` (lists of ids; each cut from the left to `max_len - its max_new_tokens`)
-        and samples each row's first new token (`Rows.token`, its logits `Rows.logits`)."""
+        and samples each row's first new token (`Rows.token`, its logits `Rows.logits`).
+
+        Guidance: `twin_of[i]` is the index of the row whose untagged twin prompt `i` is (-1: none), and
+        `guidance[j]` the scale of a row j that has a twin (1 = none)."""
         kept = [list(p)[max(0, len(p) - (self.max_len - int(m))):] for p, m in zip(prompts, max_new_tokens)]
         sampling = {k: np.asarray(v, _DTYPES[k]).reshape(-1) for k, v in
                     zip(SAMPLING, (temperature, top_k, top_p, seed))}
+        guide = _pairing(len(kept), guidance, twin_of)
         token, logits, lengths, caches = self._prefill(
             tf.ragged.constant(kept, tf.int32, ragged_rank=1), *(tf.constant(sampling[k]) for k in SAMPLING),
             tf.constant(self.capacity([len(p) for p in kept]), tf.int32),
+            *(tf.constant(guide[k]) for k in GUIDE),
         )
-        return Rows(token, lengths, caches, sampling, logits)
+        return Rows(token, lengths, caches, sampling, logits, guide if _any_guided(guide) else None)
 
     def decode(self, rows: Rows, with_logits: bool = False) -> tuple[np.ndarray, np.ndarray | None, Rows]:
         """Decodes `chunk` tokens for every row (feeding `rows.token` first).
@@ -174,19 +194,20 @@ class SlotDecoder:
             (tokens int32 [B, chunk], their logits float32 [B, chunk, V] or None, the advanced rows).
         """
         n, size = len(rows), bucket(len(rows))
-        fn = self._decode_function(with_logits, size)
+        fn = self._decode_function(with_logits, size, rows.guide is not None)
         rows = self.resize(rows, self.capacity(rows.position.numpy()))
         padded = rows if size == n else self.select(rows, list(range(n)) + [0] * (size - n))
+        guide = [tf.constant(padded.guide[k]) for k in GUIDE] if padded.guide is not None else []
         tokens, logits, position, caches = fn(padded.token, padded.position, padded.caches,
-                                              *(tf.constant(padded.sampling[k]) for k in SAMPLING))
+                                              *(tf.constant(padded.sampling[k]) for k in SAMPLING), *guide)
         tokens = tokens.numpy()[:n]
         logits = logits.numpy()[:n] if with_logits else None
         if n != len(padded):
             caches = [(k[:n], v[:n]) for k, v in caches]
-        return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling)
+        return tokens, logits, Rows(tf.constant(tokens[:, -1]), position[:n], caches, rows.sampling, None, rows.guide)
 
-    def _decode_function(self, with_logits: bool, batch: int):
-        key = (with_logits, batch == 1 and self.one_row_halves)
+    def _decode_function(self, with_logits: bool, batch: int, guided: bool = False):
+        key = (with_logits, batch == 1 and self.one_row_halves, guided)
         fn = self._decode.get(key)
         if fn is None:
             def trace(*args):
@@ -223,18 +244,56 @@ class SlotDecoder:
         return dataclasses.replace(rows, caches=caches)
 
     def select(self, rows: Rows, index: Sequence[int], more: Rows | None = None) -> Rows:
-        """The rows `index` of `rows` (followed by those of `more`, numbered after them): rows leave or join."""
+        """The rows `index` of `rows` (followed by those of `more`, numbered after them): rows leave or join.
+        A guided row and its twin leave together (a row whose partner is not selected decodes unguided)."""
         if more is not None:
             capacity = max(int(r.caches[0][0].shape[2]) for r in (rows, more))
             rows, more = self.resize(rows, capacity), self.resize(more, capacity)
+            guide = None
+            if rows.guide is not None or more.guide is not None:
+                a, b = (r.guide or _pairing(len(r)) for r in (rows, more))
+                guide = {k: np.concatenate([a[k], b[k] + (len(rows) if k != "guidance" else 0)]) for k in GUIDE}
             rows = Rows(
                 tf.concat([rows.token, more.token], 0), tf.concat([rows.position, more.position], 0),
                 [tuple(tf.concat([a, b], 0) for a, b in zip(x, y)) for x, y in zip(rows.caches, more.caches)],
-                {k: np.concatenate([rows.sampling[k], more.sampling[k]]) for k in SAMPLING},
+                {k: np.concatenate([rows.sampling[k], more.sampling[k]]) for k in SAMPLING}, None, guide,
             )
         index = np.asarray(index, np.int32)
+        guide = None
+        if rows.guide is not None:  # renumber partners and leads; the first copy of a row is the one paired
+            new = {}
+            for j, i in enumerate(index.tolist()):
+                new.setdefault(i, j)
+            guide = {"guidance": rows.guide["guidance"][index].copy()}
+            for k in ("partner", "lead"):
+                guide[k] = np.array([new.get(int(rows.guide[k][i]), j) for j, i in enumerate(index.tolist())], np.int32)
+            guide["guidance"][guide["partner"] == np.arange(len(index))] = 1.0  # its twin left: unguided
+            guide = guide if _any_guided(guide) else None
         return Rows(
             tf.gather(rows.token, index), tf.gather(rows.position, index),
             [(tf.gather(k, index), tf.gather(v, index)) for k, v in rows.caches],
-            {k: v[index] for k, v in rows.sampling.items()},
+            {k: v[index] for k, v in rows.sampling.items()}, None, guide,
         )
+
+
+def _pairing(n: int, guidance: Sequence[float] | None = None, twin_of: Sequence[int] | None = None) -> dict:
+    """Rows.guide arrays for `n` new rows: row i is the untagged twin of row `twin_of[i]` (-1: none)."""
+    own = np.arange(n, dtype=np.int32)
+    guide = {"guidance": np.ones(n, np.float32), "partner": own.copy(), "lead": own.copy()}
+    for i, j in enumerate(twin_of if twin_of is not None else []):
+        if j >= 0:
+            guide["partner"][j], guide["lead"][i] = i, j
+            guide["guidance"][j] = guidance[j]
+    return guide
+
+
+def _any_guided(guide: dict) -> bool:
+    return bool(np.any(guide["lead"] != np.arange(len(guide["lead"]))))
+
+
+def _guided(token, logits, sampling, step, guidance, partner, lead, static_shapes: bool = False):
+    """Each guided row's token sampled from its guided logits (its twin's as the untagged ones); each twin
+    takes its row's token; other rows keep `token`."""
+    mixed = guided_logits(logits, tf.gather(logits, partner), guidance)
+    token = tf.where(tf.equal(guidance, 1.0), token, sample(mixed, *sampling, step, static_shapes=static_shapes))
+    return tf.gather(token, lead)
