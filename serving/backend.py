@@ -434,7 +434,7 @@ class Backend:
                 if predict is not None and (not free or self._jobs[0] is predict):
                     self._jobs.remove(predict)
                     return [predict]
-                joining = [j for j in self._jobs if j.key() is not None][:free]
+                joining = _within(free, [j for j in self._jobs if j.key() is not None])
                 for j in joining:
                     self._jobs.remove(j)
                 return joining
@@ -446,13 +446,13 @@ class Backend:
             # Slots take chat and text requests alike; the plain signatures batch one kind.
             same = (lambda j: j.key() is not None) if self.decoder else (lambda j: j.key() == key)
             deadline = time.monotonic() + self.batch_wait
-            while len(batch) < self.max_batch:
-                more = [j for j in self._jobs if same(j)][: self.max_batch - len(batch)]
+            while _rows_of(batch) < self.max_batch:
+                more = _within(self.max_batch - _rows_of(batch), [j for j in self._jobs if same(j)])
                 for j in more:
                     self._jobs.remove(j)
                 batch += more
                 left = deadline - time.monotonic()
-                if len(batch) >= self.max_batch or left <= 0:
+                if _rows_of(batch) >= self.max_batch or left <= 0:
                     break
                 self._cv.wait(timeout=left)
             return batch
@@ -792,6 +792,21 @@ class _Row:
 
 def _guided(r: GenRequest) -> bool:
     return bool(r.tags) and r.sampling.guidance != 1.0
+
+
+def _rows_of(jobs: list) -> int:
+    """Batch rows the jobs take: a guided request two (its untagged twin decodes beside it)."""
+    return sum(2 if isinstance(j, GenRequest) and _guided(j) else 1 for j in jobs)
+
+
+def _within(free: int, jobs: list) -> list:
+    """The first jobs, in order, whose rows fit in `free` batch rows."""
+    taken = []
+    for j in jobs:
+        if _rows_of(taken + [j]) > free:
+            break
+        taken.append(j)
+    return taken
 
 
 def _untagged(r: GenRequest) -> GenRequest:

@@ -380,6 +380,18 @@ def test_tagged_and_untagged_requests_batch_together_on_both_paths(tagged, fast)
             backend.close()
 
 
+def test_a_guided_request_takes_two_batch_rows():
+    """Its untagged twin decodes beside it: batches and joining requests count it twice against max_batch."""
+    from serving.backend import _rows_of, _within
+
+    guided = GenRequest(messages=HI, tags=TAGS, sampling=SamplingParams(guidance=8.0))
+    plain = GenRequest(messages=HI, sampling=SamplingParams(guidance=8.0))  # untagged: guidance does not apply
+    assert _rows_of([guided, plain, guided]) == 5
+    assert _within(3, [plain, guided, plain]) == [plain, guided]
+    assert _within(2, [plain, guided, plain]) == [plain]  # in order: the guided one waits for two free rows
+    assert _within(1, [guided, plain]) == []
+
+
 @pytest.mark.parametrize("tags, message", [
     ({"topic": "cooking"}, "unknown topic 'cooking'; known: music, sports"),
     ({"mood": "happy"}, "unknown tag 'mood'; known: style, topic"),

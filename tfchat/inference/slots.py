@@ -125,7 +125,10 @@ class SlotDecoder:
         # max_new_tokens=1: prompts arrive cut to their own room; a batch-wide cut would change them.
         s = prefill(self.model, prompt_ids, 1, temperature, top_k, top_p, seed, self.pad_id, self.max_len)
         lengths = s["position"]  # [B] kept prompt lengths = the first new token's position
-        token = _guided(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths, guidance, partner, lead)
+        token = tf.cond(tf.reduce_any(tf.not_equal(lead, tf.range(tf.size(lead)))),  # a guided row's twin is here
+                        lambda: _guided(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths, guidance,
+                                        partner, lead),
+                        lambda: s["token"])
         pad = s["cache_index"] - lengths  # [B] left padding in prefill's cache
         steps = tf.shape(s["caches"][0])[0]
         # Slot position p of row b <- prefill cache row p + pad[b]; positions >= length hold junk that the
