@@ -158,7 +158,7 @@ class Backend:
     Args:
         path: `exports/tfchat` (serves the latest version) or `exports/tfchat/3`.
         name: model name (default: the base folder's name).
-        max_batch: most generation requests run together.
+        max_batch: most rows decoded together (one per generation request, two for a guided one).
         batch_wait_ms: how long the worker waits for more requests to batch.
         fast: decode with the XLA fast path and continuous batching (False: the plain signatures).
         chunk: tokens per fast decode call (streamed together; requests join between chunks).
@@ -388,7 +388,8 @@ class Backend:
 
     def warmup(self) -> None:
         """Compiles the fast path before the first requests would wait for it: every batch size up to
-        `max_batch` at the shortest cache length now, the longer lengths on a background thread."""
+        `max_batch` at the shortest cache length now, the longer lengths on a background thread, and then
+        (a model with tags) the programs of batches with guided rows."""
         if self.decoder is None:
             return
         from tfchat.inference.slots import LENGTH_STEP
@@ -402,6 +403,8 @@ class Backend:
                 try:
                     lengths = range(2 * LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP)
                     self.decoder.compile(self.max_batch, lengths)
+                    if self.tags is not None and self.max_batch > 1:
+                        self.decoder.compile(self.max_batch, None, guided=True)
                 finally:
                     self.compiling = False
 

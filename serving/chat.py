@@ -21,19 +21,21 @@ A model trained with control tags steers its replies by them: `--topic
 music --style happy` (or in the chat `/topic music`, `/style happy`; `/style`
 alone clears it; `/tags` shows them and the model's vocabulary) tags every
 following reply. An unknown value is refused in one line; the chat goes on.
-`--guidance 8` steers tagged replies harder (classifier-free guidance,
+`--guidance 8` (or `/guidance 8`; `/guidance` alone goes back to the
+default) steers tagged replies harder (classifier-free guidance,
 `tfchat.inference.guidance`; each reply decodes twice).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Iterator, TextIO
 
 from tfchat import cli
 
-HELP = "commands: /reset  /system TEXT  /topic VALUE  /style VALUE  /tags  /exit  /help"
+HELP = "commands: /reset  /system TEXT  /topic VALUE  /style VALUE  /guidance N  /tags  /exit  /help"
 FILTERED = "content_filter"
 TAG_NAMES = ("topic", "style")  # tag names with flags; any name of the model's vocabulary has its /NAME command
 
@@ -189,6 +191,17 @@ def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, tags: di
             continue
         if command == "/tags":
             print(_show_tags(tags, vocabulary), file=stdout)
+            continue
+        if command == "/guidance":
+            try:
+                scale = cli.guidance(arg.strip()) if arg.strip() else None
+            except argparse.ArgumentTypeError as e:
+                print(f"(guidance: {e}; it stays as it was)", file=stdout)
+                continue
+            sampling = {k: v for k, v in sampling.items() if k != "guidance"}
+            if scale is not None:
+                sampling["guidance"] = scale
+            print(f"(guidance: {'the default' if scale is None else f'{scale:g}'})", file=stdout)
             continue
         name = command[1:]
         if command.startswith("/") and (name in TAG_NAMES or name in (vocabulary or {})):

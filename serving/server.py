@@ -46,7 +46,8 @@ def parser():
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=cli.port, default=8501, help="REST port (TF Serving's default is 8501)")
     p.add_argument("--grpc-port", type=cli.port, default=None, help="also serve TF Serving's gRPC API on this port (e.g. 8500)")
-    p.add_argument("--max-batch", type=cli.positive_int, default=8, help="most generation requests decoded together")
+    p.add_argument("--max-batch", type=cli.positive_int, default=8,
+                   help="most rows decoded together: one per generation request, two for a guided one")
     p.add_argument("--batch-wait-ms", type=cli.non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others to join")
     p.add_argument("--plain-signatures", action="store_true",

@@ -92,7 +92,8 @@ def test_topic_and_style_flags_and_commands(tagged_export):
     _, path = tagged_export
     backend = Backend(path, fast=False)
     try:
-        script = ["Hello", "/style happy", "Hello", "/style grumpy", "/tags", "Hello", "/style", "/topic", "Hello"]
+        script = ["Hello", "/style happy", "Hello", "/style grumpy", "/guidance 40", "/guidance", "/tags", "Hello",
+                  "/style", "/topic", "Hello"]
         in_force = [{"topic": "sports"}, {"topic": "sports", "style": "happy"}, {"topic": "sports", "style": "happy"},
                     None]
         seen, stream = [], backend.stream_with_logprobs
@@ -104,11 +105,11 @@ def test_topic_and_style_flags_and_commands(tagged_export):
                                  stdin=io.StringIO("\n".join(script) + "\n"), stdout=out)
             assert code == 0
             history, want = [], []
-            for tags in in_force:
+            for tags, guidance in zip(in_force, [20, 20, 1, 1]):  # /guidance alone: back to the default
                 history.append({"role": "user", "content": "Hello"})
                 done = backend.complete(GenRequest(messages=list(history), tags=tags,
                                                    sampling=backend.defaults.replace(max_new_tokens=6, temperature=0,
-                                                                                     guidance=20)))
+                                                                                     guidance=guidance)))
                 history.append({"role": "assistant", "content": done.text})
                 want.append(done.text)
         text = out.getvalue()
@@ -116,6 +117,8 @@ def test_topic_and_style_flags_and_commands(tagged_export):
         assert bot_lines(text) == want
         assert "(style: happy)" in text and "(style cleared)" in text and "(topic cleared)" in text
         assert "(unknown style 'grumpy'; known: happy, sad)" in text
+        assert "(guidance: expected a number in 0 .. 30 (1 = off), got 40; it stays as it was)" in text
+        assert "(guidance: the default)" in text
         assert "(tags: topic: sports, style: happy; known: style: happy, sad; topic: music, sports)" in text
     finally:
         backend.close()

@@ -129,3 +129,9 @@ def test_bad_guidance_is_a_clear_error(model, bad):
         SamplingParams(guidance=bad)
     with pytest.raises(ValueError, match="guidance must be a number in 0 .. 30"):
         generate(model, ragged(TAGGED), 4, guidance=bad, unguided_ids=ragged(UNGUIDED))
+
+
+def test_guided_programs_compile_ahead_for_two_rows_and_more(model):
+    decoder = SlotDecoder(model, chunk=4)
+    decoder.compile(4, [32], guided=True)
+    assert decoder.compiled_guided == {(2, 32), (4, 32)} and not decoder.compiled

@@ -118,6 +118,7 @@ class SlotDecoder:
         self._decode = {}  # (with_logits, one row) -> tf.function; XLA keeps one program per input shape
         self.one_row_halves = jit and not tf.config.list_physical_devices("GPU")
         self.compiled: set[tuple[int, int]] = set()  # (batch, cache length) compiled ahead by `compile`
+        self.compiled_guided: set[tuple[int, int]] = set()  # the same, of the programs with guided rows
 
     # ------------------------------------------------------------------ graph functions
 
@@ -220,18 +221,20 @@ class SlotDecoder:
             fn = self._decode[key] = tf.function(trace, jit_compile=self.jit, reduce_retracing=True)
         return fn
 
-    def compile(self, max_batch: int, capacities: Sequence[int] | None = None) -> None:
+    def compile(self, max_batch: int, capacities: Sequence[int] | None = None, guided: bool = False) -> None:
         """Compiles `decode` for every batch bucket up to `max_batch` and each cache length in `capacities`
-        (default: all), so requests do not wait for XLA when the batch first reaches a size."""
+        (default: all), so requests do not wait for XLA when the batch first reaches a size. `guided`: the
+        programs of batches with guided rows instead (two rows and more)."""
         c = self.model.config
         for capacity in capacities or range(LENGTH_STEP, self.max_len + LENGTH_STEP, LENGTH_STEP):
             capacity = min(capacity, self.max_len)
-            for b in sorted({bucket(n) for n in range(1, max_batch + 1)}):
-                fn = self._decode_function(False, b)
+            for b in sorted({bucket(n) for n in range(2 if guided else 1, max_batch + 1)}):
+                fn = self._decode_function(False, b, guided)
                 zeros = tf.zeros([b, c.n_head, capacity, c.head_dim], self.model.backbone.blocks[0].attn.compute_dtype)
                 ints = tf.zeros([b], tf.int32)
-                fn(ints, ints, [(zeros, zeros)] * c.n_layer, tf.zeros([b], tf.float32), ints, tf.ones([b]), ints)
-                self.compiled.add((b, capacity))
+                guide = [tf.ones([b]), tf.range(b), tf.range(b)] if guided else []
+                fn(ints, ints, [(zeros, zeros)] * c.n_layer, tf.zeros([b], tf.float32), ints, tf.ones([b]), ints, *guide)
+                (self.compiled_guided if guided else self.compiled).add((b, capacity))
 
     @staticmethod
     def resize(rows: Rows, capacity: int) -> Rows:
