@@ -1,7 +1,7 @@
 """Generation speed per decode path, with Hugging Face transformers as the reference in the same run.
 
     python -m benchmarks.generate [--preset small] [--model runs/chat] [--path signature fast server]
-                                  [--reference transformers] [--new-tokens 128] [--repeats 3]
+                                  [--reference transformers] [--new-tokens 128] [--repeats 3] [--guidance 8]
 
 Prints one JSON object. A random model of the preset's shape is used unless
 `--model` is given. Paths:
@@ -23,6 +23,13 @@ ids), `decode_tokens_per_s` (the same without the prefill and first token),
 prompt that fills the context to its last 65 positions, measured in
 interleaved rounds (`late_over_early`, the median of the rounds' ratios, near
 1: flat per-token cost).
+
+`--guidance G` also measures the signature and fast paths guided at scale G
+(each prompt decodes beside its twin, the prompt without its first id, as a
+guided tagged reply does beside its untagged prompt): each path's `guided`
+figures and `guided_over_plain`, the guided generation's batch-1 speed over
+the plain one's in interleaved rounds (1: guidance is free, 0.5: it takes
+twice the time).
 
 `--reference transformers` runs PyTorch `GPT2LMHeadModel.generate` (KV cache,
 greedy, random weights of the same dims) in this process, with torch's
@@ -56,36 +63,44 @@ def _prompts(batch: int, length: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(1).integers(1, vocab, size=(batch, length)).astype(np.int32)
 
 
-def signature_generate(model):
-    """(prompts [B, L], max_new) -> generated ids, through the XLA-free `generate`."""
+def signature_generate(model, guidance: float = 1.0):
+    """(prompts [B, L], max_new) -> generated ids, through the XLA-free `generate` (guided against each
+    prompt without its first id, as a tagged chat is against its untagged twin, when `guidance` is not 1)."""
     import tensorflow as tf
 
     from tfchat.inference.generation import compiled_generate
 
-    fn = compiled_generate(model)
+    fn = compiled_generate(model, guided=guidance != 1)
 
     def call(prompts, max_new):
         b = len(prompts)
+        guide = [tf.fill([b], guidance), tf.RaggedTensor.from_tensor(tf.constant(prompts[:, 1:]))] if guidance != 1 else []
         return fn(tf.RaggedTensor.from_tensor(tf.constant(prompts)), tf.fill([b], max_new), tf.fill([b], 0.0),
-                  tf.fill([b], 0), tf.fill([b], 1.0), tf.fill([b], 0), tf.constant([], tf.int32))[0].numpy()
+                  tf.fill([b], 0), tf.fill([b], 1.0), tf.fill([b], 0), tf.constant([], tf.int32), *guide)[0].numpy()
 
     return call
 
 
-def fast_generate(model, chunk: int):
-    """(prompts [B, L], max_new) -> generated ids, through the XLA slot decoder."""
+def fast_generate(model, chunk: int, guidance: float = 1.0):
+    """(prompts [B, L], max_new) -> generated ids, through the XLA slot decoder (guided as in
+    `signature_generate`: each prompt's twin is one more row)."""
     from tfchat.inference.slots import SlotDecoder
 
     decoder = SlotDecoder(model, chunk=chunk)
 
     def call(prompts, max_new):
         b = len(prompts)
-        rows = decoder.prefill(prompts.tolist(), [max_new] * b, [0.0] * b, [0] * b, [1.0] * b, [0] * b)
+        if guidance != 1:
+            rows = decoder.prefill(prompts.tolist() + prompts[:, 1:].tolist(), [max_new] * 2 * b, [0.0] * 2 * b,
+                                   [0] * 2 * b, [1.0] * 2 * b, [0] * 2 * b, guidance=[guidance] * b + [1.0] * b,
+                                   twin_of=[-1] * b + list(range(b)))
+        else:
+            rows = decoder.prefill(prompts.tolist(), [max_new] * b, [0.0] * b, [0] * b, [1.0] * b, [0] * b)
         out = [rows.token.numpy()[:, None]]
         for _ in range(-(-(max_new - 1) // chunk)):
             tokens, _, rows = decoder.decode(rows)
             out.append(tokens)
-        return np.concatenate(out, axis=1)[:, :max_new]
+        return np.concatenate(out, axis=1)[:b, :max_new]
 
     return call
 
@@ -216,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=cli.positive_int, default=3)
     parser.add_argument("--rounds", type=cli.positive_int, default=7,
                         help="with --reference: interleaved rounds of every path and the reference for vs_reference")
+    parser.add_argument("--guidance", type=cli.guidance, default=1.0,
+                        help="also measure the signature and fast paths guided at this scale (each row decodes "
+                             "beside its twin, as a guided tagged reply does): guided_over_plain per path")
     parser.add_argument("--port", type=cli.port, default=8518, help="server path: its port")
     parser.add_argument("--work-dir", default="runs/bench", help="server path: where the random export is kept")
     parser.add_argument("--out", default=None, help="also write the JSON here")
@@ -244,8 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         if path == "server":
             result["paths"]["server"] = server_path(args)
             continue
-        calls[path] = signature_generate(model) if path == "signature" else fast_generate(model, args.chunk)
+        make = signature_generate if path == "signature" else functools.partial(fast_generate, chunk=args.chunk)
+        calls[path] = make(model)
         result["paths"][path] = measure(calls[path], batches=batches, **shape)
+        if args.guidance != 1:
+            guided = make(model, guidance=args.guidance)
+            r = result["paths"][path]["guided"] = measure(guided, batches=batches, positions=False, **shape)
+            # Batch 1 in interleaved rounds: the guided generation's speed over the plain one's.
+            new_tokens = min(args.new_tokens, config.block_size - args.prompt_len)
+            prompts = _prompts(1, args.prompt_len, config.vocab_size)
+            t = interleaved({"plain": functools.partial(calls[path], prompts, new_tokens),
+                             "guided": functools.partial(guided, prompts, new_tokens)}, args.rounds)
+            r["guided_over_plain"] = round(statistics.median(p / g for p, g in zip(t["plain"], t["guided"])), 2)
     if args.reference == "transformers":
         options, references = {}, {}
         for threads in (None, 1):  # torch's default, then one thread

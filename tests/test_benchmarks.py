@@ -42,7 +42,7 @@ def test_generate_benchmark_cli_prints_json(capsys):
 
     assert generate_bench.main(["--preset", "tiny", "--new-tokens", "8", "--prompt-len", "4", "--batches", "1,2",
                                 "--repeats", "1", "--path", "signature", "fast", "--chunk", "3",
-                                "--reference", "transformers", "--rounds", "2"]) == 0
+                                "--reference", "transformers", "--rounds", "2", "--guidance", "3"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     record = lines[0]
@@ -51,6 +51,7 @@ def test_generate_benchmark_cli_prints_json(capsys):
         assert r["batch_1"]["tokens_per_s"] > 0 and r["batch_2"]["tokens_per_s"] > 0
         assert r["time_to_first_token_ms"] > 0 and r["late_over_early"] > 0 and r["vs_reference"] > 0
         assert r["interleaved_tokens_per_s"] > 0  # the paired rounds behind vs_reference
+        assert r["guided"]["batch_1"]["tokens_per_s"] > 0 and r["guided"]["guided_over_plain"] > 0
     assert record["reference"]["tokens_per_s"] > 0 and "machine" in record
 
 
@@ -65,6 +66,9 @@ def test_generate_paths_give_the_same_tokens():
     plain = generate_bench.signature_generate(model)(prompts, 7)
     fast = generate_bench.fast_generate(model, chunk=4)(prompts, 7)
     assert plain.shape == fast.shape == (2, 7) and (plain == fast).all()
+    # Guided (each prompt against itself without its first id): both paths agree as well.
+    guided = generate_bench.signature_generate(model, guidance=20.0)(prompts, 7)
+    assert (generate_bench.fast_generate(model, chunk=4, guidance=20.0)(prompts, 7) == guided).all()
 
 
 def test_serve_benchmark_level_against_a_server(tmp_path):
