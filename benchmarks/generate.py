@@ -74,7 +74,9 @@ def signature_generate(model, guidance: float = 1.0):
 
     def call(prompts, max_new):
         b = len(prompts)
-        guide = [tf.fill([b], guidance), tf.RaggedTensor.from_tensor(tf.constant(prompts[:, 1:]))] if guidance != 1 else []
+        guide = []
+        if guidance != 1:
+            guide = [tf.fill([b], guidance), tf.RaggedTensor.from_tensor(tf.constant(prompts[:, 1:]))]
         return fn(tf.RaggedTensor.from_tensor(tf.constant(prompts)), tf.fill([b], max_new), tf.fill([b], 0.0),
                   tf.fill([b], 0), tf.fill([b], 1.0), tf.fill([b], 0), tf.constant([], tf.int32), *guide)[0].numpy()
 

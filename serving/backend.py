@@ -574,7 +574,8 @@ class Backend:
         guide = None
         if leads:
             guide = dict(guidance=[batch[b].sampling.guidance for b in leads], partner=list(range(n, n + len(leads))),
-                         leads=leads, sampling=[sampling[k].numpy()[leads] for k in ("temperature", "top_k", "top_p", "seed")])
+                         leads=leads, sampling=[sampling[k].numpy()[leads] for k in ("temperature", "top_k", "top_p",
+                                                                                      "seed")])
         rows = [_Row(r, self.token_bytes) for r in batch]
         limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):

@@ -349,8 +349,8 @@ class TaggedServingModule(ServingModule):
     def chat_tagged(self, roles, contents, tags, max_new_tokens, temperature, top_k, top_p, seed, guidance):
         ids = self._chat_ids(roles, contents, max_new_tokens, tags=tags)
         sampling = (max_new_tokens, temperature, top_k, top_p, seed)
-        bad = tf.logical_or(tf.logical_not(tf.math.is_finite(guidance)), tf.logical_or(guidance < 0, guidance > MAX_GUIDANCE))
-        check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [f"guidance must be in 0 .. {MAX_GUIDANCE:g} (1 = off)"])
+        ok = tf.logical_and(tf.math.is_finite(guidance), tf.logical_and(guidance >= 0, guidance <= MAX_GUIDANCE))
+        check = tf.debugging.Assert(tf.reduce_all(ok), [f"guidance must be in 0 .. {MAX_GUIDANCE:g} (1 = off)"])
         with tf.control_dependencies([check]):
             # Untagged rows are not guided (their twin would be the same prompt).
             guidance = tf.where(tf.reduce_any(tf.not_equal(tf.strings.strip(tags), ""), axis=1), guidance, 1.0)

@@ -99,8 +99,8 @@ def messages_of(messages) -> list[dict]:
 TAG_FIELDS = ("topic", "style")
 # Request fields a vocabulary name must not shadow (such a name is given in "tags" only).
 _REQUEST_FIELDS = {"messages", "prompt", "model", "n", "stream", "stream_options", "max_tokens",
-                   "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "guidance", "logprobs", "top_logprobs",
-                   "knowledge", "tags", "user"}
+                   "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "guidance", "logprobs",
+                   "top_logprobs", "knowledge", "tags", "user"}
 
 
 def tags_of(body: dict, backend: Backend) -> dict | None:

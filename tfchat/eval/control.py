@@ -21,10 +21,11 @@ value to the replies:
 The prompts are the user turns of the held-out Topical-Chat conversations of
 the data, each alone (a one-message chat): a whole history would fix the
 topic that the tag is asked to set. Replies are greedy, so the figures are
-deterministic for a model. With `guidance` above 1 the tagged replies are
-decoded with classifier-free guidance (`tfchat.inference.guidance`). This is CTRL's evaluation (Keskar et al. 2019)
-simplified: one external classifier per tag name stands in for human
-judgements of whether a control code was followed.
+deterministic for a model. With `guidance` other than 1 the tagged replies
+are decoded with classifier-free guidance (`tfchat.inference.guidance`).
+This is CTRL's evaluation (Keskar et al. 2019) simplified: one external
+classifier per tag name stands in for human judgements of whether a control
+code was followed.
 
 Example:
 
