@@ -80,7 +80,9 @@ class ServerThread:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        # log_config=None: uvicorn's records go to the root logger. Its own handlers would hold on to whatever
+        # sys.stderr was at the first start (in a test, a capture that is closed afterwards).
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
         self.url = None
 

@@ -552,7 +552,7 @@ class Backend:
         n = len(batch)
         ids, lengths = self._prompt_ids(batch)
         room = self.max_len - max(r.sampling.max_new_tokens for r in batch)
-        leads = [b for b, r in enumerate(batch) if _guided(r)]
+        leads = [b for b, r in enumerate(batch) if _is_guided(r)]
         if leads:  # the guided rows' untagged twins decode as rows n, n+1, ... of the same batch
             twin_ids, twin_lengths = self._prompt_ids([_untagged(batch[b]) for b in leads])
             width = max(ids.shape[1], twin_ids.shape[1])
@@ -608,7 +608,7 @@ class Backend:
             ids, lengths = self._prompt_ids(group)
             batch += group
             prompts += [ids[b, : lengths[b]].tolist() for b in range(len(group))]
-        leads = [b for b, r in enumerate(batch) if _guided(r)]
+        leads = [b for b, r in enumerate(batch) if _is_guided(r)]
         twin_of = [-1] * len(batch)
         if leads:  # each guided row's untagged twin joins as an extra row after the batch
             for max_new in sorted({batch[b].sampling.max_new_tokens for b in leads}):
@@ -794,13 +794,13 @@ class _Row:
             self.request.events.put(("done", completion))
 
 
-def _guided(r: GenRequest) -> bool:
+def _is_guided(r: GenRequest) -> bool:
     return bool(r.tags) and r.sampling.guidance != 1.0
 
 
 def _rows_of(jobs: list) -> int:
     """Batch rows the jobs take: a guided request two (its untagged twin decodes beside it)."""
-    return sum(2 if isinstance(j, GenRequest) and _guided(j) else 1 for j in jobs)
+    return sum(2 if isinstance(j, GenRequest) and _is_guided(j) else 1 for j in jobs)
 
 
 def _within(free: int, jobs: list) -> list:
