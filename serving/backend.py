@@ -59,6 +59,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -75,8 +76,6 @@ import tensorflow_text  # noqa: F401  (registers the TF Text ops the SavedModel 
 from serving.errors import BadRequest, NotFound
 from tfchat.cli import tf_error_message
 from tfchat.eval.logprobs import token_log_probs
-from tfchat.inference.generation import sample
-from tfchat.inference.guidance import guided_logits
 from tfchat.inference.sampling import SamplingParams
 from tfchat.inference.streaming import Detokenizer
 from tfchat.text.chat_template import MIN_MAX_LEN
@@ -571,16 +570,17 @@ class Backend:
         if (top_k is not None or leads) and logits is None:
             raise BadRequest("this export has no logprobs support (its prefill/decode return no logits); "
                              "re-export the model with python -m serving.export")
-        guide = None
-        if leads:
-            guide = dict(guidance=[batch[b].sampling.guidance for b in leads], partner=list(range(n, n + len(leads))),
-                         leads=leads, sampling=[sampling[k].numpy()[leads] for k in ("temperature", "top_k", "top_p",
-                                                                                      "seed")])
+        if leads:  # the guided rows sample from their mix with their twins' logits, which the twins then follow
+            from tfchat.inference.slots import GUIDE, SAMPLING, guided_tokens, pairing
+
+            pairs = pairing(len(everyone), [r.sampling.guidance for r in everyone], [-1] * n + leads)
+            mix = functools.partial(guided_tokens, sampling=tuple(sampling[k] for k in SAMPLING),
+                                    **{k: tf.constant(pairs[k]) for k in GUIDE})
         rows = [_Row(r, self.token_bytes) for r in batch]
         limit = max(r.sampling.max_new_tokens for r in batch)
         for step in range(limit):
-            if guide:
-                token = _guided_tokens(token, logits, position, guide)
+            if leads:
+                token = mix(token, logits, step=position)
             new = token.numpy()[:n]
             scores = self._log_probs(logits[:n], token[:n], top_k) if top_k is not None else [None] * len(rows)
             for row, t, score in zip(rows, new, scores):
@@ -603,20 +603,19 @@ class Backend:
         groups: dict = collections.defaultdict(list)  # chat prompts are fitted to their own max_new_tokens
         for r in batch:
             groups[(r.is_chat, r.sampling.max_new_tokens)].append(r)
-        batch, prompts = [], []
+        batch, prompts, leads, twin_prompts = [], [], [], []
         for group in groups.values():
             ids, lengths = self._prompt_ids(group)
-            batch += group
             prompts += [ids[b, : lengths[b]].tolist() for b in range(len(group))]
-        leads = [b for b, r in enumerate(batch) if _is_guided(r)]
-        twin_of = [-1] * len(batch)
-        if leads:  # each guided row's untagged twin joins as an extra row after the batch
-            for max_new in sorted({batch[b].sampling.max_new_tokens for b in leads}):
-                group = [b for b in leads if batch[b].sampling.max_new_tokens == max_new]
-                ids, lengths = self._prompt_ids([_untagged(batch[b]) for b in group])
-                prompts += [ids[j, : lengths[j]].tolist() for j in range(len(group))]
-                twin_of += group
-        everyone = batch + [batch[b] for b in twin_of if b >= 0]
+            guided = [b for b, r in enumerate(group) if _is_guided(r)]
+            if guided:  # each guided row's untagged twin joins as an extra row after the batch
+                ids, lengths = self._prompt_ids([_untagged(group[b]) for b in guided])
+                twin_prompts += [ids[j, : lengths[j]].tolist() for j in range(len(guided))]
+                leads += [len(batch) + b for b in guided]
+            batch += group
+        prompts += twin_prompts
+        twin_of = [-1] * len(batch) + leads
+        everyone = batch + [batch[b] for b in leads]
         s = [r.sampling for r in everyone]
         new = self.decoder.prefill(prompts, [x.max_new_tokens for x in s], [x.temperature for x in s],
                                    [x.top_k for x in s], [x.top_p for x in s], [x.seed for x in s],
@@ -816,18 +815,6 @@ def _within(free: int, jobs: list) -> list:
 def _untagged(r: GenRequest) -> GenRequest:
     """The request's untagged twin, for its prompt ids only."""
     return GenRequest(messages=r.messages, sampling=r.sampling, knowledge=r.knowledge)
-
-
-def _guided_tokens(token: tf.Tensor, logits: tf.Tensor, position: tf.Tensor, guide: dict) -> tf.Tensor:
-    """The plain path's tokens [B + G] with each guided row's token sampled from its guided logits (keyed by
-    its position, as `generate` does) and given to its twin too."""
-    leads, partner = guide["leads"], guide["partner"]
-    mixed = guided_logits(tf.gather(logits, leads), tf.gather(logits, partner), guide["guidance"])
-    picked = sample(mixed, *guide["sampling"], tf.gather(position, leads)).numpy()
-    token = token.numpy().copy()
-    token[leads] = picked
-    token[partner] = picked
-    return tf.constant(token)
 
 
 def fit_messages(messages: list[dict], limit: int) -> list[dict]:

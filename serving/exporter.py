@@ -73,7 +73,8 @@ from tfchat import atomic
 from tfchat.checkpoint.model_dir import LoadedModel
 from tfchat.eval.logprobs import token_log_probs
 from tfchat.inference.generation import decode_step, generate, prefill
-from tfchat.inference.sampling import MAX_GUIDANCE, SamplingParams
+from tfchat.inference.guidance import graph_check
+from tfchat.inference.sampling import SamplingParams
 from tfchat.text import chat_template
 
 log = logging.getLogger(__name__)
@@ -349,9 +350,7 @@ class TaggedServingModule(ServingModule):
     def chat_tagged(self, roles, contents, tags, max_new_tokens, temperature, top_k, top_p, seed, guidance):
         ids = self._chat_ids(roles, contents, max_new_tokens, tags=tags)
         sampling = (max_new_tokens, temperature, top_k, top_p, seed)
-        ok = tf.logical_and(tf.math.is_finite(guidance), tf.logical_and(guidance >= 0, guidance <= MAX_GUIDANCE))
-        check = tf.debugging.Assert(tf.reduce_all(ok), [f"guidance must be in 0 .. {MAX_GUIDANCE:g} (1 = off)"])
-        with tf.control_dependencies([check]):
+        with tf.control_dependencies([graph_check(guidance)]):
             # Untagged rows are not guided (their twin would be the same prompt).
             guidance = tf.where(tf.reduce_any(tf.not_equal(tf.strings.strip(tags), ""), axis=1), guidance, 1.0)
 

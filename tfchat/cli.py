@@ -37,6 +37,8 @@ import sys
 import threading
 from typing import Callable
 
+from tfchat.inference.sampling import MAX_GUIDANCE
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOG_LEVEL_ENV = "TFCHAT_LOG_LEVEL"
 RAW_STDERR_ENV = "TFCHAT_RAW_STDERR"
@@ -74,7 +76,7 @@ non_negative_float = _typed(float, lambda v: 0 <= v < float("inf"), "a number >=
 probability = _typed(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 fraction = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 unit_interval = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-guidance = _typed(float, lambda v: 0 <= v <= 30, "a number in 0 .. 30 (1 = off)")  # sampling.MAX_GUIDANCE
+guidance = _typed(float, lambda v: 0 <= v <= MAX_GUIDANCE, f"a number in 0 .. {MAX_GUIDANCE:g} (1 = off)")
 positive_ints = _typed(lambda t: [int(c) for c in t.split(",")], lambda v: all(c > 0 for c in v),
                        "comma-separated integers > 0")
 

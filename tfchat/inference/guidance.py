@@ -35,15 +35,23 @@ import math
 
 import tensorflow as tf
 
-from tfchat.inference.sampling import check_sampling
+from tfchat.inference.sampling import MAX_GUIDANCE, check_sampling
 
 # A guided token's tagged probability must be at least this share of the tagged model's best token's.
 PLAUSIBILITY = 0.1
+
+
 def check_scale(scale) -> None:
     """Raises ValueError unless `scale` (a number or a sequence of them) is in 0 .. MAX_GUIDANCE
-    (`tfchat.inference.sampling`); tensors are checked where they are used."""
+    (`tfchat.inference.sampling`); tensors: `graph_check`."""
     for value in scale if isinstance(scale, (list, tuple)) else [scale]:
         check_sampling(guidance=value)
+
+
+def graph_check(scale: tf.Tensor) -> tf.Operation:
+    """`check_scale`'s rule as a graph assertion on a float tensor (a SavedModel input)."""
+    ok = tf.logical_and(tf.math.is_finite(scale), tf.logical_and(scale >= 0, scale <= MAX_GUIDANCE))
+    return tf.debugging.Assert(tf.reduce_all(ok), [f"guidance must be in 0 .. {MAX_GUIDANCE:g} (1 = off)"])
 
 
 def guided_logits(tagged, untagged, scale, plausibility: float = PLAUSIBILITY) -> tf.Tensor:

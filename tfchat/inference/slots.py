@@ -127,7 +127,7 @@ class SlotDecoder:
         s = prefill(self.model, prompt_ids, 1, temperature, top_k, top_p, seed, self.pad_id, self.max_len)
         lengths = s["position"]  # [B] kept prompt lengths = the first new token's position
         token = tf.cond(tf.reduce_any(tf.not_equal(lead, tf.range(tf.size(lead)))),  # a guided row's twin is here
-                        lambda: _guided(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths, guidance,
+                        lambda: guided_tokens(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths, guidance,
                                         partner, lead),
                         lambda: s["token"])
         pad = s["cache_index"] - lengths  # [B] left padding in prefill's cache
@@ -152,7 +152,7 @@ class SlotDecoder:
             nxt, logits, caches = decode_step(self.model, token, at, caches, at, None, temperature, top_k, top_p,
                                               seed, static_shapes=True)
             if guide:
-                nxt = _guided(nxt, logits, (temperature, top_k, top_p, seed), at + 1, *guide, static_shapes=True)
+                nxt = guided_tokens(nxt, logits, (temperature, top_k, top_p, seed), at + 1, *guide, static_shapes=True)
             nxt = tf.ensure_shape(nxt, token.shape)  # sample's tf.cond loses the static batch size
             if with_logits:
                 out_logits = out_logits.write(i, logits)
@@ -183,13 +183,13 @@ class SlotDecoder:
         kept = [list(p)[max(0, len(p) - (self.max_len - int(m))):] for p, m in zip(prompts, max_new_tokens)]
         sampling = {k: np.asarray(v, _DTYPES[k]).reshape(-1) for k, v in
                     zip(SAMPLING, (temperature, top_k, top_p, seed))}
-        guide = _pairing(len(kept), guidance, twin_of)
+        guide = pairing(len(kept), guidance, twin_of)
         token, logits, lengths, caches = self._prefill(
             tf.ragged.constant(kept, tf.int32, ragged_rank=1), *(tf.constant(sampling[k]) for k in SAMPLING),
             tf.constant(self.capacity([len(p) for p in kept]), tf.int32),
             *(tf.constant(guide[k]) for k in GUIDE),
         )
-        return Rows(token, lengths, caches, sampling, logits, guide if _any_guided(guide) else None)
+        return Rows(token, lengths, caches, sampling, logits, guide if _anyguided_tokens(guide) else None)
 
     def decode(self, rows: Rows, with_logits: bool = False) -> tuple[np.ndarray, np.ndarray | None, Rows]:
         """Decodes `chunk` tokens for every row (feeding `rows.token` first).
@@ -257,7 +257,7 @@ class SlotDecoder:
             rows, more = self.resize(rows, capacity), self.resize(more, capacity)
             guide = None
             if rows.guide is not None or more.guide is not None:
-                a, b = (r.guide or _pairing(len(r)) for r in (rows, more))
+                a, b = (r.guide or pairing(len(r)) for r in (rows, more))
                 guide = {k: np.concatenate([a[k], b[k] + (len(rows) if k != "guidance" else 0)]) for k in GUIDE}
             rows = Rows(
                 tf.concat([rows.token, more.token], 0), tf.concat([rows.position, more.position], 0),
@@ -274,7 +274,7 @@ class SlotDecoder:
             for k in ("partner", "lead"):
                 guide[k] = np.array([new.get(int(rows.guide[k][i]), j) for j, i in enumerate(index.tolist())], np.int32)
             guide["guidance"][guide["partner"] == np.arange(len(index))] = 1.0  # its twin left: unguided
-            guide = guide if _any_guided(guide) else None
+            guide = guide if _anyguided_tokens(guide) else None
         return Rows(
             tf.gather(rows.token, index), tf.gather(rows.position, index),
             [(tf.gather(k, index), tf.gather(v, index)) for k, v in rows.caches],
@@ -282,8 +282,9 @@ class SlotDecoder:
         )
 
 
-def _pairing(n: int, guidance: Sequence[float] | None = None, twin_of: Sequence[int] | None = None) -> dict:
-    """Rows.guide arrays for `n` new rows: row i is the untagged twin of row `twin_of[i]` (-1: none)."""
+def pairing(n: int, guidance: Sequence[float] | None = None, twin_of: Sequence[int] | None = None) -> dict:
+    """Rows.guide arrays (`GUIDE`) for `n` rows: row i is the untagged twin of row `twin_of[i]` (-1: none),
+    and a row j with a twin is guided at scale `guidance[j]`."""
     own = np.arange(n, dtype=np.int32)
     guide = {"guidance": np.ones(n, np.float32), "partner": own.copy(), "lead": own.copy()}
     for i, j in enumerate(twin_of if twin_of is not None else []):
@@ -293,13 +294,16 @@ def _pairing(n: int, guidance: Sequence[float] | None = None, twin_of: Sequence[
     return guide
 
 
-def _any_guided(guide: dict) -> bool:
+def _anyguided_tokens(guide: dict) -> bool:
     return bool(np.any(guide["lead"] != np.arange(len(guide["lead"]))))
 
 
-def _guided(token, logits, sampling, step, guidance, partner, lead, static_shapes: bool = False):
-    """Each guided row's token sampled from its guided logits (its twin's as the untagged ones); each twin
-    takes its row's token; other rows keep `token`."""
+def guided_tokens(token, logits, sampling, step, guidance, partner, lead, static_shapes: bool = False):
+    """Each guided row's token sampled from its guided logits (its twin's as the untagged ones), keyed by
+    `step` as `generation.sample` is; each twin takes its row's token; other rows keep `token`.
+
+    token [B], logits [B, V], sampling (temperature, top_k, top_p, seed), step [B] and the `pairing` arrays:
+    the fast path's decode step and the server's XLA-free loop (`serving.backend`) mix alike."""
     mixed = guided_logits(logits, tf.gather(logits, partner), guidance)
     token = tf.where(tf.equal(guidance, 1.0), token, sample(mixed, *sampling, step, static_shapes=static_shapes))
     return tf.gather(token, lead)
