@@ -1,7 +1,11 @@
 """Small shared fixtures: a tiny tokenizer and model shape, and a learnable synthetic dataset."""
 
+import atexit
 import functools
+import pathlib
+import shutil
 import socket
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -44,20 +48,40 @@ MODERN = dict(position="rope", norm="rmsnorm", bias=False, qk_norm=True, mlp="re
 def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400, **architecture):
     """A tiny random chat model saved under `root/model` and exported to `root/tfchat`: (LoadedModel, version dir).
 
-    `architecture`: GPTConfig fields over GPT-2's defaults (e.g. `**MODERN`).
+    `architecture`: GPTConfig fields over GPT-2's defaults (e.g. `**MODERN`). Each distinct model is built and
+    exported once per test session (about 9 s: a tokenizer, a save and a SavedModel trace) and copied into `root`,
+    so every caller owns its files.
     """
+    import keras
+
+    from tfchat.checkpoint.model_dir import load_model
+
+    source, version = _exported(tuple(texts), vocab_size, tuple(sorted(architecture.items())))
+    from serving.exporter import models_config
+
+    for name in ("model", "tfchat"):
+        shutil.copytree(source / name, root / name)
+    (root / "tfchat" / "models.config").write_text(models_config("tfchat", str(root / "tfchat")))
+    keras.utils.set_random_seed(0)  # as a fresh build leaves it
+    return load_model(str(root / "model")), str(root / "tfchat" / version)
+
+
+@functools.cache
+def _exported(texts, vocab_size, architecture):
+    """(directory holding `model/` and `tfchat/`, the version dir's name) of one tiny export, removed at exit."""
     import keras
 
     from serving.exporter import export
     from tfchat.model import build_gpt
     from tfchat.checkpoint.model_dir import load_model, save_model
 
-    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="tfchat-tiny-export-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    tok = train_tokenizer(list(texts), vocab_size=vocab_size)
     keras.utils.set_random_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, **architecture)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, **dict(architecture))
     save_model(str(root / "model"), build_gpt(cfg), tok, cfg)
-    loaded = load_model(str(root / "model"))
-    return loaded, export(loaded, str(root / "tfchat"))
+    return root, pathlib.Path(export(load_model(str(root / "model")), str(root / "tfchat"))).name
 
 
 # ----------------------------------------------------------------------------- preference pairs
