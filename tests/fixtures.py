@@ -54,11 +54,10 @@ def tiny_export(root, texts=SERVING_TEXTS, vocab_size=400, **architecture):
     """
     import keras
 
+    from serving.exporter import models_config
     from tfchat.checkpoint.model_dir import load_model
 
     source, version = _exported(tuple(texts), vocab_size, tuple(sorted(architecture.items())))
-    from serving.exporter import models_config
-
     for name in ("model", "tfchat"):
         shutil.copytree(source / name, root / name)
     (root / "tfchat" / "models.config").write_text(models_config("tfchat", str(root / "tfchat")))
