@@ -132,8 +132,8 @@ class SlotDecoder:
         s = prefill(self.model, prompt_ids, 1, temperature, top_k, top_p, seed, self.pad_id, self.max_len)
         lengths = s["position"]  # [B] kept prompt lengths = the first new token's position
         token = tf.cond(tf.reduce_any(tf.not_equal(lead, tf.range(tf.size(lead)))),  # a guided row's twin is here
-                        lambda: guided_tokens(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths, guidance,
-                                        partner, lead),
+                        lambda: guided_tokens(s["token"], s["logits"], (temperature, top_k, top_p, seed), lengths,
+                                              guidance, partner, lead),
                         lambda: s["token"])
         pad = s["cache_index"] - lengths  # [B] left padding in prefill's cache
         steps = tf.shape(s["caches"][0])[0]
@@ -194,7 +194,7 @@ class SlotDecoder:
             tf.constant(self.capacity([len(p) for p in kept]), tf.int32),
             *(tf.constant(guide[k]) for k in GUIDE),
         )
-        return Rows(token, lengths, caches, sampling, logits, guide if _anyguided_tokens(guide) else None)
+        return Rows(token, lengths, caches, sampling, logits, guide if _any_guided(guide) else None)
 
     def decode(self, rows: Rows, with_logits: bool = False) -> tuple[np.ndarray, np.ndarray | None, Rows]:
         """Decodes `chunk` tokens for every row (feeding `rows.token` first).
@@ -279,7 +279,7 @@ class SlotDecoder:
             for k in ("partner", "lead"):
                 guide[k] = np.array([new.get(int(rows.guide[k][i]), j) for j, i in enumerate(index.tolist())], np.int32)
             guide["guidance"][guide["partner"] == np.arange(len(index))] = 1.0  # its twin left: unguided
-            guide = guide if _anyguided_tokens(guide) else None
+            guide = guide if _any_guided(guide) else None
         return Rows(
             tf.gather(rows.token, index), tf.gather(rows.position, index),
             [(tf.gather(k, index), tf.gather(v, index)) for k, v in rows.caches],
@@ -299,7 +299,7 @@ def pairing(n: int, guidance: Sequence[float] | None = None, twin_of: Sequence[i
     return guide
 
 
-def _anyguided_tokens(guide: dict) -> bool:
+def _any_guided(guide: dict) -> bool:
     return bool(np.any(guide["lead"] != np.arange(len(guide["lead"]))))
 
 
