@@ -209,4 +209,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tfchat import cli
+
+    sys.exit(cli.run(main))  # a known failure: one "error: ..." line

@@ -146,4 +146,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tfchat import cli
+
+    sys.exit(cli.run(main))  # a known failure: one "error: ..." line

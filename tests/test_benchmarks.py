@@ -129,3 +129,16 @@ def test_moderation_benchmark_cli_prints_json(capsys, moderation_classifier):
     assert at["catch_rate"] == 0.8 and at["recall"] >= 0.8
     assert record["latency_ms"]["tfchat"]["calls"] == 5 and record["latency_ms"]["alt_profanity_check"]["p50"] > 0
     assert "machine" in record
+
+
+def test_a_benchmark_given_a_missing_model_fails_with_one_error_line(tmp_path):
+    """`python -m benchmarks.*` reports a known failure as one `error: ...` line and exit 1, not a traceback."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.generate", "--model", str(tmp_path / "missing"),
+                        "--path", "fast"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: model directory not found"), r.stderr[-2000:]
