@@ -21,8 +21,9 @@ ids), `decode_tokens_per_s` (the same without the prefill and first token),
 `time_to_first_token_ms` (max_new_tokens=1), and `ms_per_token_early` /
 `_late`: the marginal cost of 64 more tokens after a short prompt vs. after a
 prompt that fills the context to its last 65 positions, measured in
-interleaved rounds (`late_over_early`, the median of the rounds' ratios, near
-1: flat per-token cost).
+`--position-rounds` interleaved rounds (`late_over_early`, the median of the
+rounds' ratios, near 1: flat per-token cost; `late_over_early_quartiles`,
+their first and third quartiles).
 
 `--guidance G` also measures the signature and fast paths guided at scale G
 (each prompt decodes beside its twin, the prompt without its first id, as a
@@ -44,10 +45,8 @@ with the reference's median instead).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import logging
 import statistics
 import sys
 import time
@@ -155,7 +154,7 @@ def _median_seconds(call, repeats: int) -> float:
 
 
 def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batches, repeats: int,
-            positions: bool = True) -> dict:
+            positions: bool = True, position_rounds: int = 15) -> dict:
     new_tokens = min(new_tokens, block - prompt_len)
     result = {}
     for b in batches:
@@ -177,13 +176,15 @@ def measure(call, vocab: int, block: int, new_tokens: int, prompt_len: int, batc
             prompts = _prompts(1, length, vocab)
             calls[name + "_long"] = functools.partial(call, prompts, span + 1)
             calls[name + "_short"] = functools.partial(call, prompts, 1)
-        t = interleaved(calls, max(repeats, 5))
+        t = interleaved(calls, position_rounds)
         per_token = {name: [1000 * (a - b) / span for a, b in zip(t[name + "_long"], t[name + "_short"])]
                      for name in ("early", "late")}
         result["ms_per_token_early"] = round(statistics.median(per_token["early"]), 3)
         result["ms_per_token_late"] = round(statistics.median(per_token["late"]), 3)
-        result["late_over_early"] = round(statistics.median(
-            late / early for late, early in zip(per_token["late"], per_token["early"])), 3)
+        ratios = [late / early for late, early in zip(per_token["late"], per_token["early"])]
+        result["late_over_early"] = round(statistics.median(ratios), 3)
+        if len(ratios) > 1:  # the rounds' spread: a shared machine's drift shows here
+            result["late_over_early_quartiles"] = [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]]
         result["positions"] = {"early": [prompt_len, prompt_len + span], "late": [block - span - 1, block - 1]}
     return result
 
@@ -198,7 +199,7 @@ def server_path(args) -> dict:
     server = serve.start_server(export_dir, args.port, 1, args.chunk, plain=False)
     url = f"http://127.0.0.1:{args.port}"
     try:
-        serve.wait_ready(url)
+        serve.wait_ready(url, server)
         prompt = "The history of the city and its river"
         with httpx.Client() as client:  # one connection, kept open, as `benchmarks.serve`'s clients
             serve.stream_one(client, url, prompt, args.new_tokens)  # warm-up
@@ -219,7 +220,7 @@ def server_path(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from tfchat import cli
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.generate", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m benchmarks.generate", __doc__)
     parser.add_argument("--preset", default="small", help="model shape when --model is not given")
     parser.add_argument("--model", default=None, help="a tfchat model directory instead of a random model")
     parser.add_argument("--path", nargs="+", choices=PATHS, default=["signature", "fast"],
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=cli.positive_int, default=3)
     parser.add_argument("--rounds", type=cli.positive_int, default=7,
                         help="with --reference: interleaved rounds of every path and the reference for vs_reference")
+    parser.add_argument("--position-rounds", type=cli.positive_int, default=15,
+                        help="interleaved rounds of the early and late per-token costs (late_over_early)")
     parser.add_argument("--guidance", type=cli.guidance, default=1.0,
                         help="also measure the signature and fast paths guided at this scale (each row decodes "
                              "beside its twin, as a guided tagged reply does): guided_over_plain per path")
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="runs/bench", help="server path: where the random export is kept")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    cli.setup(args.verbose)  # without TensorFlow's start-up lines
     from tfchat.config import GPTConfig
     from tfchat.model import build_gpt
 
@@ -266,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         make = signature_generate if path == "signature" else functools.partial(fast_generate, chunk=args.chunk)
         calls[path] = make(model)
-        result["paths"][path] = measure(calls[path], batches=batches, **shape)
+        result["paths"][path] = measure(calls[path], batches=batches, position_rounds=args.position_rounds,
+                                        **shape)
         if args.guidance != 1:
             guided = make(model, guidance=args.guidance)
             r = result["paths"][path]["guided"] = measure(guided, batches=batches, positions=False, **shape)

@@ -22,13 +22,13 @@ each round's aggregate tokens/s over the same round's 1-client level).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -61,16 +61,27 @@ def random_export(preset: str, work_dir: str) -> str:
 
 
 def start_server(export_dir: str, port: int, max_batch: int, chunk: int, plain: bool) -> subprocess.Popen:
+    """A `serving.server` subprocess; its stderr goes to a temporary file (`.log`), read if it exits early."""
     cmd = [sys.executable, "-m", "serving.server", "--model", export_dir, "--port", str(port),
            "--max-batch", str(max_batch), "--chunk", str(chunk)] + (["--plain-signatures"] if plain else [])
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on a full pipe
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    server.log = log
+    return server
 
 
-def wait_ready(url: str, timeout: float = 900.0) -> None:
+def wait_ready(url: str, server: subprocess.Popen | None = None, timeout: float = 900.0) -> None:
+    """Waits until the server at `url` is up and done compiling; fails at once if `server` exits."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            server.log.seek(0)
+            lines = [ln for ln in server.log.read().decode(errors="replace").splitlines() if ln.strip()]
+            errors = [ln for ln in lines if ln.startswith("error:")]
+            reason = (errors or lines or ["no output"])[-1].removeprefix("error: ")
+            raise RuntimeError(f"the server exited with code {server.returncode}: {reason}")
         try:
             health = httpx.get(url + "/healthz", timeout=2)
             if health.status_code == 200 and not health.json().get("compiling"):
@@ -169,7 +180,7 @@ def run(url: str, clients: list[int], new_tokens: int, rounds: int = 1) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from tfchat import cli
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m benchmarks.serve", __doc__)
     parser.add_argument("--preset", default="small", help="random model shape when neither --export nor --url")
     parser.add_argument("--export", default=None, help="an export to serve instead of a random model")
     parser.add_argument("--url", default=None, help="a running server to load instead of starting one")
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default=os.path.join("runs", "bench"), help="where the random export is kept")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    cli.setup(args.verbose)  # without TensorFlow's start-up lines
     server, url = None, args.url
     source = args.url or args.export or f"random {args.preset}"
     if url is None:
@@ -193,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(export_dir, args.port, args.max_batch, args.chunk, args.plain_signatures)
         url = f"http://127.0.0.1:{args.port}"
     try:
-        wait_ready(url)
+        wait_ready(url, server)
         result = {"benchmark": "serve", "model": source, "new_tokens": args.new_tokens,
                   "path": "plain signatures" if args.plain_signatures else f"fast (chunk {args.chunk})",
                   "max_batch": args.max_batch, **run(url, args.clients, args.new_tokens, args.rounds)}

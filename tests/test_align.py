@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tfchat.checkpoint.model_dir import assign_weights, load_model, save_model, weights_by_path
 from tfchat.data.pair_batches import pair_batches, preference_splits
-from tfchat.model import RewardModel, build_gpt, build_model
+from tfchat.model import RewardModel, build_model
 from tests.fixtures import tiny_chat_dir, write_preferences
 from training import align, evaluate, reward
 from training.objectives import DirectPreference, PairwiseReward, preference_loss

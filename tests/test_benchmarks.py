@@ -42,7 +42,8 @@ def test_generate_benchmark_cli_prints_json(capsys):
 
     assert generate_bench.main(["--preset", "tiny", "--new-tokens", "8", "--prompt-len", "4", "--batches", "1,2",
                                 "--repeats", "1", "--path", "signature", "fast", "--chunk", "3",
-                                "--reference", "transformers", "--rounds", "2", "--guidance", "3"]) == 0
+                                "--reference", "transformers", "--rounds", "2", "--guidance", "3",
+                                "--position-rounds", "3"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     record = lines[0]
@@ -51,6 +52,8 @@ def test_generate_benchmark_cli_prints_json(capsys):
         assert r["batch_1"]["tokens_per_s"] > 0 and r["batch_2"]["tokens_per_s"] > 0
         assert r["time_to_first_token_ms"] > 0 and r["late_over_early"] > 0 and r["vs_reference"] > 0
         assert r["interleaved_tokens_per_s"] > 0  # the paired rounds behind vs_reference
+        low, high = r["late_over_early_quartiles"]  # the spread of the rounds' ratios
+        assert 0 < low <= r["late_over_early"] <= high
         assert r["guided"]["batch_1"]["tokens_per_s"] > 0 and r["guided"]["guided_over_plain"] > 0
     assert record["reference"]["tokens_per_s"] > 0 and "machine" in record
 
@@ -142,3 +145,19 @@ def test_a_benchmark_given_a_missing_model_fails_with_one_error_line(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: model directory not found"), r.stderr[-2000:]
+
+
+def test_serve_benchmark_fails_at_once_when_its_server_exits(tmp_path):
+    """A server that cannot start (here: no export) ends the benchmark with its own error, not a 15-minute wait."""
+    import subprocess
+    import sys
+
+    from tests.fixtures import free_ports
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.serve", "--export", str(tmp_path / "missing"),
+                        "--port", str(free_ports(1)[0])], capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the server exited with code 1: export not found"), r.stderr[-2000:]

@@ -1,7 +1,6 @@
 """Knowledge base (passages, BM25 index), dialogue rules and the dialogue manager's routing table."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from tfchat.dialogue.manager import DialogueManager, retrieval_query
 from tfchat.dialogue.rules import Rules
 from tfchat.retrieval.index import KnowledgeIndex, knowledge_text, terms
-from tfchat.retrieval.passages import Passage, split_document
+from tfchat.retrieval.passages import split_document
 
 DOCS = {
     "Etna": "Etna\n\nMount Etna is an active stratovolcano on the east coast of Sicily, Italy. It is one of the "

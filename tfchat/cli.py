@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import errno
 import logging
 import os
