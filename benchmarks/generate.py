@@ -123,7 +123,7 @@ def transformers_generate(config, threads: int | None):
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head)).eval()
+        n_head=config.n_head, bos_token_id=0, eos_token_id=0)).eval()  # GPT-2's 50256: outside a small vocabulary
 
     def call(prompts, max_new):
         torch.set_num_threads(threads)  # a process-wide setting: each call sets its own

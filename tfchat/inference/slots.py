@@ -18,11 +18,14 @@ library's own, not a second copy:
   positions the batch needs rounded up to a multiple of `LENGTH_STEP`, so
   a step reads little more than the filled prefix and its time grows only
   in those steps. At batch 1 on the 2-core development machine the cache
-  read costs about 0.6 ms per step at 512 positions (fp32, ~16 GB/s) against
-  ~2 ms for the weights: the late/early cost ratio. Measured without gain:
-  bf16 caches (cast to f32 for the float32 dots), XNNPACK,
-  oneDNN and YNNPACK dot fusions (`XLA_FLAGS`), attention split by heads
-  or halves of the cache, multiply + reduce instead of dots;
+  read costs about 0.6 ms per step at 512 positions (fp32, ~16 GB/s: the
+  per-head dots are too small for Eigen to thread, and run as fast pinned to
+  one core) against ~2 ms for the weights: the late/early cost ratio.
+  Measured without gain: bf16 caches (cast to f32 for the float32 dots, or
+  bf16 dots), XNNPACK, oneDNN and YNNPACK dot fusions (`XLA_FLAGS`),
+  attention split by heads or halves of the cache (independent dots do not
+  run concurrently), block-diagonal dots over head groups (Eigen's small-M
+  GEMM: 2x slower), multiply + reduce instead of dots;
 * a batch of one row on a CPU is traced under
   `tfchat.model.matvec.one_row_products`: XLA:CPU runs a one-row dot on one
   core, the same product as a batch of two half-products on all of them;
