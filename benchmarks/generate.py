@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=cli.positive_int, default=16, help="fast path: tokens per XLA call")
     parser.add_argument("--new-tokens", type=cli.positive_int, default=128)
     parser.add_argument("--prompt-len", type=cli.positive_int, default=16)
-    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--batches", type=cli.positive_ints, default=[1, 8], help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=cli.positive_int, default=3)
     parser.add_argument("--rounds", type=cli.positive_int, default=7,
                         help="with --reference: interleaved rounds of every path and the reference for vs_reference")
@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = GPTConfig.from_preset(args.preset)
         model, source = build_gpt(config), f"random {args.preset}"
-    batches = tuple(int(b) for b in args.batches.split(","))
+    if args.prompt_len >= config.block_size:
+        raise cli.UsageError(f"--prompt-len {args.prompt_len}: the model reads {config.block_size} tokens; "
+                             "give a shorter prompt so that new tokens fit")
+    batches = tuple(args.batches)
     shape = dict(vocab=config.vocab_size, block=config.block_size, new_tokens=args.new_tokens,
                  prompt_len=args.prompt_len, repeats=args.repeats)
     result = {

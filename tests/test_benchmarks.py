@@ -161,3 +161,15 @@ def test_serve_benchmark_fails_at_once_when_its_server_exits(tmp_path):
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the server exited with code 1: export not found"), r.stderr[-2000:]
+
+
+def test_generate_benchmark_refuses_empty_batches_and_a_prompt_longer_than_the_context(capsys):
+    from benchmarks import generate as generate_bench
+    from tfchat.cli import UsageError
+
+    for bad in ("0", "1,", "abc"):
+        with pytest.raises(SystemExit) as info:
+            generate_bench.main(["--batches", bad])
+        assert info.value.code == 2 and "comma-separated integers > 0" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--prompt-len 256: the model reads 256 tokens"):
+        generate_bench.main(["--preset", "tiny", "--prompt-len", "256", "--path", "fast"])

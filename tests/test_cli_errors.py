@@ -126,3 +126,18 @@ def test_tensorflow_start_up_messages_are_hidden_unless_verbose(tmp_path):
         next(line for line in quiet.splitlines() if line.startswith("error:"))], quiet
     for loud in (run(["--verbose"]), run(TFCHAT_LOG_LEVEL="debug")):
         assert noise.search(loud) and "error: model directory not found" in loud, loud[-3000:]
+
+
+def test_a_graph_error_reads_as_its_message_not_the_stack_where_the_op_was_defined():
+    """TF 2.21 may put the Python stack of the failing op ("Detected at node ... defined at") before the
+    message (here as `generate` raised it for an empty batch): the one line a command prints is the message."""
+    import tensorflow as tf
+
+    from tfchat.cli import error_line
+
+    message = ("Graph execution error:\n\nDetected at node strided_slice_16 defined at (most recent call last):\n"
+               '  File "<frozen runpy>", line 198, in _run_module_as_main\n\n'
+               '  File "/work/main/tfchat/inference/generation.py", line 243, in prefill\n\n'
+               "slice index -1 of dimension 1 out of bounds.\n\t [[{{node strided_slice_16}}]] [Op:__inference_fn_4849]")
+    assert error_line(tf.errors.InvalidArgumentError(None, None, message)) == (
+        "slice index -1 of dimension 1 out of bounds.")

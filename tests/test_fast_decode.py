@@ -84,6 +84,12 @@ def test_a_row_gets_the_same_tokens_alone_or_joining_and_leaving_a_batch():
     assert [seen[1][:9], seen[2][:9]] == alone[1:]
 
 
+def test_prefill_without_prompts_is_a_clear_error():
+    decoder = SlotDecoder(_model(), chunk=2)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        decoder.prefill([], [], [], [], [], [])
+
+
 def test_bucket_sizes():
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
     with pytest.raises(ValueError, match="chunk"):

@@ -196,3 +196,12 @@ def test_generate_text_warns_on_truncation(caplog):
         out = generate_text(m, tok, ["abc def ghi " * 10], max_new_tokens=4)
     assert len(out) == 1
     assert "truncated from the left" in caplog.text
+
+
+def test_an_empty_batch_is_a_clear_error(model):
+    from tfchat.cli import error_line
+
+    empty = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        generate(model, empty, max_new_tokens=4)
+    assert error_line(info.value) == "give at least one prompt"

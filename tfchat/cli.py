@@ -249,6 +249,9 @@ def setup(verbose: bool = False) -> None:
 _NO_SPACE = re.compile(r"(?:(\S+?)(?:\.tempstate\d+)?; )?No space left on device")
 
 
+_TRACE_LINE = re.compile(r'File ".*", line \d+, in ')
+
+
 def tf_error_message(error: BaseException) -> str:
     """The useful line of a TensorFlow error: the message of a failed graph assertion if there is
     one, else its first line without TF's node and function annotations."""
@@ -258,7 +261,8 @@ def tf_error_message(error: BaseException) -> str:
         return found.group(1).split("Condition")[0].strip().rstrip(".")
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("[[")]
-    useful = [ln for ln in lines if ln != "Graph execution error:" and not ln.startswith("Detected at node")]
+    useful = [ln for ln in lines if ln != "Graph execution error:" and not ln.startswith("Detected at node")
+              and not _TRACE_LINE.match(ln)]  # the Python stack where the failing op was defined
     return re.sub(r"\s*\[Op:\w+\]( name: \S*)?$", "", (useful or lines or [type(error).__name__])[0])
 
 

@@ -80,6 +80,7 @@ def graph_checks(max_new, temperature, top_k, top_p, context, prompt_lengths) ->
         a.assert_positive(top_p, message="top_p must be in (0, 1]"),
         a.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
         a.assert_positive(prompt_lengths, message="every prompt needs at least one token"),
+        a.assert_positive(tf.size(prompt_lengths), message="give at least one prompt"),
     ]
 
 

@@ -188,6 +188,8 @@ class SlotDecoder:
 
         Guidance: `twin_of[i]` is the index of the row whose untagged twin prompt `i` is (-1: none), and
         `guidance[j]` the scale of a row j that has a twin (1 = none)."""
+        if not len(prompts):
+            raise ValueError("prefill needs at least one prompt")
         kept = [list(p)[max(0, len(p) - (self.max_len - int(m))):] for p, m in zip(prompts, max_new_tokens)]
         sampling = {k: np.asarray(v, _DTYPES[k]).reshape(-1) for k, v in
                     zip(SAMPLING, (temperature, top_k, top_p, seed))}
