@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(export_dir, args.port, args.max_batch, args.chunk, args.plain_signatures)
         url = f"http://127.0.0.1:{args.port}"
     try:
-        wait_ready(url, server)
+        wait_ready(url, server, timeout=900 if server else 60)  # a --url server should be up already
         result = {"benchmark": "serve", "model": source, "new_tokens": args.new_tokens,
                   "path": "plain signatures" if args.plain_signatures else f"fast (chunk {args.chunk})",
                   "max_batch": args.max_batch, **run(url, args.clients, args.new_tokens, args.rounds)}

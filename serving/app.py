@@ -25,10 +25,11 @@ import time
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving.backend import Backend
-from serving.http import DEFAULT_MAX_REQUEST_BYTES, ClientGone
+from serving.http import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_ROWS, ClientGone
 from serving.routes import openai, tf_serving
 
 
@@ -45,18 +46,28 @@ def chat_page(backend: Backend) -> str:
     return page.replace("__SCRIPT_HASH__", f"'sha256-{digest}'", 1)
 
 
-def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, dialogue=None) -> FastAPI:
-    """The FastAPI app around a loaded `Backend`; request bodies over `max_request_bytes` get a 413;
+def create_app(backend: Backend, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, dialogue=None,
+               max_rows: int = DEFAULT_MAX_ROWS) -> FastAPI:
+    """The FastAPI app around a loaded `Backend`; request bodies over `max_request_bytes` get a 413, requests
+    of more than `max_rows` prompts or :predict rows a 400;
     `dialogue`: a `tfchat.dialogue.manager.DialogueManager` routing OpenAI chat turns."""
     app = FastAPI(title="tfchat", docs_url="/docs")
     app.state.backend = backend
     app.state.max_request_bytes = max_request_bytes
+    app.state.max_rows = max_rows
 
     async def client_gone(request, exc):  # hung up mid-upload or before the answer: nobody to tell
         return Response(status_code=499)
 
+    async def http_error(request, exc):  # an unknown route or method: the API's error shape, not {"detail": ...}
+        chat = request.url.path.startswith(("/v1/chat/", "/v1/completions"))
+        response = (openai.openai_error if chat else tf_serving.error)(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405 names the allowed methods
+        return response
+
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(ClientGone, client_gone)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(tf_serving.router(backend))
     app.include_router(openai.router(backend, dialogue))
 

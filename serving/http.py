@@ -8,6 +8,9 @@ over the app's `max_request_bytes` before reading them whole (from
 Content-Length, else while streaming), nesting deeper than `MAX_DEPTH`,
 integers longer than `MAX_INT_DIGITS`, NaN/Infinity (not JSON) and lone
 UTF-16 surrogates (not text); each is a 4xx with a one-line message.
+`check_rows` holds a request to the app's `max_rows` (prompts of a
+completion, rows of a `:predict`): the backend runs a request's rows before
+later requests' turns, so one request of many rows would make everyone wait.
 
 Example:
 
@@ -27,6 +30,9 @@ from fastapi import Request
 from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+DEFAULT_MAX_ROWS = 64
+# Numbers in one :predict answer (a prefill's cache is ~50k numbers a token): JSON of 4M numbers is ~50 MB.
+MAX_RESPONSE_VALUES = 1 << 22
 MAX_DEPTH = 64  # the deepest body the APIs need is ~8 (a rank-6 tensor in "inputs")
 MAX_INT_DIGITS = 20  # int64 and uint64 fit
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
@@ -83,6 +89,13 @@ async def json_body(request: Request):
             raise too_large
         chunks.append(chunk)
     return parse_json(b"".join(chunks))
+
+
+def check_rows(request: Request, rows: int, what: str) -> None:
+    """Refuses more than the app's `max_rows` rows in one request (BadRequest, a 400)."""
+    limit = getattr(request.app.state, "max_rows", DEFAULT_MAX_ROWS)
+    if rows > limit:
+        raise BadRequest(f"{rows} {what} in one request; at most {limit} (the server's --max-rows)")
 
 
 class ClientGone(Exception):

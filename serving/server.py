@@ -57,6 +57,8 @@ def parser():
                    help="fast path: tokens decoded per call (streamed together; requests join between chunks)")
     p.add_argument("--max-request-bytes", type=cli.positive_int, default=1 << 20,
                    help="largest request body; larger ones get HTTP 413 before they are read")
+    p.add_argument("--max-rows", type=cli.positive_int, default=64,
+                   help="most prompts in one /v1/completions request and rows in one :predict (HTTP 400 beyond)")
     g = p.add_argument_group("content filter")
     g.add_argument("--content-filter", default=None, metavar="DIR",
                    help="moderation classifier (python -m training.classify run directory or its export): refuse "
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)
         try:
-            app = create_app(backend, max_request_bytes=args.max_request_bytes, dialogue=dialogue)
+            app = create_app(backend, max_request_bytes=args.max_request_bytes, dialogue=dialogue, max_rows=args.max_rows)
             if content_filter is not None:
                 from serving.routes import moderation
 

@@ -89,6 +89,12 @@ BODIES = [  # (path, JSON body, status, fragment)
     (PREDICT, {"signature_name": "detokenize", "inputs": {"token_ids": [[-3]], "num_tokens": [1]}}, 400,
      "token ids must be in"),
     (PREDICT, {"inputs": {"prompt": ["x" * 2000]}}, 400, "a text of 2,000 characters; at most 1,024"),
+    # Positive in Python, 0 or inf as the float32 the graph computes with: refused before any stream starts.
+    (COMPLETIONS, {"prompt": "x", "top_p": 1e-300}, 400, "top_p must be a number in (0, 1] (1 = off), got 1e-300"),
+    (CHAT, {"messages": HI, "stream": True, "top_p": 1e-40}, 400, "top_p must be a number in (0, 1]"),
+    (CHAT, {"messages": HI, "temperature": 1e300}, 400, "temperature must be a finite number"),
+    (PREDICT, {"signature_name": "chat", "instances": [{"roles": ["robot"], "contents": ["hi"]}]}, 400,
+     "roles must be 'system', 'user' or 'assistant'"),
 ]
 
 
@@ -219,3 +225,49 @@ def test_schemathesis_finds_no_server_errors(backend):
                 failures.append((op.label, mode.value, type(e).__name__, str(e)[:500]))
     assert not failures, failures
     assert {200, 400} <= statuses, statuses  # it reached the model, and its checks
+
+
+def test_graph_errors_read_as_their_message(client):
+    """A shape mismatch the graph finds (two roles, one content) is TF's own message, not
+    "<stack traces unavailable>"."""
+    r = client.post(PREDICT, json={"signature_name": "chat_prompt",
+                                   "instances": [{"roles": ["user", "user"], "contents": ["hi"]}]})
+    assert r.status_code == 400, r.text[:300]
+    assert "stack traces" not in _message(r) and "is not in" in _message(r), r.text[:300]
+
+
+def test_null_stream_and_n_mean_their_defaults(client):
+    for extra in ({"stream": None}, {"n": None}):
+        r = client.post(CHAT, json={"messages": HI, "max_tokens": 2, **extra})
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion", (extra, r.text[:300])
+
+
+def test_unknown_routes_and_methods_answer_in_the_api_error_shapes(client):
+    r = client.get("/v1/chat/completions")  # OpenAI's shape on its routes
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert "POST" in r.headers["allow"]
+    r = client.post("/v1/models/tfchat::predict", json={})
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}, r.text
+    r = client.get(PREDICT)
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}, r.text
+
+
+def test_rows_per_request_are_limited(backend):
+    """One request of many rows would hold everyone else's turn: --max-rows refuses it up front."""
+    client = TestClient(create_app(backend, max_rows=2))
+    r = client.post(COMPLETIONS, json={"prompt": ["a", "b", "c"], "max_tokens": 2})
+    assert r.status_code == 400 and "3 prompts in one request; at most 2" in _message(r), r.text
+    r = client.post(PREDICT, json={"instances": [{"prompt": p} for p in "abc"]})
+    assert r.status_code == 400 and "3 rows in one request; at most 2" in _message(r), r.text
+    assert client.post(COMPLETIONS, json={"prompt": ["a", "b"], "max_tokens": 2}).status_code == 200
+
+
+def test_a_predict_answer_of_too_many_numbers_is_refused(client, monkeypatch):
+    """A prefill's caches in JSON grow ~50k numbers a token: over the cap, a 400 instead of gigabytes."""
+    import serving.routes.tf_serving as routes
+
+    body = {"signature_name": "prefill", "inputs": {"token_ids": [[5, 6, 7]], "num_tokens": [3], "max_new_tokens": [1]}}
+    assert client.post(PREDICT, json=body).status_code == 200
+    monkeypatch.setattr(routes, "MAX_RESPONSE_VALUES", 100)
+    r = client.post(PREDICT, json=body)
+    assert r.status_code == 400 and "numbers, over 100: send fewer rows" in _message(r), r.text[:300]

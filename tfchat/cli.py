@@ -256,13 +256,15 @@ def tf_error_message(error: BaseException) -> str:
     """The useful line of a TensorFlow error: the message of a failed graph assertion if there is
     one, else its first line without TF's node and function annotations."""
     text = getattr(error, "message", None) or str(error)
-    found = re.search(r"assertion failed: \[([^\]]*)\]", text)
+    # The message may hold "]" itself ("top_p must be in (0, 1]"): it ends where the next "[" field begins.
+    found = re.search(r"assertion failed: \[(.*?)\](?: \[|$)", text, re.M) or re.search(
+        r"assertion failed: \[([^\]]*)\]", text)
     if found:
-        return found.group(1).split("Condition")[0].strip().rstrip(".")
+        return found.group(1).split("Condition")[0].strip().rstrip(".").replace("\\'", "'")
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("[[")]
     useful = [ln for ln in lines if ln != "Graph execution error:" and not ln.startswith("Detected at node")
-              and not _TRACE_LINE.match(ln)]  # the Python stack where the failing op was defined
+              and not _TRACE_LINE.match(ln) and ln != "<stack traces unavailable>"]  # where the op was defined
     return re.sub(r"\s*\[Op:\w+\]( name: \S*)?$", "", (useful or lines or [type(error).__name__])[0])
 
 

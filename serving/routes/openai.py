@@ -49,7 +49,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from serving.backend import Backend, GenRequest, TokenLogprob
 from serving.errors import BadRequest
-from serving.http import json_body, results_unless_gone
+from serving.http import check_rows, json_body, results_unless_gone
 from serving.openapi import CHAT_REQUEST, COMPLETION_REQUEST, OPENAI_ERROR, documented
 
 
@@ -202,9 +202,9 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
                 raise BadRequest("request body must be a JSON object")
             if body.get("model") not in (None, backend.name):
                 return openai_error(404, f"The model `{body['model']}` does not exist", "model_not_found")
-            if body.get("n", 1) != 1:
+            if body.get("n") not in (None, 1):  # null means the default, as in OpenAI's API
                 raise BadRequest("only n=1 is supported")
-            stream = body.get("stream", False)
+            stream = False if body.get("stream") is None else body["stream"]
             if not isinstance(stream, bool):
                 raise BadRequest("stream must be a boolean")
             sampling = sampling_of(body, backend)
@@ -231,6 +231,7 @@ def router(backend: Backend, dialogue=None) -> APIRouter:
                     raise BadRequest("'prompt' must be a string or a non-empty list of strings")
                 if stream and len(prompts) > 1:
                     raise BadRequest("stream=true takes a single prompt")
+                check_rows(request, len(prompts), "prompts")
                 requests = [GenRequest(prompt=p, sampling=sampling, logprobs=logprobs, tags=tags) for p in prompts]
             for r in requests:
                 backend.validate(r)

@@ -12,6 +12,7 @@ version, signature), 413 (body too large) or 415 (not JSON); a GET of a
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -20,7 +21,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from serving.backend import Backend
 from serving.codec import format_predict, parse_predict, spec_json
 from serving.errors import BadRequest, NotFound
-from serving.http import json_body, results_unless_gone
+from serving.http import MAX_RESPONSE_VALUES, check_rows, json_body, results_unless_gone
 from serving.openapi import PREDICT_REQUEST, TF_SERVING_ERROR, documented
 from tfchat.cli import tf_error_message
 
@@ -89,8 +90,13 @@ def router(backend: Backend) -> APIRouter:
                 raise BadRequest("signature_name must be a string")
             inputs_spec, _ = backend.signature_specs(signature or "serving_default")
             inputs, row_format = parse_predict(body, inputs_spec, backend.defaults)
+            check_rows(request, max((int(t.shape[0]) for t in inputs.values() if t.shape.rank), default=1), "rows")
             job = backend.predict_job(signature or "serving_default", inputs)
             outputs, = await results_unless_gone(request, [job])
+            values = sum(int(np.size(o)) for o in outputs.values())
+            if values > MAX_RESPONSE_VALUES:  # JSON of a prefill's caches: ~50k numbers a token
+                raise BadRequest(f"the answer holds {values:,} numbers, over {MAX_RESPONSE_VALUES:,}: send fewer rows "
+                                 "or tokens (or use the gRPC API)")
             return format_predict(outputs, row_format)
         except (NotFound, BadRequest) as e:
             return error(e.status, str(e))

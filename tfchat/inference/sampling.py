@@ -29,6 +29,8 @@ import numbers
 import random
 import sys
 
+import numpy as np
+
 INT32_MAX = 2**31 - 1
 # Classifier-free guidance scales of tagged replies (tfchat.inference.guidance): 0 = untagged, 1 = off.
 MAX_GUIDANCE = 30.0
@@ -47,6 +49,14 @@ def _is_tensor(x) -> bool:
     return tf is not None and tf.is_tensor(x)
 
 
+def _f32(x) -> float:
+    """`x` as the float32 the graph computes with: 1e300 is inf there, 1e-300 is 0, and so is a subnormal
+    such as 1e-40 (TF's CPU kernels flush them to zero)."""
+    with np.errstate(over="ignore", under="ignore"):
+        y = float(np.float32(x))
+    return 0.0 if abs(y) < np.finfo(np.float32).tiny else y
+
+
 def check_sampling(
     max_new_tokens=None, temperature=None, top_k=None, top_p=None, seed=None, *, max_new_limit: int | None = None,
     guidance=None,
@@ -63,19 +73,19 @@ def check_sampling(
             room = " (what the context leaves room for)" if max_new_limit is not None else ""
             raise ValueError(f"max_new_tokens must be an integer in 1 .. {high}{room}, got {max_new_tokens!r}")
     if temperature is not None and not _is_tensor(temperature):
-        if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        if not _is_real(temperature) or not math.isfinite(_f32(temperature)) or temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and not _is_tensor(top_k):
         if not _is_int(top_k) or not 0 <= top_k <= INT32_MAX:
             raise ValueError(f"top_k must be an integer in 0 .. {INT32_MAX} (0 = off), got {top_k!r}")
     if top_p is not None and not _is_tensor(top_p):
-        if not _is_real(top_p) or not (math.isfinite(top_p) and 0 < top_p <= 1):
+        if not _is_real(top_p) or not (math.isfinite(top_p) and 0 < _f32(top_p) <= 1):
             raise ValueError(f"top_p must be a number in (0, 1] (1 = off), got {top_p!r}")
     if seed is not None and not _is_tensor(seed):
         if not _is_int(seed) or not -(2**31) <= seed <= INT32_MAX:
             raise ValueError(f"seed must be an integer in {-(2**31)} .. {INT32_MAX}, got {seed!r}")
     if guidance is not None and not _is_tensor(guidance):
-        if not _is_real(guidance) or not (math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        if not _is_real(guidance) or not (math.isfinite(guidance) and 0 <= _f32(guidance) <= MAX_GUIDANCE):
             raise ValueError(f"guidance must be a number in 0 .. {MAX_GUIDANCE:g} (1 = off), got {guidance!r}")
 
 
