@@ -23,3 +23,9 @@ class NotFound(LookupError):
     """Unknown model, version or signature (HTTP 404, gRPC NOT_FOUND)."""
 
     status = 404
+
+
+def within_rows(rows: int, limit: int, what: str) -> None:
+    """Refuses a request of more than `limit` rows (`what`: "prompts", "rows") with a BadRequest."""
+    if rows > limit:
+        raise BadRequest(f"{rows} {what} in one request; at most {limit} (the server's --max-rows)")

@@ -14,12 +14,14 @@ import tensorflow as tf
 
 from serving.backend import Backend
 from serving.codec import SAMPLING_INPUTS, sampling_columns
-from serving.errors import BadRequest, NotFound
+from serving.errors import BadRequest, NotFound, within_rows
+from serving.http import DEFAULT_MAX_ROWS
 from tfchat.cli import tf_error_message
 
 
-def create_grpc_server(backend: Backend, port: int, host: str = "[::]"):
-    """A gRPC server speaking TF Serving's PredictionService (Predict, GetModelMetadata) and ModelService status."""
+def create_grpc_server(backend: Backend, port: int, host: str = "[::]", max_rows: int = DEFAULT_MAX_ROWS):
+    """A gRPC server speaking TF Serving's PredictionService (Predict, GetModelMetadata) and ModelService status;
+    a Predict of more than `max_rows` rows is INVALID_ARGUMENT."""
     from concurrent import futures
 
     import grpc
@@ -55,6 +57,8 @@ def create_grpc_server(backend: Backend, port: int, host: str = "[::]"):
                         inputs[k] = tf.constant(values, specs[k].dtype)
                 elif missing:
                     raise BadRequest(f"missing input(s) {missing}")
+                rows = max((int(t.shape[0]) for t in inputs.values() if t.shape.rank), default=1)
+                within_rows(rows, max_rows, "rows")
                 outputs = backend.predict(signature, inputs)
             except NotFound as e:
                 context.abort(grpc.StatusCode.NOT_FOUND, str(e))

@@ -27,7 +27,7 @@ import re
 import numpy as np
 from fastapi import Request
 
-from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, within_rows
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_MAX_ROWS = 64
@@ -93,9 +93,7 @@ async def json_body(request: Request):
 
 def check_rows(request: Request, rows: int, what: str) -> None:
     """Refuses more than the app's `max_rows` rows in one request (BadRequest, a 400)."""
-    limit = getattr(request.app.state, "max_rows", DEFAULT_MAX_ROWS)
-    if rows > limit:
-        raise BadRequest(f"{rows} {what} in one request; at most {limit} (the server's --max-rows)")
+    within_rows(rows, getattr(request.app.state, "max_rows", DEFAULT_MAX_ROWS), what)
 
 
 class ClientGone(Exception):

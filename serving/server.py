@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             from serving.content_filter import FilteredBackend
 
             backend = FilteredBackend(backend, content_filter, check_every=args.filter_every)
-        grpc_server = create_grpc_server(backend, args.grpc_port) if args.grpc_port is not None else None
+        grpc_server = (create_grpc_server(backend, args.grpc_port, max_rows=args.max_rows)
+                       if args.grpc_port is not None else None)
         if grpc_server:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)

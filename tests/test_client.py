@@ -71,6 +71,8 @@ def test_errors_are_raised_with_the_server_message(servers, client):
         client.predict({"text": ["x"]}, signature_name="nope")
     with pytest.raises(ServingError, match="Servable not found"):
         client.predict({"text": ["x"]}, signature_name="score", version=9)
+    with pytest.raises(ServingError, match="65 rows in one request; at most 64"):  # the server's --max-rows
+        client.predict({"text": ["x"] * 65}, signature_name="tokenize")
 
 
 def test_rest_status_and_row_format(servers):

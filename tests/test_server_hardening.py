@@ -266,7 +266,8 @@ def test_a_predict_answer_of_too_many_numbers_is_refused(client, monkeypatch):
     """A prefill's caches in JSON grow ~50k numbers a token: over the cap, a 400 instead of gigabytes."""
     import serving.routes.tf_serving as routes
 
-    body = {"signature_name": "prefill", "inputs": {"token_ids": [[5, 6, 7]], "num_tokens": [3], "max_new_tokens": [1]}}
+    body = {"signature_name": "prefill",
+            "inputs": {"token_ids": [[5, 6, 7]], "num_tokens": [3], "max_new_tokens": [1]}}
     assert client.post(PREDICT, json=body).status_code == 200
     monkeypatch.setattr(routes, "MAX_RESPONSE_VALUES", 100)
     r = client.post(PREDICT, json=body)
