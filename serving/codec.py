@@ -146,6 +146,11 @@ def parse_predict(body, specs: dict, defaults: SamplingParams | None = None) -> 
     return tensors, "instances" in body
 
 
+def batch_rows(inputs: dict) -> int:
+    """Rows of a parsed request: the largest leading dimension of its inputs (a scalar input counts 1)."""
+    return max((int(t.shape[0]) for t in inputs.values() if t.shape.rank), default=1)
+
+
 def format_predict(outputs: dict, row_format: bool) -> dict:
     if not row_format:
         if len(outputs) == 1:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from serving.backend import Backend
-from serving.codec import SAMPLING_INPUTS, sampling_columns
+from serving.codec import SAMPLING_INPUTS, batch_rows, sampling_columns
 from serving.errors import BadRequest, NotFound, within_rows
 from serving.http import DEFAULT_MAX_ROWS
 from tfchat.cli import tf_error_message
@@ -57,8 +57,7 @@ def create_grpc_server(backend: Backend, port: int, host: str = "[::]", max_rows
                         inputs[k] = tf.constant(values, specs[k].dtype)
                 elif missing:
                     raise BadRequest(f"missing input(s) {missing}")
-                rows = max((int(t.shape[0]) for t in inputs.values() if t.shape.rank), default=1)
-                within_rows(rows, max_rows, "rows")
+                within_rows(batch_rows(inputs), max_rows, "rows")
                 outputs = backend.predict(signature, inputs)
             except NotFound as e:
                 context.abort(grpc.StatusCode.NOT_FOUND, str(e))

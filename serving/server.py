@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("gRPC on port %d", grpc_server.bound_port)
         log.info("web chat: http://%s:%d/", args.host, args.port)
         try:
-            app = create_app(backend, max_request_bytes=args.max_request_bytes, dialogue=dialogue, max_rows=args.max_rows)
+            app = create_app(backend, max_request_bytes=args.max_request_bytes, dialogue=dialogue,
+                             max_rows=args.max_rows)
             if content_filter is not None:
                 from serving.routes import moderation
 

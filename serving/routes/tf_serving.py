@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from serving.backend import Backend
-from serving.codec import format_predict, parse_predict, spec_json
+from serving.codec import batch_rows, format_predict, parse_predict, spec_json
 from serving.errors import BadRequest, NotFound
 from serving.http import MAX_RESPONSE_VALUES, check_rows, json_body, results_unless_gone
 from serving.openapi import PREDICT_REQUEST, TF_SERVING_ERROR, documented
@@ -90,7 +90,7 @@ def router(backend: Backend) -> APIRouter:
                 raise BadRequest("signature_name must be a string")
             inputs_spec, _ = backend.signature_specs(signature or "serving_default")
             inputs, row_format = parse_predict(body, inputs_spec, backend.defaults)
-            check_rows(request, max((int(t.shape[0]) for t in inputs.values() if t.shape.rank), default=1), "rows")
+            check_rows(request, batch_rows(inputs), "rows")
             job = backend.predict_job(signature or "serving_default", inputs)
             outputs, = await results_unless_gone(request, [job])
             values = sum(int(np.size(o)) for o in outputs.values())
