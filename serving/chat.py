@@ -55,7 +55,7 @@ class RemoteChat:
         try:  # fail at start, not at the first message
             models = self._http.get(self.url + "/v1/models")
             models.raise_for_status()
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
             raise unreachable(self.url, e) from e
         try:
             self.tags: dict | None = models.json()["data"][0].get("tags")  # the served model's tag vocabulary

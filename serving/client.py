@@ -30,8 +30,13 @@ from tfchat.inference.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 
-def unreachable(url: str, error: Exception) -> ConnectionError:
-    """The error for a server that does not answer, naming the command that starts one."""
+def unreachable(url: str, error: Exception) -> Exception:
+    """The error for a server that does not answer, naming the command that starts one (or for a URL
+    that names no server at all)."""
+    import httpx
+
+    if isinstance(error, httpx.InvalidURL):
+        return ValueError(f"invalid server URL {url!r}: {error}")
     return ConnectionError(f"cannot reach a model server at {url} ({error}); start one with "
                            "`python -m serving.server --model exports/tfchat` (or tensorflow_model_server)")
 
@@ -117,7 +122,7 @@ class RestClient(_Client):
 
         try:
             return self._check(self._http.request(method, path, **kwargs))
-        except httpx.TransportError as e:
+        except (httpx.TransportError, httpx.InvalidURL) as e:
             raise unreachable(self.url, e) from e
 
     def status(self, version: int | None = None) -> dict:

@@ -98,3 +98,8 @@ def test_client_cli(servers, capsys):
     with pytest.raises(SystemExit) as e:
         client_cli.main(["--url", url, "--max-new-tokens", "0", "x"])
     assert e.value.code == 2 and "--max-new-tokens: expected an integer > 0" in capsys.readouterr().err
+
+
+def test_a_url_that_names_no_server_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"invalid server URL 'http://\[::1'"):
+        RestClient("http://[::1", "tfchat").status()

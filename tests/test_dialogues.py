@@ -199,3 +199,13 @@ def test_convert_command(tmp_path, capsys):
     assert convert_dialogues.main(["--format", "messages", "--input", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 1
     assert "bad.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_line_nested_past_pythons_stack_is_skipped_as_not_json(tmp_path, caplog):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n" + BAD_LINES[0] + "\n", encoding="utf-8")
+    stats = dialogues.ReadStats()
+    with caplog.at_level(logging.WARNING):
+        convs = dialogues.load_conversations(str(path), stats)
+    assert convs == [json.loads(BAD_LINES[0])["messages"]] and dict(stats.skipped) == {"not JSON": 1}
+    assert f"{path}:1: skipped: not JSON (nested too deeply)" in caplog.text

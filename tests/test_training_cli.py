@@ -338,3 +338,41 @@ def test_log_lines_print_above_the_progress_bar(tmp_path):
     assert not re.search(r"[^\r\n]" + log_line, err), err  # a log line never continues a bar's line
     assert len(re.findall(r"\| 0/6 \[", err)) == 1, err  # one bar
     assert re.search(r"\| 6/6 \[[^\]]*, loss=[\d.]+, val=[\d.]+", err), err  # held-out loss in the postfix
+
+
+def test_an_empty_held_out_split_fails_before_training(pretrained, tmp_path, capsys):
+    """50 copies of one conversation leave the held-out split empty: refused before step 1, not after the
+    steps up to the first evaluation (whose training was then lost)."""
+    import json
+
+    data = tmp_path / "same.jsonl"
+    line = json.dumps({"messages": [{"role": "user", "content": "Hello there"},
+                                    {"role": "assistant", "content": "Hi! How are you?"}]})
+    data.write_text((line + "\n") * 50)
+    out = tmp_path / "chat"
+    assert finetune.main(["--from", pretrained, "--data", str(data), "--out", str(out), "--steps", "30",
+                          "--batch-size", "2", "--seq-len", "32", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no conversations in the 'validation' split" in err, err[-2000:]
+    assert not (out / "run.json").exists() and not (out / "logs").exists()  # refused before training began
+
+
+def test_pretrain_refuses_another_stages_run_before_writing_into_it(tmp_path, capsys):
+    out = tmp_path / "chat"
+    out.mkdir()
+    (out / "run.json").write_text('{"job": "finetune"}')
+    assert pretrain.main([*SMALL, "--out", str(out), "--steps", "2"]) == 1
+    assert f"{out} is a finetune run; this command is pretrain: choose another --out" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["run.json"]  # no tokenizer
+
+
+def test_interrupted_before_a_checkpoint_does_not_claim_one(tmp_path, capsys):
+    from training import cli as training_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    args = type("Args", (), {"out": str(tmp_path / "run"), "verbose": False})()
+    code = training_cli.run_job(interrupted, args, lambda out: [])
+    err = capsys.readouterr().err
+    assert code != 0 and "nothing was saved to resume from" in err and "is saved" not in err, err

@@ -160,9 +160,11 @@ def run_job(job: Callable[[], dict], args: argparse.Namespace, next_commands: Ca
         return 0
 
     code = cli.run(body)
-    if code == cli.EXIT_INTERRUPTED:
-        print(f"The checkpoint in {os.path.join(args.out, 'checkpoints')} is saved: re-run the same command to resume.",
-              file=sys.stderr)
+    checkpoints = os.path.join(args.out, "checkpoints")
+    if code == cli.EXIT_INTERRUPTED and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        print(f"The checkpoint in {checkpoints} is saved: re-run the same command to resume.", file=sys.stderr)
+    elif code == cli.EXIT_INTERRUPTED:
+        print("Interrupted before the first checkpoint: nothing was saved to resume from.", file=sys.stderr)
     return code
 
 

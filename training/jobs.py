@@ -89,6 +89,13 @@ def run_lock(out: str, strategy):
     return RunDirectory(out).lock() if is_chief(strategy) else contextlib.nullcontext()
 
 
+def check_run_job(out: str, job: str) -> None:
+    """Refuses an --out that another stage started, before this one writes anything into it."""
+    started = RunDirectory(out).read_record().get("job")
+    if started not in (None, job):
+        raise TrainingError(f"{out} is a {started} run; this command is {job}: choose another --out")
+
+
 def check_seq_len(seq_len: int, config: GPTConfig, what: str) -> None:
     if seq_len > config.block_size:
         raise ValueError(f"--seq-len {seq_len} exceeds the {what} context of {config.block_size}")
@@ -233,6 +240,7 @@ def pretrain(opts: JobOptions) -> dict:
     strategy = make_strategy(opts.strategy)
     content_filter = load_content_filter(opts)
     with run_lock(opts.out, strategy):
+        check_run_job(opts.out, "pretrain")  # before the tokenizer is written into it
         if content_filter is not None and is_chief(strategy):
             report_pretrain_filter(opts, content_filter)
         run_tokenizer_dir = os.path.join(opts.out, "tokenizer")

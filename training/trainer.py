@@ -292,6 +292,13 @@ class Trainer:
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
+    def _check_eval_data(self) -> None:
+        """Builds the held-out pipeline once now: a held-out split that is empty (a small or duplicated data
+        set) fails before the first step, not at the first evaluation after minutes of training."""
+        if self._eval_dataset_fn is not None:
+            micro = self.micro_batch
+            self.strategy.distribute_datasets_from_function(lambda ctx: self._eval_dataset_fn(ctx, micro).take(1))
+
     def evaluate(self, batches: int | None = None) -> dict:
         """Held-out loss (and perplexity, and the objective's metrics) over up to `batches` batches."""
         if self._eval_dataset_fn is None:
@@ -414,6 +421,7 @@ class Trainer:
                 self.save_model_dir(recorded)  # killed between the last checkpoint and the model directory
             log.info("%s is complete at step %d (of %d); nothing to do", self.out_dir, start, cfg.steps)
             return {"step": start, **recorded, "complete": True}
+        self._check_eval_data()
         if self.chief:
             previous = self.run.read_record()
             record = {

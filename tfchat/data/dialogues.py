@@ -316,7 +316,7 @@ def messages_from_row(row: dict, shape: RowShape) -> list:
     if isinstance(raw, str):  # some sets store the list as a JSON string
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return []
     if not isinstance(raw, list):
         return []

@@ -124,10 +124,11 @@ def iter_jsonl(path: str, stats: ReadStats, strict: bool = False) -> Iterator[tu
             where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested past Python's stack
+                why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
                 if strict:
-                    raise ValueError(f"{where}: not JSON ({e.msg})") from None
-                stats.skip(path, where, f"not JSON ({e.msg})")
+                    raise ValueError(f"{where}: not JSON ({why})") from None
+                stats.skip(path, where, f"not JSON ({why})")
                 continue
             yield where, obj
 

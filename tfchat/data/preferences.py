@@ -269,7 +269,7 @@ def sniff_format(path: str) -> str:
         with io.open_text(path) as f:
             line = next((line for line in f if line.strip()), "")
         record = json.loads(line)
-    except (OSError, EOFError, UnicodeDecodeError, ValueError):
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, RecursionError):
         record = None
     if isinstance(record, dict):
         if "messages" in record and "chosen" in record:

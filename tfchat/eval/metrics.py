@@ -117,8 +117,8 @@ def read_minimal_pairs(path: str) -> list[MinimalPair]:
             where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise ValueError(f"{where}: not JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{where}: expected a JSON object with sentence_good and sentence_bad")
             for key in ("sentence_good", "sentence_bad"):
