@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     g.add_argument("--temperature", type=cli.non_negative_float, default=None, help="0 = greedy")
     g.add_argument("--top-k", type=cli.non_negative_int, default=None, help="0 = off")
     g.add_argument("--top-p", type=cli.probability, default=None, help="1 = off")
-    g.add_argument("--seed", type=int, default=None, help="fixed seed (default: a new one per reply)")
+    g.add_argument("--seed", type=cli.int32, default=None, help="fixed seed (default: a new one per reply)")
     g.add_argument("--guidance", type=cli.guidance, default=None,
                    help="with --topic/--style: steer harder by classifier-free guidance (1 = off; e.g. 8)")
     from serving.server import add_best_of_flags, best_of, check_best_of_flags

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--temperature", type=cli.non_negative_float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=cli.non_negative_int, default=0, help="0 = off")
     g.add_argument("--top-p", type=cli.probability, default=1.0, help="1 = off")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--seed", type=cli.int32, default=0, help="sampling seed")
     g.add_argument("--guidance", type=cli.guidance, default=1.0,
                    help="with --topic/--style: steer harder by classifier-free guidance (1 = off)")
     args = parser.parse_args(argv)

@@ -138,3 +138,9 @@ def test_a_tag_flag_for_a_model_without_tags_fails_cleanly(backend, capsys):
         assert chat_cli.main(["--server", url, "--max-tokens", "2"], stdin=io.StringIO("/style happy\nHi\n"),
                              stdout=out) == 0
     assert "(this model was trained without tags)" in out.getvalue() and len(bot_lines(out.getvalue())) == 1
+
+
+def test_a_seed_beyond_int32_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        chat_cli.main(["--server", "http://127.0.0.1:1", "--seed", str(2**64)])
+    assert info.value.code == 2 and "expected an integer in -2147483648 .. 2147483647" in capsys.readouterr().err

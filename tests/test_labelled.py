@@ -42,6 +42,9 @@ def test_bad_sources_fail_with_one_clear_error(tmp_path):
         list(labelled.read_labelled_source(str(tmp_path / "missing.jsonl")))
     with pytest.raises(FileNotFoundError, match="no such file"):
         list(labelled.read_labelled_source("davidson:" + str(tmp_path / "missing.csv")))
+    csv = write(tmp_path / "d.csv", "text,label\n")
+    with pytest.raises(ValueError, match="unknown format 'nosuch'; formats: davidson, "):  # not "no such file"
+        list(labelled.read_labelled_source("nosuch:" + str(csv)))
     empty = write(tmp_path / "empty.jsonl", "not json\n")
     with pytest.raises(ValueError, match="no usable examples.*not JSON"):
         list(labelled.read_labelled_source(empty))

@@ -76,6 +76,7 @@ probability = _typed(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 fraction = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 unit_interval = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 guidance = _typed(float, lambda v: 0 <= v <= MAX_GUIDANCE, f"a number in 0 .. {MAX_GUIDANCE:g} (1 = off)")
+int32 = _typed(int, lambda v: -(2**31) <= v < 2**31, "an integer in -2147483648 .. 2147483647")  # a sampling seed
 positive_ints = _typed(lambda t: [int(c) for c in t.split(",")], lambda v: all(c > 0 for c in v),
                        "comma-separated integers > 0")
 

@@ -554,6 +554,8 @@ def _read(spec: str, stats: ReadStats) -> Iterator[Example]:
         yield from read_counterfactual(path)
         return
     if not (sep and fmt in CONVERTERS):
+        if sep and not os.path.exists(spec) and os.path.exists(path.partition("@")[0]):  # FORMAT:FILE, FORMAT unknown
+            raise ValueError(f"{spec}: unknown format {fmt!r}; formats: {', '.join(FORMATS)}, benign, counterfactual")
         fmt, path = "labelled", spec
     if not os.path.exists(path.partition("@")[0] if fmt == "clinc150" else path):
         hint = "" if sep else (f"; a source is a bundled set ({', '.join(BUNDLED)}), FORMAT:PATH with FORMAT one of "
