@@ -45,6 +45,10 @@ def test_bad_sources_fail_with_one_clear_error(tmp_path):
     csv = write(tmp_path / "d.csv", "text,label\n")
     with pytest.raises(ValueError, match="unknown format 'nosuch'; formats: davidson, "):  # not "no such file"
         list(labelled.read_labelled_source("nosuch:" + str(csv)))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "caf\xe9", "labels": ["x"]}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8 text"):
+        list(labelled.read_labelled_source(str(latin1)))
     empty = write(tmp_path / "empty.jsonl", "not json\n")
     with pytest.raises(ValueError, match="no usable examples.*not JSON"):
         list(labelled.read_labelled_source(empty))

@@ -216,3 +216,14 @@ def test_token_log_probs_is_the_masked_log_softmax():
     total, count = logprobs.sequence_log_probs(logits, targets, mask)
     np.testing.assert_allclose(total.numpy(), (expected * mask).sum(-1), rtol=1e-5)
     assert count.numpy().tolist() == [2.0, 2.0]
+
+
+def test_minimal_pairs_not_utf8_or_nested_too_deeply_name_the_file(tmp_path):
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"sentence_good": "caf\xe9", "sentence_bad": "x"}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8 text"):
+        metrics.read_minimal_pairs(str(latin1))
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"deep\.jsonl:1: not JSON \(nested too deeply\)"):
+        metrics.read_minimal_pairs(str(deep))

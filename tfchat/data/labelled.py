@@ -562,7 +562,10 @@ def _read(spec: str, stats: ReadStats) -> Iterator[Example]:
                                f"{', '.join(FORMATS)}, benign:SOURCE, counterfactual:SOURCE, or a labelled JSONL file "
                                "(write one from a public dataset with `python -m training.convert_labelled`)")
         raise FileNotFoundError(f"{path}: no such file or directory{hint}")
-    yield from CONVERTERS[fmt](path, stats)
+    try:
+        yield from CONVERTERS[fmt](path, stats)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def load_examples(sources: str | Sequence[str], stats: ReadStats | None = None) -> list[Example]:
