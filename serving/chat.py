@@ -123,6 +123,13 @@ class LocalChat:
         done = self._request is not None and self._request.future.done() and not self._request.future.exception()
         return self._request.future.result().finish_reason if done else None
 
+    def check(self, **sampling) -> None:
+        """Raises ValueError for sampling settings this model refuses (a --max-tokens beyond its context)."""
+        from serving.backend import GenRequest
+
+        self.backend.validate(GenRequest(messages=[{"role": "user", "content": "hi"}],
+                                         sampling=self.backend.defaults.replace(**sampling)))
+
     def stream(self, messages: list[dict], tags: dict | None = None, **sampling) -> Iterator[str]:
         from serving.backend import GenRequest
 
@@ -297,6 +304,10 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             chat = RemoteChat(args.server)
         else:
             chat = LocalChat(args.model, args.content_filter, best_of(args), dialogue, fast=not args.plain_signatures)
+            try:  # at start, not as an error on every reply
+                chat.check(**{k: v for k, v in sampling.items() if k != "guidance"})
+            except ValueError as e:
+                raise cli.UsageError(str(e)) from None
         tags = {name: getattr(args, name) for name in TAG_NAMES if getattr(args, name) is not None}
         for name, value in tags.items():
             problem = tag_problem(chat.tags, name, value)

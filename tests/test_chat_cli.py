@@ -144,3 +144,10 @@ def test_a_seed_beyond_int32_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         chat_cli.main(["--server", "http://127.0.0.1:1", "--seed", str(2**64)])
     assert info.value.code == 2 and "expected an integer in -2147483648 .. 2147483647" in capsys.readouterr().err
+
+
+def test_max_tokens_beyond_the_context_is_a_usage_error_at_start(export_path, capsys):
+    out = io.StringIO()
+    assert chat_cli.main(["--model", export_path, "--max-tokens", "99999"], stdin=io.StringIO("Hello\n"),
+                         stdout=out) == 2
+    assert "max_new_tokens must be an integer in 1 .." in capsys.readouterr().err and "bot>" not in out.getvalue()
