@@ -182,6 +182,11 @@ def run(chat, stdin: TextIO, stdout: TextIO, system: str | None = None, tags: di
         text = line.rstrip("\n")
         if not text.strip():
             continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, which stdin kept as surrogates
+            print("(that line is not UTF-8 text; nothing was sent)", file=stdout)
+            continue
         command, _, arg = text.strip().partition(" ")
         if command in ("/exit", "/quit"):
             break

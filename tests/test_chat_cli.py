@@ -151,3 +151,9 @@ def test_max_tokens_beyond_the_context_is_a_usage_error_at_start(export_path, ca
     assert chat_cli.main(["--model", export_path, "--max-tokens", "99999"], stdin=io.StringIO("Hello\n"),
                          stdout=out) == 2
     assert "max_new_tokens must be an integer in 1 .." in capsys.readouterr().err and "bot>" not in out.getvalue()
+
+
+def test_a_line_that_is_not_utf8_is_skipped_with_a_note():
+    out = io.StringIO()
+    chat_cli.run(object(), io.StringIO("\udcff\udcfe bad\n/exit\n"), out)  # no model call: any chat will do
+    assert "(that line is not UTF-8 text; nothing was sent)" in out.getvalue()

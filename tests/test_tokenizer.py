@@ -110,6 +110,9 @@ def test_gpt2_tokenizer_from_files(tmp_path):
     tok.save(str(tmp_path / "saved"))
     again = load_tokenizer(str(tmp_path / "saved"))
     assert again.encode("the") == tok.encode("the") and again.special_ids == tok.special_ids
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")  # a header, no merge rules
+    with pytest.raises(ValueError, match="has no merges"):
+        GPT2Tokenizer.from_files(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
 
 
 def test_gpt2_tokenizer_saved_before_the_registry_grew_keeps_its_four_markers(tmp_path):

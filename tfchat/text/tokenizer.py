@@ -242,6 +242,8 @@ class GPT2Tokenizer(Tokenizer):
         eot = special_tokens.PIECES["eot"]
         if eot not in vocabulary:
             raise ValueError(f"GPT-2 vocabulary lacks {eot!r}")
+        if not merges:  # keras-hub would fail later with "Could not find device for node: HashTableV2"
+            raise ValueError("the GPT-2 tokenizer has no merges (merges.txt holds no merge rules)")
         n = max(vocabulary.values()) + 1
         if extra_specials is None:
             extra_specials = [name for name in special_tokens.NAMES if name != "eot"]
