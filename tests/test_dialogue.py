@@ -120,6 +120,9 @@ def test_index_cli_builds_from_text_files_and_searches(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["title"] == "Oslo"  # titled by the file name
     assert index_cli.main(["--out", str(tmp_path / "none"), "--search", "x"]) == 1
     assert "no knowledge index" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert index_cli.main(["--data", str(docs / "*.txt"), "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file; give a directory for the index" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- rules

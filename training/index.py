@@ -17,6 +17,7 @@ terminal chat use it through the dialogue manager.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
             print(json.dumps([hit.to_json() for hit in index.search(args.search, args.k)], indent=2,
                              ensure_ascii=False))
             return 0
+        if os.path.exists(args.out) and not os.path.isdir(args.out):  # refuse before the (long) build
+            raise cli.UsageError(f"--out {args.out} is a file; give a directory for the index")
         start = time.perf_counter()
         index = build_index(args.data, args.out, args.max_words, args.min_words)
         print(json.dumps({"out": args.out, **index.info, "seconds": round(time.perf_counter() - start, 1)}, indent=2))
