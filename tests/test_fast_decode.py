@@ -45,10 +45,11 @@ def test_fast_path_tokens_equal_the_xla_free_loop(architecture, sampling):
     expected, lengths = generate(model, tf.ragged.constant(PROMPTS), max_new_tokens=tf.constant(max_new), **tensors)
     expected, lengths = expected.numpy(), lengths.numpy()
     assert (lengths == max_new).all()  # no stop ids: every row runs to its limit
-    for jit in (True, False):
-        got = _slot_tokens(SlotDecoder(model, chunk=5, jit=jit), PROMPTS, max_new, sampling)
+    # XLA with the native attention kernel (where it builds), XLA's own dots, and the same graph without XLA.
+    for jit, native in ((True, True), (True, False), (False, False)):
+        got = _slot_tokens(SlotDecoder(model, chunk=5, jit=jit, native=native), PROMPTS, max_new, sampling)
         for b, n in enumerate(max_new):
-            assert got[b, :n].tolist() == expected[b, :n].tolist(), (jit, b)
+            assert got[b, :n].tolist() == expected[b, :n].tolist(), (jit, native, b)
     # A row alone runs the batch-1 program, whose products are split in halves (tfchat.model.matvec).
     alone = SlotDecoder(model, chunk=5)
     assert alone.one_row_halves

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfchat.cache import CACHE_ENV
 from tfchat.data import sources
 
 from .test_wikipedia import write_dump
@@ -76,7 +77,7 @@ def test_wikipedia_sample_cache_counts_and_split():
         assert sources.split_of(doc.split("\n", 1)[0]) == "validation"
     # Second call: served from the cache, nothing re-extracted, no temp dirs left.
     directory = sources.prepare_cache("wikipedia-sample", cache)
-    assert directory.startswith(os.environ[sources.CACHE_ENV])
+    assert directory.startswith(os.environ[CACHE_ENV])
     mtime = os.path.getmtime(os.path.join(directory, "meta.json"))
     assert sources.prepare_cache("wikipedia-sample", cache) == directory
     assert os.path.getmtime(os.path.join(directory, "meta.json")) == mtime
@@ -84,7 +85,7 @@ def test_wikipedia_sample_cache_counts_and_split():
 
 
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "envcache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "envcache"))
     assert sources.default_cache_dir() == str(tmp_path / "envcache")
 
 

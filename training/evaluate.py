@@ -196,7 +196,7 @@ def default_knowledge_runs(index: str | None, intent: str | None) -> tuple[str, 
     import logging
     import os
 
-    from tfchat.data.sources import default_cache_dir
+    from tfchat.cache import default_cache_dir
 
     log = logging.getLogger("training.evaluate")
     cache = os.path.join(default_cache_dir(), "knowledge-eval")
@@ -234,7 +234,7 @@ def _evaluate_control(args) -> int:
 
     from tfchat.checkpoint.model_dir import load_model, resolve_model_dir
     from tfchat.data.io import write_jsonl
-    from tfchat.data.sources import default_cache_dir
+    from tfchat.cache import default_cache_dir
     from tfchat.eval.control import control_agreement, control_prompts, held_out_replies
     from tfchat.inference.classifier import TextClassifier
 

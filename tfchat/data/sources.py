@@ -82,6 +82,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tfchat import atomic
+from tfchat.cache import default_cache_dir
 from tfchat.data import mixture, tables, wikiextractor, wikipedia
 from tfchat.data.filters import DocumentFilter
 from tfchat.data.io import (
@@ -110,7 +111,6 @@ BUNDLED = {
     DEFAULT_SOURCE: ("enwiki-2018-articles.txt.xz", "wikiextractor"),
     "zhwiki-sample": ("zhwiki-articles.txt.xz", "wikiextractor"),
 }
-CACHE_ENV = "TFCHAT_CACHE_DIR"
 # Bump when the extracted text changes (cleaning rules, record format).
 CACHE_VERSION = 3
 # Cache shards roll over at this size so big sources shard across workers.
@@ -120,10 +120,6 @@ SHARD_BYTES = 128 << 20
 def default_pretrain_source() -> str:
     """The default pretraining data: the bundled 2018 Wikipedia articles."""
     return DEFAULT_SOURCE
-
-
-def default_cache_dir() -> str:
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tfchat")
 
 
 # ----------------------------------------------------------- naming a source

@@ -17,15 +17,19 @@ library's own, not a second copy:
   over the whole cache, masked (static shapes); the caches hold the
   positions the batch needs rounded up to a multiple of `LENGTH_STEP`, so
   a step reads little more than the filled prefix and its time grows only
-  in those steps. At batch 1 on the 2-core development machine the cache
-  read costs about 0.6 ms per step at 512 positions (fp32, ~16 GB/s: the
-  per-head dots are too small for Eigen to thread, and run as fast pinned to
-  one core) against ~2 ms for the weights: the late/early cost ratio.
-  Measured without gain: bf16 caches (cast to f32 for the float32 dots, or
-  bf16 dots), XNNPACK, oneDNN and YNNPACK dot fusions (`XLA_FLAGS`),
-  attention split by heads or halves of the cache (independent dots do not
-  run concurrently), block-diagonal dots over head groups (Eigen's small-M
-  GEMM: 2x slower), multiply + reduce instead of dots;
+  in those steps;
+* on a CPU, attention is `tfchat.model.native_attention`'s kernel (an XLA
+  custom call, where a C++ compiler is at hand): XLA:CPU runs each head's
+  small dots on one core, one head after another, so the cache was read at
+  one core's bandwidth (~0.55 ms a step at 512 positions, small preset,
+  2-core machine, against ~2 ms for the weights); the kernel splits the
+  heads across the cores and reads each row only up to its own position.
+  Measured without gain before it: bf16 caches (cast to f32 for the float32
+  dots, or bf16 dots), XNNPACK, oneDNN and YNNPACK dot fusions
+  (`XLA_FLAGS`), attention split by heads or halves of the cache
+  (independent dots do not run concurrently), block-diagonal or all-pairs
+  dots over heads (Eigen packs the cache: 1.3-3x slower), multiply +
+  reduce instead of dots (XLA's reductions run at ~11 GB/s a core);
 * a batch of one row on a CPU is traced under
   `tfchat.model.matvec.one_row_products`: XLA:CPU runs a one-row dot on one
   core, the same product as a batch of two half-products on all of them;
@@ -66,6 +70,7 @@ import tensorflow as tf
 from tfchat.inference.generation import _context, decode_step, prefill, sample
 from tfchat.inference.guidance import guided_logits
 from tfchat.model.matvec import one_row_products
+from tfchat.model.native_attention import available as native_available, native_slot_attention
 
 SAMPLING = ("temperature", "top_k", "top_p", "seed")
 GUIDE = ("guidance", "partner", "lead")
@@ -109,10 +114,12 @@ class SlotDecoder:
         chunk: tokens decoded per `decode` call (more: fewer calls from Python; fewer: finer streaming
             and a sooner chance for new rows to join).
         jit: compile `decode` with XLA (False runs the same graph without XLA, for tests and comparison).
+        native: on a CPU, attention through `tfchat.model.native_attention` (all cores) when it can be built;
+            False keeps XLA's own dots.
     """
 
     def __init__(self, model: keras.Model, max_len: int | None = None, chunk: int = 8, jit: bool = True,
-                 pad_id: int = 0):
+                 pad_id: int = 0, native: bool = True):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.model, self.max_len, self.chunk, self.jit = model, _context(model, max_len), chunk, jit
@@ -125,6 +132,8 @@ class SlotDecoder:
         ])
         self._decode = {}  # (with_logits, one row) -> tf.function; XLA keeps one program per input shape
         self.one_row_halves = jit and not tf.config.list_physical_devices("GPU")
+        # Attention on all cores (an XLA:CPU custom call), when its kernel could be built here.
+        self.native = native and self.one_row_halves and native_available()
         self.compiled: set[tuple[int, int]] = set()  # (batch, cache length) compiled ahead by `compile`
         self.compiled_guided: set[tuple[int, int]] = set()  # the same, of the programs with guided rows
 
@@ -225,7 +234,11 @@ class SlotDecoder:
         fn = self._decode.get(key)
         if fn is None:
             def trace(*args):
-                with one_row_products() if key[1] else contextlib.nullcontext():
+                with contextlib.ExitStack() as stack:
+                    if key[1]:
+                        stack.enter_context(one_row_products())
+                    if self.native:
+                        stack.enter_context(native_slot_attention())
                     return self._decode_fn(*args, with_logits=with_logits)
 
             fn = self._decode[key] = tf.function(trace, jit_compile=self.jit, reduce_retracing=True)

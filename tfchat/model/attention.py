@@ -11,7 +11,9 @@ Two paths through the same weights:
 * slots (the XLA fast path, continuous batching): `cache=(k, v)`, each
   `[B, H, S, D]`, `cache_index` [B]: one new token per row, written at the
   row's own position; attention runs over all S positions, masked (static
-  shapes for XLA; no transpose of the cache per step).
+  shapes for XLA; no transpose of the cache per step), or, traced for a CPU
+  under `native_attention.native_slot_attention()`, through its kernel over
+  each row's filled prefix, on all cores.
 
 The cache of one layer is a single time-major tensor `[max_len, B, 2, H, D]`
 (keys and values together), so the write is one `tf.tensor_scatter_nd_update`
@@ -40,6 +42,7 @@ import tensorflow as tf
 from tfchat.config import GPTConfig
 from tfchat.model.configured import configured
 from tfchat.model.matvec import project
+from tfchat.model.native_attention import slot_attention
 from tfchat.model.norm import rms_normalize
 from tfchat.model.rope import rotate
 
@@ -93,6 +96,9 @@ class CausalSelfAttention(keras.layers.Layer):
             k, v = (tf.tensor_scatter_nd_update(c, slot_rows(cache_index, self.num_heads), tf.cast(t[:, :, 0], c.dtype))
                     for c, t in zip(cache, (k_new, v_new)))  # 2 x [B, H, S, D]
             cache, mask = (k, v), attention_mask
+            y = slot_attention(q, k, v, cache_index)  # [B, H, 1, D] on all cores, under the fast path on a CPU
+            if y is not None:
+                return project(self.c_proj, tf.reshape(y, [batch, 1, self.num_heads * self.head_dim])), cache
         else:
             q = tf.transpose(qkv[:, :, 0], [0, 2, 1, 3])  # [B, H, T, D]
             if self.config.qk_norm or self.config.position == "rope":
