@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving.backend import Backend
-from serving.http import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_ROWS, ClientGone
+from serving.errors import DEFAULT_MAX_ROWS
+from serving.http import DEFAULT_MAX_REQUEST_BYTES, ClientGone
 from serving.routes import openai, tf_serving
 
 

@@ -25,6 +25,10 @@ class NotFound(LookupError):
     status = 404
 
 
+# Prompts in one completion request, rows in one :predict (REST and gRPC): the server's --max-rows default.
+DEFAULT_MAX_ROWS = 64
+
+
 def within_rows(rows: int, limit: int, what: str) -> None:
     """Refuses a request of more than `limit` rows (`what`: "prompts", "rows") with a BadRequest."""
     if rows > limit:

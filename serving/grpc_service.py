@@ -14,8 +14,7 @@ import tensorflow as tf
 
 from serving.backend import Backend
 from serving.codec import SAMPLING_INPUTS, batch_rows, sampling_columns
-from serving.errors import BadRequest, NotFound, within_rows
-from serving.http import DEFAULT_MAX_ROWS
+from serving.errors import DEFAULT_MAX_ROWS, BadRequest, NotFound, within_rows
 from tfchat.cli import tf_error_message
 
 

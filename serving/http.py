@@ -27,10 +27,9 @@ import re
 import numpy as np
 from fastapi import Request
 
-from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, within_rows
+from serving.errors import DEFAULT_MAX_ROWS, BadRequest, PayloadTooLarge, UnsupportedMediaType, within_rows
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
-DEFAULT_MAX_ROWS = 64
 # Numbers in one :predict answer (a prefill's cache is ~50k numbers a token): JSON of 4M numbers is ~50 MB.
 MAX_RESPONSE_VALUES = 1 << 22
 MAX_DEPTH = 64  # the deepest body the APIs need is ~8 (a rank-6 tensor in "inputs")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from serving.errors import DEFAULT_MAX_ROWS
 from tfchat import cli
 
 log = logging.getLogger("serving.server")
@@ -57,7 +58,7 @@ def parser():
                    help="fast path: tokens decoded per call (streamed together; requests join between chunks)")
     p.add_argument("--max-request-bytes", type=cli.positive_int, default=1 << 20,
                    help="largest request body; larger ones get HTTP 413 before they are read")
-    p.add_argument("--max-rows", type=cli.positive_int, default=64,
+    p.add_argument("--max-rows", type=cli.positive_int, default=DEFAULT_MAX_ROWS,
                    help="most prompts in one /v1/completions request and rows in one :predict (HTTP 400 beyond)")
     g = p.add_argument_group("content filter")
     g.add_argument("--content-filter", default=None, metavar="DIR",

@@ -110,6 +110,23 @@ def test_resume_with_other_flags_is_refused_unless_override(pretrained, tmp_path
     assert load_model(run).metadata["step"] == 61
 
 
+def test_another_stage_cannot_resume_a_run_even_with_override(pretrained, tmp_path, capsys):
+    import shutil
+
+    run = str(tmp_path / "copy")
+    shutil.copytree(pretrained, run)
+    before = sorted(os.listdir(os.path.join(run, "checkpoints")))
+    argv = ["--from", pretrained, "--out", run, "--steps", "61", "--batch-size", "4", "--seq-len", "32",
+            "--precision", "fp32", "--resume"]
+    for extra in ([], ["--override"]):
+        assert finetune.main([*argv, *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"{run} is a pretrain run; this command is finetune: choose another --out" in err, err
+        assert "cannot restore" not in err
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == before
+    assert load_model(run).metadata["job"] == "pretrain"
+
+
 def test_finetune_from_pretrained(pretrained, tmp_path, capsys):
     out = str(tmp_path / "chat")
     code = finetune.main(["--from", pretrained, "--out", out, "--steps", "6", "--batch-size", "4", "--seq-len", "32",

@@ -367,8 +367,11 @@ class Trainer:
         now = {**dataclasses.asdict(self.cfg), **self.metadata, **{k: getattr(self.config, k) for k in OVERRIDABLE_MODEL}}
         keys = RESUME_FLAGS + RESUME_METADATA + OVERRIDABLE_MODEL
         changes = {k: [before[k], now.get(k)] for k in keys if k in before and before[k] != now.get(k)}
+        if "job" in changes:  # another stage's checkpoint holds other objects: --override cannot resume it
+            raise TrainingError(f"{self.out_dir} is a {changes['job'][0]} run; this command is {changes['job'][1]}: "
+                                "choose another --out")
         if changes and not override:
-            flag = lambda k: k if k == "job" else "--" + k.replace("_", "-")  # noqa: E731
+            flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
             raise ResumeMismatch(
                 f"{self.out_dir} was started with " + ", ".join(f"{flag(k)} {v[0]}" for k, v in changes.items())
                 + "; this command gives " + ", ".join(f"{flag(k)} {v[1]}" for k, v in changes.items())
