@@ -56,7 +56,7 @@ SOURCE = Path(__file__).with_name("slot_attention.cc")
 TARGET = "tfchat_slot_attention"
 _state = threading.local()
 _lock = threading.Lock()
-_loaded: dict = {}
+_loaded: dict = {}  # "ok": whether the kernel loaded in this process, once tried
 
 
 @contextlib.contextmanager
@@ -108,8 +108,10 @@ def _cpu() -> str:
 def _load() -> bool:
     if os.environ.get("TFCHAT_NATIVE_ATTENTION", "1") == "0":
         return False
+    if platform.system() != "Linux":  # the kernel's threads use Linux's affinity mask and futexes
+        return False
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if cxx is None or platform.system() != "Linux":
+    if cxx is None:
         logging.info("native attention: no C++ compiler (g++) on PATH; the fast path uses XLA's dots")
         return False
     tf_dir = tf.sysconfig.get_lib()
