@@ -28,30 +28,23 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import keras
 import tensorflow as tf
 
-_state = threading.local()
+from tfchat.model.trace_switch import TraceSwitch
+
+_halves = TraceSwitch()
 
 
-@contextlib.contextmanager
 def one_row_products():
     """While tracing under this, `project` computes [1, 1, C] inputs as two half-products."""
-    previous = getattr(_state, "on", False)
-    _state.on = True
-    try:
-        yield
-    finally:
-        _state.on = previous
+    return _halves.on()
 
 
 def project(layer: keras.layers.Dense, x) -> tf.Tensor:
     """`layer(x)`; under `one_row_products()`, for one row of one token (even C), the same product in two halves."""
     width = x.shape[-1]
-    if not getattr(_state, "on", False) or tuple(x.shape[:-1]) != (1, 1) or width % 2:
+    if not _halves or tuple(x.shape[:-1]) != (1, 1) or width % 2:
         return layer(x)
     kernel = tf.cast(layer.kernel, layer.compute_dtype)  # [C, N]
     halves = tf.matmul(tf.reshape(tf.cast(x, layer.compute_dtype), [2, 1, width // 2]),

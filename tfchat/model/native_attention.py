@@ -36,7 +36,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import logging
@@ -51,23 +50,18 @@ import tensorflow as tf
 
 from tfchat import atomic
 from tfchat.cache import default_cache_dir
+from tfchat.model.trace_switch import TraceSwitch
 
 SOURCE = Path(__file__).with_name("slot_attention.cc")
 TARGET = "tfchat_slot_attention"
-_state = threading.local()
+_native = TraceSwitch()
 _lock = threading.Lock()
 _loaded: dict = {}  # "ok": whether the kernel loaded in this process, once tried
 
 
-@contextlib.contextmanager
 def native_slot_attention():
     """While tracing under this, `slot_attention` calls the kernel (when it could be built)."""
-    previous = getattr(_state, "on", False)
-    _state.on = True
-    try:
-        yield
-    finally:
-        _state.on = previous
+    return _native.on()
 
 
 def available() -> bool:
@@ -82,7 +76,7 @@ def slot_attention(q, k, v, cache_index) -> tf.Tensor | None:
     """Attention of q [B, H, 1, D] over k, v [B, H, S, D] at keys 0 .. cache_index[b] -> [B, H, 1, D];
     None (the caller computes it) unless traced under `native_slot_attention()` with the kernel loaded
     and float32 inputs of static B, H, D."""
-    if not getattr(_state, "on", False) or q.dtype != tf.float32 or k.dtype != tf.float32:
+    if not _native or q.dtype != tf.float32 or k.dtype != tf.float32:
         return None
     batch, heads, _, dim = q.shape
     if None in (batch, heads, dim) or not available():
