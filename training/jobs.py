@@ -37,7 +37,7 @@ from tfchat.text.control_tags import TagVocabulary
 from tfchat.text.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 from training.run_dir import RunDirectory, figures
 from training.strategy import gather, is_chief, make_strategy
-from training.trainer import TrainConfig, Trainer, TrainingError
+from training.trainer import TrainConfig, Trainer, TrainingError, check_run_job
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,13 @@ class JobOptions:
     filter_threshold: float | None = None
 
 
-def run_lock(out: str, strategy):
-    """The run directory's lock, held by the chief for the whole job (tokenizer, training, model)."""
-    return RunDirectory(out).lock() if is_chief(strategy) else contextlib.nullcontext()
-
-
-def check_run_job(out: str, job: str) -> None:
-    """Refuses an --out that another stage started, before this one writes anything into it."""
-    started = RunDirectory(out).read_record().get("job")
-    if started not in (None, job):
-        raise TrainingError(f"{out} is a {started} run; this command is {job}: choose another --out")
+@contextlib.contextmanager
+def run_lock(out: str, strategy, job: str):
+    """The run directory's lock, held by the chief for the whole job (tokenizer, training, model); an --out
+    that another stage started is refused before this one writes anything into it."""
+    with RunDirectory(out).lock() if is_chief(strategy) else contextlib.nullcontext():
+        check_run_job(out, job)
+        yield
 
 
 def check_seq_len(seq_len: int, config: GPTConfig, what: str) -> None:
@@ -239,8 +236,7 @@ def pretrain(opts: JobOptions) -> dict:
     chinese.check_conversion(opts.convert_script)  # OpenCC missing or a bad name: fail before any work
     strategy = make_strategy(opts.strategy)
     content_filter = load_content_filter(opts)
-    with run_lock(opts.out, strategy):
-        check_run_job(opts.out, "pretrain")  # before the tokenizer is written into it
+    with run_lock(opts.out, strategy, "pretrain"):
         if content_filter is not None and is_chief(strategy):
             report_pretrain_filter(opts, content_filter)
         run_tokenizer_dir = os.path.join(opts.out, "tokenizer")
@@ -337,7 +333,7 @@ def finetune(opts: JobOptions) -> dict:
     source_dir = find_model_dir(opts.init_from)
     check_dialogue_files(opts.data)
     content_filter = load_content_filter(opts)
-    with run_lock(opts.out, strategy):
+    with run_lock(opts.out, strategy, "finetune"):
         if content_filter is not None and is_chief(strategy):
             report_finetune_filter(opts, content_filter)
         start = load_model(source_dir, head="lm")
@@ -443,7 +439,7 @@ def align(opts: JobOptions) -> dict:
 
     objective = DirectPreference(opts.beta, opts.loss, opts.nll_weight)  # bad values fail before any work
     strategy = make_strategy(opts.strategy)
-    with run_lock(opts.out, strategy):
+    with run_lock(opts.out, strategy, "align"):
         source_dir = find_model_dir(opts.init_from)
         cfg = opts.train
         # The reference in the training precision: at step 0 policy and reference agree (rewards 0).
@@ -495,7 +491,7 @@ def reward(opts: JobOptions) -> dict:
     from training.objectives import PairwiseReward
 
     strategy = make_strategy(opts.strategy)
-    with run_lock(opts.out, strategy):
+    with run_lock(opts.out, strategy, "reward"):
         source_dir = find_model_dir(opts.init_from)
         start = load_model(source_dir)
         config, tokenizer, cfg = _start_config(start.config, opts), start.tokenizer, opts.train
@@ -625,7 +621,7 @@ def classify(opts: ClassifyOptions) -> dict:
                                     input_context=ctx, repeat=part == "train")
         return fn
 
-    with run_lock(opts.out, strategy):
+    with run_lock(opts.out, strategy, "classify"):
         examples = split["train"] + split["validation"]
         metadata = {"job": "classify", "task": task.name, "data": data, "examples": counts, "balance": opts.balance,
                     "lazy_adam": opts.lazy_adam, **({"from": os.path.abspath(source)} if source else {}),

@@ -139,6 +139,14 @@ class ResumeMismatch(TrainingError):
     """Resuming with flags that differ from the ones the run recorded (without `override`)."""
 
 
+def check_run_job(out: str, job: str | None, record: dict | None = None) -> None:
+    """Refuses an `out` that another stage started (`record`: its run.json, read if not given): its checkpoint
+    holds other objects, so not even `override` resumes it."""
+    started = (RunDirectory(out).read_record() if record is None else record).get("job")
+    if job is not None and started not in (None, job):
+        raise TrainingError(f"{out} is a {started} run; this command is {job}: choose another --out")
+
+
 class Trainer:
     """Trains a model under a tf.distribute strategy, with checkpoints, summaries and resume.
 
@@ -366,12 +374,10 @@ class Trainer:
                   **{k: model[k] for k in OVERRIDABLE_MODEL if k in model}}
         now = {**dataclasses.asdict(self.cfg), **self.metadata, **{k: getattr(self.config, k) for k in OVERRIDABLE_MODEL}}
         keys = RESUME_FLAGS + RESUME_METADATA + OVERRIDABLE_MODEL
+        check_run_job(self.out_dir, self.metadata.get("job"), record)
         changes = {k: [before[k], now.get(k)] for k in keys if k in before and before[k] != now.get(k)}
-        if "job" in changes:  # another stage's checkpoint holds other objects: --override cannot resume it
-            raise TrainingError(f"{self.out_dir} is a {changes['job'][0]} run; this command is {changes['job'][1]}: "
-                                "choose another --out")
         if changes and not override:
-            flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+            flag = lambda k: k if k == "job" else "--" + k.replace("_", "-")  # noqa: E731
             raise ResumeMismatch(
                 f"{self.out_dir} was started with " + ", ".join(f"{flag(k)} {v[0]}" for k, v in changes.items())
                 + "; this command gives " + ", ".join(f"{flag(k)} {v[1]}" for k, v in changes.items())
