@@ -52,13 +52,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Sequence
 
 import numpy as np
 
+from tfchat.data.io import ReadStats, iter_jsonl
 from tfchat.text import chinese
 
 LN2 = math.log(2.0)
@@ -111,24 +111,15 @@ def read_minimal_pairs(path: str) -> list[MinimalPair]:
         raise FileNotFoundError(f"{path}: no such minimal-pair file")
     pairs = []
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")  # minimal-pair files are small
+        for where, obj in iter_jsonl(path, ReadStats(), strict=True):
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object with sentence_good and sentence_bad")
+            for key in ("sentence_good", "sentence_bad"):
+                if not isinstance(obj.get(key), str) or not obj[key].strip():
+                    raise ValueError(f"{where}: {key!r} missing or not a non-empty string")
+            pairs.append(MinimalPair(obj["sentence_good"], obj["sentence_bad"]))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ValueError(f"{where}: not JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object with sentence_good and sentence_bad")
-        for key in ("sentence_good", "sentence_bad"):
-            if not isinstance(obj.get(key), str) or not obj[key].strip():
-                raise ValueError(f"{where}: {key!r} missing or not a non-empty string")
-        pairs.append(MinimalPair(obj["sentence_good"], obj["sentence_bad"]))
     if not pairs:
         raise ValueError(f"{path}: no minimal pairs (expected JSONL lines with sentence_good and sentence_bad)")
     return pairs
